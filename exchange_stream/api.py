@@ -1,0 +1,175 @@
+"""The internal HTTP API (DESIGN section 4), compatible with CONNMIX's mesh API.
+
+``POST /v1/mesh/publish`` answers ``{"E":null,"r":{"s":n,"f":0}}`` once the mesh accepted the
+message, or ``{"E":{"c":N,"m":"..."}}`` with an HTTP status that says whether to retry:
+nothing accepted is silently dropped, and a 503 means nothing was sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from exchange_stream.mesh import MeshUnavailable, Publication
+
+if TYPE_CHECKING:
+    from exchange_stream.gateway import Gateway
+
+log = Logger()
+
+
+class ApiError(Exception):
+    """A refused publish: HTTP status, CONNMIX error code, message."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(status, code, message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, 101, message)
+
+
+def _write_json(request: Request, status: int, body: dict) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _finish(request: Request, status: int, body: dict) -> None:
+    request.write(_write_json(request, status, body))
+    request.finish()
+
+
+def _error_body(error: ApiError) -> dict:
+    return {"E": {"c": error.code, "m": error.message}}
+
+
+def parse_publish(body: bytes) -> tuple[str, Publication]:
+    """Validate a publish body; raise :class:`ApiError` (400 / 101) when it is not one."""
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        raise _invalid("body is not JSON") from None
+    if not isinstance(message, dict):
+        raise _invalid("body must be a JSON object")
+    channel = message.get("c")
+    if not isinstance(channel, str) or not channel or len(channel) > 1024:
+        raise _invalid('"c" must be a non-empty channel name')
+    if not channel.isprintable() or " " in channel:
+        raise _invalid('"c" must not contain spaces or control characters')
+    data = message.get("d")
+    if not isinstance(data, str):
+        raise _invalid('"d" must be a string')
+    kind = message.get("t", "text")
+    if kind == "text":
+        return channel, Publication(data.encode())
+    if kind == "binary":
+        try:
+            return channel, Publication(base64.b64decode(data, validate=True), binary=True)
+        except (binascii.Error, ValueError):
+            raise _invalid('"d" must be base64 when "t" is "binary"') from None
+    raise _invalid('"t" must be "text" or "binary"')
+
+
+class PublishResource(Resource):
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self._gateway = gateway
+        token = gateway.config.api_token
+        self._expected_authorization = f"Bearer {token}".encode() if token else None
+        self._max_body = gateway.config.max_publish_size
+
+    def render_POST(self, request: Request) -> bytes | int:
+        try:
+            channel, publication = self._validate(request)
+        except ApiError as error:
+            self._gateway.metrics.publish_errors.labels(str(error.code)).inc()
+            return _write_json(request, error.status, _error_body(error))
+        hung_up: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: hung_up.append(True))
+        accepted = self._gateway.node.publish(channel, publication)
+        accepted.addCallback(self._accepted, request, hung_up)
+        accepted.addErrback(self._refused, request, hung_up)
+        return NOT_DONE_YET
+
+    def _validate(self, request: Request) -> tuple[str, Publication]:
+        if self._expected_authorization is not None:
+            given = request.getHeader(b"Authorization") or ""
+            if not hmac.compare_digest(given.encode(), self._expected_authorization):
+                raise ApiError(401, 102, "missing or wrong bearer token")
+        body = request.content.read(self._max_body + 1)
+        if len(body) > self._max_body:
+            raise ApiError(413, 103, f"body larger than {self._max_body} bytes")
+        if not self._gateway.mesh.available:
+            raise ApiError(503, 104, "mesh unavailable, nothing was sent")
+        return parse_publish(body)
+
+    def _accepted(self, nodes: int, request: Request, hung_up: list[bool]) -> None:
+        self._gateway.metrics.published.inc()
+        if not hung_up:
+            _finish(request, 200, {"E": None, "r": {"s": nodes, "f": 0}})
+
+    def _refused(self, failure: Failure, request: Request, hung_up: list[bool]) -> None:
+        if failure.check(MeshUnavailable):
+            error = ApiError(503, 104, "mesh unavailable, nothing was sent")
+        else:
+            log.failure("publish failed", failure)
+            error = ApiError(500, 100, "internal error")
+        self._gateway.metrics.publish_errors.labels(str(error.code)).inc()
+        if not hung_up:
+            _finish(request, error.status, _error_body(error))
+
+
+class HealthResource(Resource):
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self._gateway = gateway
+
+    def render_GET(self, request: Request) -> bytes:
+        available = bool(self._gateway.mesh.available)
+        body = {
+            "status": "ok" if available else "unavailable",
+            "mesh": "up" if available else "down",
+            "connections": len(self._gateway.sessions),
+        }
+        return _write_json(request, 200 if available else 503, body)
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self._registry = gateway.metrics.registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self._registry)
+
+
+def build_api(gateway: Gateway) -> Resource:
+    root = Resource()
+    v1 = Resource()
+    mesh = Resource()
+    root.putChild(b"v1", v1)
+    v1.putChild(b"mesh", mesh)
+    mesh.putChild(b"publish", PublishResource(gateway))
+    root.putChild(b"healthz", HealthResource(gateway))
+    root.putChild(b"metrics", MetricsResource(gateway))
+    return root

@@ -1,0 +1,155 @@
+"""Turning a client's token into a uid: the exchange's HTTP endpoint, or a static map.
+
+Tokens are secrets: nothing here logs one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from zope.interface import Interface, implementer
+
+from exchange_stream.channels import normalize_uid
+
+
+class AuthFailed(Exception):
+    """The back end rejected the token or returned no valid uid (client error code 5)."""
+
+
+class AuthUnavailable(Exception):
+    """The back end timed out or failed; the client may retry (client error code 6)."""
+
+
+class IAuthenticator(Interface):
+    """Token → uid."""
+
+    def authenticate(token: str) -> Deferred:
+        """Fire with the uid as text (already checked by ``normalize_uid``), or fail with
+        :class:`AuthFailed` or :class:`AuthUnavailable`; never with anything else."""
+
+
+@implementer(IAuthenticator)
+class StaticAuthenticator:
+    """A fixed token → uid map (``--demo``, tests, small deployments)."""
+
+    def __init__(self, tokens: Mapping[str, object]) -> None:
+        self._tokens = {}
+        for token, raw_uid in tokens.items():
+            uid = normalize_uid(raw_uid)
+            if uid is None:
+                raise ValueError(f"invalid uid {raw_uid!r}")
+            self._tokens[token] = uid
+
+    def authenticate(self, token: str) -> Deferred:
+        uid = self._tokens.get(token)
+        return succeed(uid) if uid is not None else fail(AuthFailed())
+
+
+@implementer(IAuthenticator)
+class HttpAuthenticator:
+    """POST ``{"token": ...}`` to the exchange's endpoint, expect 200 ``{"uid": ...}``.
+
+    A 4xx answer or a 200 without a valid uid is a rejection; a timeout, a refused connection
+    or a 5xx answer means the back end is unavailable and the client may try again.
+    ``http`` is a treq-like client (``treq``, an ``HTTPClient``, or ``StubTreq`` in tests).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 3.0,
+        http: Any = None,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        if http is None:
+            http = quiet_http_client(reactor)
+        self.url = url
+        self.timeout = timeout
+        self._http = http
+        self._reactor = reactor
+
+    def authenticate(self, token: str) -> Deferred:
+        if not token:
+            return fail(AuthFailed())
+        attempt = self._ask(token)
+        attempt.addTimeout(self.timeout, self._reactor)
+        attempt.addErrback(self._classify_failure)
+        return attempt
+
+    @inlineCallbacks
+    def _ask(self, token: str):
+        response = yield self._http.post(
+            self.url,
+            data=json.dumps({"token": token}).encode(),
+            headers={b"Content-Type": [b"application/json"]},
+        )
+        body = yield self._http.content(response)
+        if response.code >= 500:
+            raise AuthUnavailable(f"auth back end answered HTTP {response.code}")
+        if response.code != 200:
+            raise AuthFailed(f"auth back end answered HTTP {response.code}")
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            raise AuthFailed("auth back end answered with no JSON") from None
+        uid = normalize_uid(answer.get("uid")) if isinstance(answer, dict) else None
+        if uid is None:
+            raise AuthFailed("auth back end answered with no valid uid")
+        return uid
+
+    def _classify_failure(self, failure):
+        if failure.check(AuthFailed, AuthUnavailable):
+            return failure
+        self.log.warn(
+            "auth back end {url} unavailable: {error}",
+            url=self.url,
+            error=failure.getErrorMessage() or failure.type.__name__,
+        )
+        raise AuthUnavailable(failure.getErrorMessage())
+
+
+@implementer(IAuthenticator)
+class _QuietClientFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+def quiet_http_client(reactor: IReactorTime) -> HTTPClient:
+    """A treq client on a persistent connection pool (auth calls reuse connections) whose
+    connection factory does not log every start and stop."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietClientFactory
+    return HTTPClient(Agent(reactor, pool=pool))
+
+
+class MeteredAuthenticator:
+    """Wraps an authenticator to record outcomes and latency (see ``metrics``)."""
+
+    def __init__(self, inner: IAuthenticator, record, clock=time.monotonic) -> None:
+        self._inner = inner
+        self._record = record
+        self._clock = clock
+
+    def authenticate(self, token: str) -> Deferred:
+        started = self._clock()
+
+        def done(result, outcome):
+            self._record(outcome, self._clock() - started)
+            return result
+
+        def failed(failure):
+            outcome = "failed" if failure.check(AuthFailed) else "unavailable"
+            return done(failure, outcome)
+
+        return self._inner.authenticate(token).addCallbacks(done, failed, ("ok",))

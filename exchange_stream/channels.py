@@ -1,0 +1,80 @@
+"""Channel names: what a client may name, and the internal name the mesh carries.
+
+A client names a public channel ``<symbol>@<type>`` or one of its own private channels
+``@<type>``; it never names a uid. The gateway turns either into the internal name
+``<prefix><symbol>@<type>`` / ``<prefix><uid>@<type>`` that back ends publish to. The uid
+comes only from the auth back end and is checked here, so neither a client nor a lying auth
+back end can smuggle an ``@`` or another prefix into an internal name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+KLINE_INTERVALS = ("1m", "5m", "15m", "30m", "1h", "4h", "1d")
+PUBLIC_TYPES = frozenset(
+    {"depth", "trades", "markprice", "ticker", "kline"}
+    | {f"kline_{interval}" for interval in KLINE_INTERVALS}
+)
+PRIVATE_TYPES = frozenset({"balance", "order", "position", "account"})
+
+# Exchange symbols: BTCUSDT (Binance), BTC-USDT-SWAP (OKX), 1000PEPEUSDT, ETH_USDT.
+_SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_UID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class InvalidChannel(ValueError):
+    """The name is neither ``<symbol>@<public type>`` nor ``@<private type>``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelName:
+    """A validated client-side channel name."""
+
+    name: str
+    symbol: str  # empty for private channels
+    type: str
+
+    @property
+    def private(self) -> bool:
+        return not self.symbol
+
+    def internal(self, prefix: str, uid: str | None) -> str:
+        """The name back ends publish to; ``uid`` is required for private channels."""
+        if not self.private:
+            return f"{prefix}{self.name}"
+        if uid is None:
+            raise ValueError("a private channel needs the uid of an authenticated user")
+        return f"{prefix}{uid}@{self.type}"
+
+
+def parse_channel(name: object) -> ChannelName:
+    """Validate a channel name as a client sent it.
+
+    ``1002@balance`` is invalid: a private type takes no owner, the owner is the session's uid.
+    """
+    if not isinstance(name, str):
+        raise InvalidChannel(name)
+    symbol, at, kind = name.partition("@")
+    if not at:
+        raise InvalidChannel(name)
+    if symbol == "" and kind in PRIVATE_TYPES:
+        return ChannelName(name, "", kind)
+    if kind in PUBLIC_TYPES and _SYMBOL.fullmatch(symbol):
+        return ChannelName(name, symbol, kind)
+    raise InvalidChannel(name)
+
+
+def normalize_uid(raw: object) -> str | None:
+    """The uid an auth back end returned, as text, or None when it is not acceptable.
+
+    Accepted: a positive integer (JSON number, not a boolean) or ``[A-Za-z0-9_-]{1,64}``.
+    """
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return str(raw) if raw > 0 else None
+    if isinstance(raw, str) and _UID.fullmatch(raw):
+        return raw
+    return None

@@ -1,0 +1,35 @@
+"""The gateway's settings, with the defaults DESIGN section 7 fixes.
+
+One frozen object: ``options.py`` builds it from the command line and a TOML file, an
+embedding application builds it directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    ws: str = "tcp:6790"
+    path: str = "/exchange-stream"
+    api: str = "tcp:6789:interface=127.0.0.1"
+    api_token: str | None = None
+    auth_url: str = "http://127.0.0.1:8000/websocket_auth"
+    auth_timeout: float = 3.0
+    mesh: str = "memory:"
+    prefix: str = "ex:"
+    max_subscriptions: int = 1024
+    max_message_size: int = 64 * 1024
+    max_publish_size: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError(f"path must start with '/': {self.path!r}")
+        for name in ("auth_timeout", "max_subscriptions", "max_message_size", "max_publish_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [field.name for field in fields(cls)]

@@ -1,0 +1,77 @@
+"""The gateway without its listeners: node, auth, sessions, and the web resources.
+
+This is the embedding surface. An existing Twisted application builds a :class:`Gateway`,
+mounts :meth:`Gateway.websocket_resource` in its own ``twisted.web`` site and, if it wants
+back ends to publish over HTTP, :meth:`Gateway.api_resource` on an internal port. The
+gateway is a ``MultiService`` so a mesh that holds connections (Redis) starts and stops with
+the application.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.application.service import MultiService
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
+
+from exchange_stream.api import build_api
+from exchange_stream.auth import HttpAuthenticator, IAuthenticator, MeteredAuthenticator
+from exchange_stream.config import GatewayConfig
+from exchange_stream.hub import Hub
+from exchange_stream.mesh import IMesh, open_mesh
+from exchange_stream.metrics import GatewayMetrics
+from exchange_stream.node import Node
+from exchange_stream.session import IClientConnection, Session
+from exchange_stream.websocket import GatewayFactory
+
+
+class Gateway(MultiService):
+    def __init__(
+        self,
+        config: GatewayConfig | None = None,
+        *,
+        reactor: IReactorTime | None = None,
+        mesh: IMesh | None = None,
+        authenticator: IAuthenticator | None = None,
+        http: Any = None,
+    ) -> None:
+        """``mesh``, ``authenticator`` and ``http`` (a treq-like client) override what
+        ``config`` would build; tests and embedding applications inject them."""
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config = config or GatewayConfig()
+        self.reactor = reactor
+        self.factory = GatewayFactory(self, config.max_message_size)
+        self.hub = Hub(self.factory.prepareMessage)
+        self.node = Node(self.hub, mesh if mesh is not None else open_mesh(config.mesh))
+        self.sessions: set[Session] = set()
+        self.metrics = GatewayMetrics(self.hub, lambda: len(self.sessions))
+        if authenticator is None:
+            authenticator = HttpAuthenticator(
+                config.auth_url, config.auth_timeout, http=http, reactor=reactor
+            )
+        self.authenticator = MeteredAuthenticator(authenticator, self.metrics.record_auth)
+
+    @property
+    def mesh(self) -> IMesh:
+        return self.node.mesh
+
+    def open_session(self, connection: IClientConnection) -> Session:
+        session = Session(connection, self.node, self.authenticator, self.config, self.reactor)
+        self.sessions.add(session)
+        return session
+
+    def close_session(self, session: Session) -> None:
+        session.close()
+        self.sessions.discard(session)
+
+    def websocket_resource(self) -> Resource:
+        """The WebSocket endpoint, to mount at ``config.path`` of a ``twisted.web`` site."""
+        return WebSocketResource(self.factory)
+
+    def api_resource(self) -> Resource:
+        """The internal API root: ``/v1/mesh/publish``, ``/healthz``, ``/metrics``."""
+        return build_api(self)

@@ -1,0 +1,43 @@
+"""The in-process mesh: the default for one node, and the reference implementation.
+
+Several nodes in one process (tests, an embedding application) may share one instance.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from exchange_stream.mesh.interface import IMesh, IMeshReceiver, Publication
+
+
+@implementer(IMesh)
+class MemoryMesh:
+    available = True
+
+    def __init__(self) -> None:
+        self._receivers: dict[str, list[IMeshReceiver]] = {}
+
+    def publish(self, channel: str, publication: Publication) -> Deferred:
+        receivers = self._receivers.get(channel, ())
+        for receiver in tuple(receivers):
+            receiver.receive(channel, publication)
+        return succeed(len(receivers))
+
+    def subscribe(self, channel: str, receiver: IMeshReceiver) -> Deferred:
+        receivers = self._receivers.setdefault(channel, [])
+        if receiver not in receivers:
+            receivers.append(receiver)
+        return succeed(None)
+
+    def unsubscribe(self, channel: str, receiver: IMeshReceiver) -> Deferred:
+        receivers = self._receivers.get(channel)
+        if receivers and receiver in receivers:
+            receivers.remove(receiver)
+            if not receivers:
+                del self._receivers[channel]
+        return succeed(None)
+
+    def subscribed_channels(self) -> list[str]:
+        """Channels some node listens to (for tests and health output)."""
+        return list(self._receivers)

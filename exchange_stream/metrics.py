@@ -1,0 +1,75 @@
+"""Prometheus metrics for one gateway, in a registry of its own.
+
+Per-message figures (deliveries) are plain integers kept by the hub and read at scrape time,
+so the hot path never takes a metrics lock; rare events (auth, publish) use client objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from exchange_stream.hub import Hub
+
+
+class _HubCollector(Collector):
+    def __init__(self, hub: Hub, connections: Callable[[], int]) -> None:
+        self._hub = hub
+        self._connections = connections
+
+    def collect(self) -> Iterator:
+        yield GaugeMetricFamily(
+            "exchange_stream_connections",
+            "Open client WebSocket connections.",
+            value=self._connections(),
+        )
+        yield GaugeMetricFamily(
+            "exchange_stream_subscriptions",
+            "Client subscriptions on this node.",
+            value=self._hub.subscription_count,
+        )
+        yield GaugeMetricFamily(
+            "exchange_stream_channels",
+            "Channels with at least one local subscriber.",
+            value=self._hub.channel_count,
+        )
+        yield CounterMetricFamily(
+            "exchange_stream_messages_delivered",
+            "Messages written to client connections.",
+            value=self._hub.messages_delivered,
+        )
+
+
+class GatewayMetrics:
+    def __init__(self, hub: Hub, connections: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_HubCollector(hub, connections))
+        self.published = Counter(
+            "exchange_stream_messages_published",
+            "Publications accepted by the mesh through this node's API.",
+            registry=self.registry,
+        )
+        self.publish_errors = Counter(
+            "exchange_stream_publish_errors",
+            "Publish API requests refused, by error code.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.auth_results = Counter(
+            "exchange_stream_auth",
+            "Auth attempts by outcome (ok, failed, unavailable).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.auth_latency = Histogram(
+            "exchange_stream_auth_latency_seconds",
+            "Time the auth back end took to answer.",
+            registry=self.registry,
+        )
+
+    def record_auth(self, outcome: str, seconds: float) -> None:
+        self.auth_results.labels(outcome).inc()
+        self.auth_latency.observe(seconds)

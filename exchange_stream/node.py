@@ -1,0 +1,75 @@
+"""A gateway node: its local hub, and the mesh subscriptions that follow the hub's channels.
+
+The node holds a mesh subscription for a channel exactly while the hub has a local subscriber
+for it. Mesh calls may be asynchronous (Redis), so the node serialises them per channel and
+reconciles after each: whatever the order of subscribes and unsubscribes, the mesh ends up
+subscribed iff the hub still wants the channel, and a subscriber's Deferred fires only once
+messages published from then on will reach it.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from exchange_stream.hub import Hub, Subscriber
+from exchange_stream.mesh.interface import IMesh, IMeshReceiver, Publication
+
+
+@implementer(IMeshReceiver)
+class Node:
+    log = Logger()
+
+    def __init__(self, hub: Hub, mesh: IMesh) -> None:
+        self.hub = hub
+        self.mesh = mesh
+        self._meshed: set[str] = set()
+        self._locks: dict[str, DeferredLock] = {}
+
+    def receive(self, channel: str, publication: Publication) -> None:
+        self.hub.deliver(channel, publication.payload, publication.binary)
+
+    def publish(self, channel: str, publication: Publication) -> Deferred:
+        """Publishing always goes through the mesh, even on a single node."""
+        return self.mesh.publish(channel, publication)
+
+    def subscribe(self, subscriber: Subscriber, channel: str) -> Deferred:
+        """Add a local subscription; fires when the node receives ``channel`` from the mesh."""
+        self.hub.add(subscriber, channel)
+        return self._reconcile(channel)
+
+    def unsubscribe(self, subscriber: Subscriber, channel: str) -> None:
+        if self.hub.remove(subscriber, channel):
+            self._reconcile(channel)
+
+    def drop(self, subscriber: Subscriber) -> None:
+        """A connection went away: forget all of its subscriptions."""
+        for channel in self.hub.remove_all(subscriber):
+            self._reconcile(channel)
+
+    def _reconcile(self, channel: str) -> Deferred:
+        if channel in self._meshed and channel not in self._locks:
+            # Already subscribed and nothing in flight: the common case costs no Deferred chain.
+            return succeed(None)
+        lock = self._locks.get(channel)
+        if lock is None:
+            lock = self._locks[channel] = DeferredLock()
+        done = lock.run(self._align, channel)
+        done.addBoth(self._release_lock, channel, lock)
+        return done
+
+    @inlineCallbacks
+    def _align(self, channel: str):
+        wanted = self.hub.has_subscribers(channel)
+        if wanted and channel not in self._meshed:
+            yield self.mesh.subscribe(channel, self)
+            self._meshed.add(channel)
+        elif not wanted and channel in self._meshed:
+            self._meshed.discard(channel)
+            yield self.mesh.unsubscribe(channel, self)
+
+    def _release_lock(self, result, channel: str, lock: DeferredLock):
+        if not lock.locked and not lock.waiting and self._locks.get(channel) is lock:
+            del self._locks[channel]
+        return result

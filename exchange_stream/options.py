@@ -1,0 +1,80 @@
+"""Command-line and TOML options (DESIGN section 7); the command line wins over the file."""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Any
+
+from twisted.python import usage
+
+from exchange_stream.config import GatewayConfig
+
+_DEFAULTS = GatewayConfig()
+
+# (long option, type, help); the default shown is GatewayConfig's.
+_OPTIONS: list[tuple[str, type, str]] = [
+    ("ws", str, "WebSocket listening endpoint (any Twisted endpoint string)"),
+    ("path", str, "WebSocket URL path"),
+    ("api", str, "internal API endpoint (publish, health, metrics)"),
+    ("api-token", str, "bearer token the internal API requires for publishing"),
+    ("auth-url", str, 'auth back end: POST {"token":...} -> {"uid":...}'),
+    ("auth-timeout", float, "seconds to wait for the auth back end"),
+    ("mesh", str, "memory: (one node)"),
+    ("prefix", str, "internal channel prefix"),
+    ("max-subscriptions", int, "subscriptions per connection"),
+    ("max-message-size", int, "largest client frame in bytes (larger: close 1009)"),
+    ("max-publish-size", int, "largest publish request body in bytes (larger: 413)"),
+]
+
+
+def _attribute(option: str) -> str:
+    return option.replace("-", "_")
+
+
+def _help(option: str, text: str) -> str:
+    default = getattr(_DEFAULTS, _attribute(option))
+    return f"{text} [default: {default if default is not None else 'none'}]"
+
+
+class Options(usage.Options):
+    """``twistd exchange-stream`` options; ``self.config`` holds the result."""
+
+    optParameters = [
+        ["config", None, None, "TOML file whose keys are the long option names"],
+        *[[option, None, None, _help(option, text), kind] for option, kind, text in _OPTIONS],
+    ]
+
+    config: GatewayConfig
+
+    def postOptions(self) -> None:
+        values: dict[str, Any] = {}
+        if self["config"]:
+            values.update(_read_toml(self["config"]))
+        for option, _kind, _text in _OPTIONS:
+            if self[option] is not None:
+                values[_attribute(option)] = self[option]
+        try:
+            self.config = GatewayConfig(**values)
+        except (TypeError, ValueError) as error:
+            raise usage.UsageError(str(error)) from None
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            table = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise usage.UsageError(f"cannot read config file {path}: {error}") from None
+    kinds = {_attribute(option): kind for option, kind, _text in _OPTIONS}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        name = _attribute(key)
+        if name not in kinds:
+            raise usage.UsageError(f"unknown key {key!r} in {path}")
+        kind = kinds[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise usage.UsageError(f"{key} in {path} must be a {kind.__name__}")
+        values[name] = value
+    return values

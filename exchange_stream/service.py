@@ -1,0 +1,64 @@
+"""``makeService``: the gateway and its listening endpoints under one ``MultiService``.
+
+This is what ``twistd exchange-stream`` runs; an application may call it as well.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from exchange_stream.config import GatewayConfig
+from exchange_stream.gateway import Gateway
+from exchange_stream.options import Options
+
+__all__ = ["Options", "makeService", "mount"]
+
+
+def mount(root: Resource, path: str, resource: Resource) -> None:
+    """Put ``resource`` at ``path`` (e.g. ``/exchange-stream`` or ``/ws/v2``) under ``root``."""
+    segments = [segment.encode() for segment in path.strip("/").split("/")]
+    parent = root
+    for segment in segments[:-1]:
+        child = parent.children.get(segment)
+        if child is None:
+            child = Resource()
+            parent.putChild(segment, child)
+        parent = child
+    parent.putChild(segments[-1], resource)
+
+
+class QuietSite(Site):
+    """A site without a per-request access log: publishes and handshakes are too frequent
+    for one log line each; ``/metrics`` counts them instead."""
+
+    displayTracebacks = False
+
+    def log(self, request: object) -> None:
+        pass
+
+
+def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiService:
+    """The gateway, its WebSocket listener and its internal API listener.
+
+    ``gateway_args`` go to :class:`Gateway` (``reactor``, ``mesh``, ``authenticator``, ...).
+    The gateway itself is reachable as ``service.getServiceNamed("gateway")``.
+    """
+    config = options if isinstance(options, GatewayConfig) else options.config
+    service = MultiService()
+    gateway = Gateway(config, **gateway_args)
+    gateway.setName("gateway")
+    gateway.setServiceParent(service)
+
+    if config.path.strip("/"):
+        root = Resource()
+        mount(root, config.path, gateway.websocket_resource())
+    else:
+        root = gateway.websocket_resource()
+    strports.service(config.ws, QuietSite(root)).setServiceParent(service)
+    strports.service(config.api, QuietSite(gateway.api_resource())).setServiceParent(service)
+    return service

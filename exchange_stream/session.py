@@ -1,0 +1,169 @@
+"""One client connection's state and op handling, with no WebSocket in it.
+
+Ops are answered strictly in the order they arrived: a subscribe sent right after an auth
+waits for the auth's answer, and two auths on one connection never interleave. The queue of
+ops waiting behind a slow one is bounded; past the bound an op is refused at once with code 8.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import Interface
+
+from exchange_stream.auth import AuthFailed, AuthUnavailable, IAuthenticator
+from exchange_stream.config import GatewayConfig
+from exchange_stream.node import Node
+from exchange_stream.protocol import (
+    ErrorCode,
+    OpError,
+    Request,
+    encode_error,
+    encode_pong,
+    encode_result,
+    parse_request,
+)
+
+# Closing codes used by the session itself (the full table is in docs/protocol.md).
+CLOSE_INTERNAL_ERROR = 1011
+
+
+class IClientConnection(Interface):
+    """What a session needs from its transport (the Autobahn protocol implements it)."""
+
+    def send_reply(reply: bytes) -> None:
+        """Send one text frame to this client."""
+
+    def close(code: int, reason: str) -> None:
+        """Close the connection with a WebSocket close code."""
+
+    def sendPreparedMessage(prepared: object) -> None:
+        """Write a frame prepared once for many subscribers (hub fan-out)."""
+
+
+class Session:
+    log = Logger()
+    max_pending_ops = 32
+
+    def __init__(
+        self,
+        connection: IClientConnection,
+        node: Node,
+        authenticator: IAuthenticator,
+        config: GatewayConfig,
+        clock: IReactorTime,
+    ) -> None:
+        self._connection = connection
+        self._node = node
+        self._authenticator = authenticator
+        self._prefix = config.prefix
+        self._max_subscriptions = config.max_subscriptions
+        self._clock = clock
+        self.uid: str | None = None
+        # Client-side name → internal channel, in subscription order (for "list").
+        self.subscriptions: dict[str, str] = {}
+        self._queue: Deferred = succeed(None)
+        self._pending = 0
+        self._closed = False
+
+    def receive(self, text: bytes) -> None:
+        """Handle one text frame from the client."""
+        if self._closed:
+            return
+        if self._pending >= self.max_pending_ops:
+            self._connection.send_reply(encode_error(OpError(ErrorCode.RATE_LIMITED)))
+            return
+        self._pending += 1
+        self._queue.addCallback(self._process, text)
+
+    def close(self) -> None:
+        """The connection is gone: give back every subscription."""
+        self._closed = True
+        self.subscriptions.clear()
+        self._node.drop(self._connection)
+
+    def _process(self, _: object, text: bytes) -> Deferred:
+        answered = maybeDeferred(self._answer, text)
+        answered.addErrback(self._internal_error)
+        answered.addCallback(self._reply)
+        return answered
+
+    def _reply(self, reply: bytes | None) -> None:
+        self._pending -= 1
+        if reply is not None and not self._closed:
+            self._connection.send_reply(reply)
+
+    def _internal_error(self, failure) -> None:
+        self.log.failure("unexpected error while handling an op", failure)
+        if not self._closed:
+            self._connection.close(CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _answer(self, text: bytes) -> Deferred | bytes | None:
+        try:
+            request = parse_request(text)
+            handler = getattr(self, f"_op_{request.op}")
+            answer = handler(request)
+        except OpError as error:
+            return encode_error(error)
+        if isinstance(answer, Deferred):
+            return answer.addErrback(_encode_op_error)
+        return answer
+
+    @inlineCallbacks
+    def _op_auth(self, request: Request):
+        try:
+            uid = yield self._authenticator.authenticate(request.token or "")
+        except AuthFailed:
+            raise OpError(ErrorCode.AUTH_FAILED, request.id) from None
+        except AuthUnavailable:
+            raise OpError(ErrorCode.AUTH_UNAVAILABLE, request.id) from None
+        if self._closed:
+            return None
+        if uid != self.uid:
+            self._drop_private_subscriptions()
+        self.uid = uid
+        return encode_result(request.id)
+
+    def _op_subscribe(self, request: Request) -> Deferred:
+        self._require_auth(request)
+        new = [name for name in request.channels if name.name not in self.subscriptions]
+        if len(self.subscriptions) + len(new) > self._max_subscriptions:
+            raise OpError(ErrorCode.TOO_MANY_SUBSCRIPTIONS, request.id)
+        in_effect = []
+        for name in new:
+            internal = name.internal(self._prefix, self.uid)
+            self.subscriptions[name.name] = internal
+            in_effect.append(self._node.subscribe(self._connection, internal))
+        done = gatherResults(in_effect, consumeErrors=True) if in_effect else succeed(None)
+        return done.addCallback(lambda _: encode_result(request.id))
+
+    def _op_unsubscribe(self, request: Request) -> bytes:
+        self._require_auth(request)
+        for name in request.channels:
+            internal = self.subscriptions.pop(name.name, None)
+            if internal is not None:
+                self._node.unsubscribe(self._connection, internal)
+        return encode_result(request.id)
+
+    def _op_list(self, request: Request) -> bytes:
+        return encode_result(request.id, list(self.subscriptions))
+
+    def _op_ping(self, request: Request) -> bytes:
+        return encode_pong(request.id, int(self._clock.seconds() * 1000))
+
+    def _require_auth(self, request: Request) -> None:
+        if self.uid is None and any(name.private for name in request.channels):
+            raise OpError(ErrorCode.NOT_AUTH, request.id)
+
+    def _drop_private_subscriptions(self) -> None:
+        """A new uid must not keep receiving the previous user's private channels."""
+        for name, internal in list(self.subscriptions.items()):
+            if name.startswith("@"):
+                del self.subscriptions[name]
+                self._node.unsubscribe(self._connection, internal)
+
+
+def _encode_op_error(failure):
+    failure.trap(OpError)
+    return encode_error(failure.value)

@@ -1,0 +1,10 @@
+"""The ``twistd exchange-stream`` / ``twist exchange-stream`` plugin."""
+
+from twisted.application.service import ServiceMaker
+
+exchange_stream = ServiceMaker(
+    "exchange-stream",
+    "exchange_stream.service",
+    "WebSocket push gateway for digital-asset exchanges",
+    "exchange-stream",
+)
