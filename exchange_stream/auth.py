@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -95,7 +96,7 @@ class HttpAuthenticator:
             data=json.dumps({"token": token}).encode(),
             headers={b"Content-Type": [b"application/json"]},
         )
-        body = yield self._http.content(response)
+        body = yield treq.content(response)
         if response.code >= 500:
             raise AuthUnavailable(f"auth back end answered HTTP {response.code}")
         if response.code != 200:

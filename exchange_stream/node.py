@@ -49,8 +49,9 @@ class Node:
             self._reconcile(channel)
 
     def _reconcile(self, channel: str) -> Deferred:
-        if channel in self._meshed and channel not in self._locks:
-            # Already subscribed and nothing in flight: the common case costs no Deferred chain.
+        in_step = (channel in self._meshed) == self.hub.has_subscribers(channel)
+        if in_step and channel not in self._locks:
+            # Nothing to change and nothing in flight: the common case costs no lock.
             return succeed(None)
         lock = self._locks.get(channel)
         if lock is None:

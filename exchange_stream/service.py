@@ -16,7 +16,7 @@ from exchange_stream.config import GatewayConfig
 from exchange_stream.gateway import Gateway
 from exchange_stream.options import Options
 
-__all__ = ["Options", "makeService", "mount"]
+__all__ = ["Options", "api_site", "makeService", "mount", "websocket_site"]
 
 
 def mount(root: Resource, path: str, resource: Resource) -> None:
@@ -54,11 +54,21 @@ def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiS
     gateway.setName("gateway")
     gateway.setServiceParent(service)
 
-    if config.path.strip("/"):
-        root = Resource()
-        mount(root, config.path, gateway.websocket_resource())
-    else:
-        root = gateway.websocket_resource()
-    strports.service(config.ws, QuietSite(root)).setServiceParent(service)
-    strports.service(config.api, QuietSite(gateway.api_resource())).setServiceParent(service)
+    strports.service(config.ws, websocket_site(gateway)).setServiceParent(service)
+    strports.service(config.api, api_site(gateway)).setServiceParent(service)
     return service
+
+
+def websocket_site(gateway: Gateway) -> Site:
+    """The site for the WebSocket port: the gateway's resource at ``config.path``."""
+    path = gateway.config.path
+    if not path.strip("/"):
+        return QuietSite(gateway.websocket_resource())
+    root = Resource()
+    mount(root, path, gateway.websocket_resource())
+    return QuietSite(root)
+
+
+def api_site(gateway: Gateway) -> Site:
+    """The site for the internal API port."""
+    return QuietSite(gateway.api_resource())

@@ -1,0 +1,43 @@
+"""Shared fixtures: a fake auth back end and a gateway on free 127.0.0.1 ports."""
+
+import sys
+
+import pytest
+import pytest_twisted
+import txaio
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.web.server import Site
+
+from exchange_stream.config import GatewayConfig
+from tests.support import LOCAL, AuthBackend, start_gateway
+
+# Twisted's log to stderr, which pytest shows for a failing test.
+globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+
+# Autobahn's timers run on txaio's loop; tie it to Twisted for every test.
+txaio.use_twisted()
+
+
+@pytest_twisted.async_yield_fixture
+async def auth_backend():
+    backend = AuthBackend()
+    backend.user("token-1001", 1001)
+    backend.user("token-1002", 1002)
+    port = await serverFromString(reactor, LOCAL).listen(Site(backend))
+    backend.url = f"http://127.0.0.1:{port.getHost().port}/websocket_auth"
+    yield backend
+    await port.stopListening()
+
+
+@pytest.fixture
+def gateway_config(auth_backend) -> GatewayConfig:
+    return GatewayConfig(auth_url=auth_backend.url, auth_timeout=2.0)
+
+
+@pytest_twisted.async_yield_fixture
+async def running(gateway_config):
+    running = await start_gateway(gateway_config)
+    yield running
+    await running.stop()
