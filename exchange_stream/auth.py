@@ -121,7 +121,6 @@ class HttpAuthenticator:
         raise AuthUnavailable(failure.getErrorMessage())
 
 
-@implementer(IAuthenticator)
 class _QuietClientFactory(_HTTP11ClientFactory):
     noisy = False
 
@@ -134,6 +133,7 @@ def quiet_http_client(reactor: IReactorTime) -> HTTPClient:
     return HTTPClient(Agent(reactor, pool=pool))
 
 
+@implementer(IAuthenticator)
 class MeteredAuthenticator:
     """Wraps an authenticator to record outcomes and latency (see ``metrics``)."""
 

@@ -1,0 +1,156 @@
+"""The hub's index and the node's mesh subscriptions, driven by hand."""
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from exchange_stream.hub import Hub
+from exchange_stream.mesh import IMesh, MemoryMesh, Publication
+from exchange_stream.node import Node
+
+
+class Recorder:
+    """A subscriber that records the prepared frames written to it."""
+
+    def __init__(self):
+        self.frames = []
+
+    def sendPreparedMessage(self, prepared):
+        self.frames.append(prepared)
+
+
+def prepare(payload, binary):
+    prepare.calls += 1
+    return (payload, binary)
+
+
+prepare.calls = 0
+
+
+@implementer(IMesh)
+class SlowMesh:
+    """A mesh whose subscribe/unsubscribe complete only when the test says so."""
+
+    available = True
+
+    def __init__(self):
+        self.calls = []
+        self.pending = []
+
+    def publish(self, channel, publication):
+        return succeed(0)
+
+    def subscribe(self, channel, receiver):
+        return self._call("subscribe", channel)
+
+    def unsubscribe(self, channel, receiver):
+        return self._call("unsubscribe", channel)
+
+    def _call(self, kind, channel):
+        self.calls.append((kind, channel))
+        done = Deferred()
+        self.pending.append(done)
+        return done
+
+    def finish_all(self):
+        while self.pending:
+            self.pending.pop(0).callback(None)
+
+
+def test_memory_mesh_provides_the_interface():
+    assert verifyObject(IMesh, MemoryMesh())
+
+
+def test_hub_reports_first_and_last_subscriber():
+    hub = Hub(prepare)
+    a, b = Recorder(), Recorder()
+    assert hub.add(a, "c") is True
+    assert hub.add(b, "c") is False
+    assert hub.add(b, "c") is False  # twice is once
+    assert hub.subscription_count == 2
+    assert hub.remove(a, "c") is False
+    assert hub.remove(a, "c") is False  # not subscribed any more
+    assert hub.remove(b, "c") is True
+    assert hub.channel_count == 0 and hub.subscription_count == 0
+
+
+def test_fan_out_frames_once_for_all_subscribers():
+    hub = Hub(prepare)
+    subscribers = [Recorder() for _ in range(50)]
+    for subscriber in subscribers:
+        hub.add(subscriber, "c")
+    hub.add(Recorder(), "other")
+    before = prepare.calls
+    assert hub.deliver("c", b"payload") == 50
+    assert prepare.calls == before + 1
+    assert all(s.frames == [(b"payload", False)] for s in subscribers)
+    assert hub.deliver("nobody", b"x") == 0
+    assert prepare.calls == before + 1
+    assert hub.messages_delivered == 50
+
+
+def test_remove_all_returns_emptied_channels_only():
+    hub = Hub(prepare)
+    a, b = Recorder(), Recorder()
+    hub.add(a, "shared")
+    hub.add(b, "shared")
+    hub.add(a, "mine")
+    assert hub.remove_all(a) == ["mine"]
+    assert hub.remove_all(a) == []
+    assert list(hub.channels()) == ["shared"]
+
+
+def test_node_holds_a_mesh_subscription_exactly_while_it_has_subscribers():
+    mesh = MemoryMesh()
+    node = Node(Hub(prepare), mesh)
+    a, b = Recorder(), Recorder()
+    node.subscribe(a, "c")
+    node.subscribe(b, "c")
+    assert mesh.subscribed_channels() == ["c"]
+    node.unsubscribe(a, "c")
+    assert mesh.subscribed_channels() == ["c"]
+    node.drop(b)
+    assert mesh.subscribed_channels() == []
+
+
+def test_publications_reach_every_node_sharing_a_memory_mesh():
+    mesh = MemoryMesh()
+    nodes = [Node(Hub(prepare), mesh) for _ in range(3)]
+    recorders = [Recorder() for _ in nodes]
+    for node, recorder in zip(nodes[:2], recorders, strict=False):
+        node.subscribe(recorder, "c")
+    reached = []
+    nodes[2].publish("c", Publication(b"hi")).addCallback(reached.append)
+    assert reached == [2]
+    assert [r.frames for r in recorders] == [[(b"hi", False)], [(b"hi", False)], []]
+
+
+def test_subscribe_fires_only_when_the_mesh_subscription_is_in_effect():
+    mesh = SlowMesh()
+    node = Node(Hub(prepare), mesh)
+    fired = []
+    node.subscribe(Recorder(), "c").addCallback(lambda _: fired.append("first"))
+    node.subscribe(Recorder(), "c").addCallback(lambda _: fired.append("second"))
+    assert fired == []
+    mesh.finish_all()
+    assert sorted(fired) == ["first", "second"]
+    assert mesh.calls == [("subscribe", "c")]
+
+
+def test_churn_while_the_mesh_is_busy_ends_in_the_right_state():
+    """Subscribe, leave and come back while a mesh call is in flight: calls are serialised
+    per channel and the final mesh state matches the hub, with no duplicate subscribe."""
+    mesh = SlowMesh()
+    node = Node(Hub(prepare), mesh)
+    a = Recorder()
+    node.subscribe(a, "c")
+    node.unsubscribe(a, "c")
+    node.subscribe(a, "c")
+    assert mesh.calls == [("subscribe", "c")]
+    mesh.finish_all()
+    # the channel is wanted again by the time the first call finished: nothing else to do
+    assert mesh.calls == [("subscribe", "c")]
+    node.drop(a)
+    mesh.finish_all()
+    assert mesh.calls == [("subscribe", "c"), ("unsubscribe", "c")]
+    assert node._locks == {}
