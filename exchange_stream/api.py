@@ -108,8 +108,8 @@ class PublishResource(Resource):
 
     def _validate(self, request: Request) -> tuple[str, Publication]:
         if self._expected_authorization is not None:
-            given = request.getHeader(b"Authorization") or ""
-            if not hmac.compare_digest(given.encode(), self._expected_authorization):
+            given = request.getHeader(b"Authorization") or b""
+            if not hmac.compare_digest(given, self._expected_authorization):
                 raise ApiError(401, 102, "missing or wrong bearer token")
         body = request.content.read(self._max_body + 1)
         if len(body) > self._max_body:

@@ -117,7 +117,9 @@ def test_metered_authenticator_records_outcomes():
     records = []
     ticks = iter([10.0, 10.5, 20.0, 20.25])
     metered = MeteredAuthenticator(
-        StaticAuthenticator({"ok": 1}), lambda o, s: records.append((o, s)), clock=lambda: next(ticks)
+        StaticAuthenticator({"ok": 1}),
+        lambda o, s: records.append((o, s)),
+        clock=lambda: next(ticks),
     )
     assert outcome(metered.authenticate("ok")) == "1"
     assert outcome(metered.authenticate("no")) == AuthFailed

@@ -1,0 +1,160 @@
+"""The internal HTTP API, over an in-memory site (StubTreq)."""
+
+import json
+
+import pytest
+import treq
+from treq.testing import StubTreq
+from twisted.internet.defer import fail, succeed
+from zope.interface import implementer
+
+from exchange_stream.auth import StaticAuthenticator
+from exchange_stream.config import GatewayConfig
+from exchange_stream.gateway import Gateway
+from exchange_stream.mesh import IMesh, MemoryMesh, MeshUnavailable
+
+URL = "http://api/v1/mesh/publish"
+
+
+@implementer(IMesh)
+class DownMesh:
+    """A mesh that is known to be down, or that refuses at publish time."""
+
+    def __init__(self, available):
+        self.available = available
+
+    def publish(self, channel, publication):
+        return fail(MeshUnavailable("redis gone"))
+
+    def subscribe(self, channel, receiver):
+        return succeed(None)
+
+    def unsubscribe(self, channel, receiver):
+        return succeed(None)
+
+
+def api(mesh=None, **config):
+    gateway = Gateway(
+        GatewayConfig(**config), mesh=mesh or MemoryMesh(), authenticator=StaticAuthenticator({})
+    )
+    return gateway, StubTreq(gateway.api_resource())
+
+
+def call(client, method, url, **kwargs):
+    """Run one request to completion and return (status, headers, body bytes)."""
+    results = []
+    client.request(method, url, **kwargs).addCallback(
+        lambda r: treq.content(r).addCallback(lambda body: results.append((r, body)))
+    )
+    client.flush()
+    response, body = results[0]
+    return response.code, response.headers, body
+
+
+def publish(client, body, **kwargs):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    status, _, answer = call(client, "POST", URL, data=raw, **kwargs)
+    return status, json.loads(answer)
+
+
+class Recorder:
+    def __init__(self):
+        self.frames = []
+
+    def sendPreparedMessage(self, prepared):
+        self.frames.append(prepared)
+
+
+def test_publish_reports_nodes_with_subscribers():
+    gateway, client = api()
+    assert publish(client, {"c": "ex:BTCUSDT@depth", "d": "{}"}) == (
+        200,
+        {"E": None, "r": {"s": 0, "f": 0}},
+    )
+    recorder = Recorder()
+    gateway.node.subscribe(recorder, "ex:BTCUSDT@depth")
+    data = '{"event":"BTCUSDT@depth","data":{"bids":[["64000.10","0.5"]]},"note":"\u00e9\u4e2d"}'
+    assert publish(client, {"c": "ex:BTCUSDT@depth", "d": data})[1]["r"]["s"] == 1
+    assert len(recorder.frames) == 1
+    assert recorder.frames[0].payload == data.encode()  # byte for byte, decimals untouched
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        {"d": "x"},
+        {"c": "", "d": "x"},
+        {"c": 5, "d": "x"},
+        {"c": "ex:a b", "d": "x"},
+        {"c": "ex:a\nb", "d": "x"},
+        {"c": "ex:x", "d": {"not": "text"}},
+        {"c": "ex:x"},
+        {"c": "ex:x", "d": "x", "t": "video"},
+        {"c": "ex:x", "d": "not base64!", "t": "binary"},
+    ],
+)
+def test_invalid_publish_is_400_101(body):
+    _, client = api()
+    status, answer = publish(client, body)
+    assert status == 400
+    assert answer["E"]["c"] == 101 and answer["E"]["m"]
+
+
+def test_bearer_token_is_required_when_configured():
+    _, client = api(api_token="s3cret")
+    body = {"c": "ex:x", "d": "x"}
+    assert publish(client, body)[0] == 401
+    assert publish(client, body, headers={"Authorization": "Bearer wrong"})[1]["E"]["c"] == 102
+    assert publish(client, body, headers={"Authorization": "Bearer s3cret"})[0] == 200
+
+
+def test_oversize_body_is_413_103():
+    _, client = api(max_publish_size=100)
+    status, answer = publish(client, {"c": "ex:x", "d": "x" * 200})
+    assert (status, answer["E"]["c"]) == (413, 103)
+    assert publish(client, {"c": "ex:x", "d": "x" * 50})[0] == 200
+
+
+@pytest.mark.parametrize("available", [False, True])
+def test_mesh_refusal_is_503_104(available):
+    _, client = api(mesh=DownMesh(available))
+    status, answer = publish(client, {"c": "ex:x", "d": "x"})
+    assert (status, answer["E"]["c"]) == (503, 104)
+
+
+def test_get_on_publish_is_405():
+    _, client = api()
+    assert call(client, "GET", URL)[0] == 405
+
+
+def test_healthz_reflects_the_mesh():
+    _, client = api()
+    status, _, body = call(client, "GET", "http://api/healthz")
+    assert status == 200 and json.loads(body)["mesh"] == "up"
+    _, client = api(mesh=DownMesh(False))
+    status, _, body = call(client, "GET", "http://api/healthz")
+    assert status == 503 and json.loads(body)["status"] == "unavailable"
+
+
+def test_metrics_in_prometheus_format():
+    gateway, client = api()
+    gateway.node.subscribe(Recorder(), "ex:x")
+    publish(client, {"c": "ex:x", "d": "x"})
+    publish(client, {"c": "ex:x"})
+    status, headers, body = call(client, "GET", "http://api/metrics")
+    assert status == 200
+    assert headers.getRawHeaders("content-type")[0].startswith("text/plain")
+    text = body.decode()
+    for line in [
+        "exchange_stream_messages_published_total 1.0",
+        "exchange_stream_messages_delivered_total 1.0",
+        "exchange_stream_subscriptions 1.0",
+        "exchange_stream_channels 1.0",
+        "exchange_stream_connections 0.0",
+        'exchange_stream_publish_errors_total{code="101"} 1.0',
+    ]:
+        assert line in text.splitlines(), line
+    assert "exchange_stream_auth_latency_seconds_bucket" in text
