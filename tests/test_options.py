@@ -1,0 +1,64 @@
+"""Command line and TOML config: the same keys, the command line wins."""
+
+import pytest
+from twisted.python import usage
+
+from exchange_stream.config import GatewayConfig
+from exchange_stream.options import Options
+
+
+def parse(*argv) -> GatewayConfig:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options.config
+
+
+def test_defaults_are_designs():
+    config = parse()
+    assert config == GatewayConfig()
+    assert (config.ws, config.path, config.api) == (
+        "tcp:6790",
+        "/exchange-stream",
+        "tcp:6789:interface=127.0.0.1",
+    )
+    assert (config.mesh, config.prefix, config.api_token) == ("memory:", "ex:", None)
+    assert config.auth_url == "http://127.0.0.1:8000/websocket_auth"
+
+
+def test_command_line_values_are_typed():
+    config = parse("--ws", "tcp:7000", "--max-subscriptions", "10", "--auth-timeout", "1.5")
+    assert (config.ws, config.max_subscriptions, config.auth_timeout) == ("tcp:7000", 10, 1.5)
+
+
+def test_toml_file_with_command_line_overrides(tmp_path):
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        'ws = "tcp:7001"\nprefix = "venue:"\napi-token = "t0ken"\n'
+        "max_subscriptions = 50\nauth-timeout = 2\n"
+    )
+    config = parse("--config", str(path), "--prefix", "cli:")
+    assert config.ws == "tcp:7001"
+    assert config.prefix == "cli:"
+    assert config.api_token == "t0ken"
+    assert config.max_subscriptions == 50
+    assert config.auth_timeout == 2.0
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['unknown = "x"', "ws = 6790", "max-subscriptions = 1.5", "ws = ", 'path = "no-slash"'],
+)
+def test_bad_config_files_are_usage_errors(tmp_path, content):
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    with pytest.raises(usage.UsageError):
+        parse("--config", str(path))
+
+
+def test_missing_config_file_and_bad_values_are_usage_errors():
+    with pytest.raises(usage.UsageError):
+        parse("--config", "/nonexistent/gateway.toml")
+    with pytest.raises(usage.UsageError):
+        parse("--max-subscriptions", "0")
+    with pytest.raises(usage.UsageError):
+        parse("--max-subscriptions", "many")
