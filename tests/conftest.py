@@ -9,14 +9,16 @@ import pytest_twisted
 import txaio
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.logger import globalLogPublisher, textFileLogObserver
 from twisted.web.server import Site
 
 from exchange_stream.config import GatewayConfig
 from tests.support import LOCAL, AuthBackend, start_gateway
 
-# Twisted's log to stderr, which pytest shows for a failing test.
-globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+# Twisted's log to stderr, which pytest shows for a failing test; removed when the session
+# ends so that pytest's summary stays the last line of the run.
+_log_to_stderr = textFileLogObserver(sys.stderr)
+globalLogPublisher.addObserver(_log_to_stderr)
 
 # Autobahn's timers run on txaio's loop; tie it to Twisted for every test.
 txaio.use_twisted()
@@ -29,6 +31,7 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
 def pytest_sessionfinish(session, exitstatus):
     """In CI (``CI`` set), a skipped test fails the run: every test must run on a fresh
     machine, so a skip means a missing install step, not an optional extra."""
+    globalLogPublisher.removeObserver(_log_to_stderr)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter else []
     if os.environ.get("CI") and skipped and session.exitstatus == 0:
