@@ -11,6 +11,7 @@ import base64
 import binascii
 import hmac
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -56,7 +57,14 @@ def _error_body(error: ApiError) -> dict:
     return {"E": {"c": error.code, "m": error.message}}
 
 
-def parse_publish(body: bytes) -> tuple[str, Publication]:
+@dataclass(frozen=True, slots=True)
+class PublishRequest:
+    channel: str
+    publication: Publication
+    snapshot: Publication | None = None
+
+
+def parse_publish(body: bytes) -> PublishRequest:
     """Validate a publish body; raise :class:`ApiError` (400 / 101) when it is not one."""
     try:
         message = json.loads(body)
@@ -69,15 +77,28 @@ def parse_publish(body: bytes) -> tuple[str, Publication]:
         raise _invalid('"c" must be a non-empty channel name')
     if not channel.isprintable() or " " in channel:
         raise _invalid('"c" must not contain spaces or control characters')
-    data = message.get("d")
+    publication = _parse_data(message.get("d"), message.get("t", "text"))
+    retain = message.get("retain", False)
+    snapshot = message.get("snapshot")
+    if not isinstance(retain, bool):
+        raise _invalid('"retain" must be true or false')
+    if snapshot is not None and (retain or not isinstance(snapshot, str)):
+        raise _invalid('"snapshot" must be text, and not given with "retain"')
+    if retain:
+        return PublishRequest(channel, publication, publication)
+    if snapshot is not None:
+        return PublishRequest(channel, publication, Publication(snapshot.encode()))
+    return PublishRequest(channel, publication)
+
+
+def _parse_data(data: object, kind: object) -> Publication:
     if not isinstance(data, str):
         raise _invalid('"d" must be a string')
-    kind = message.get("t", "text")
     if kind == "text":
-        return channel, Publication(data.encode())
+        return Publication(data.encode())
     if kind == "binary":
         try:
-            return channel, Publication(base64.b64decode(data, validate=True), binary=True)
+            return Publication(base64.b64decode(data, validate=True), binary=True)
         except (binascii.Error, ValueError):
             raise _invalid('"d" must be base64 when "t" is "binary"') from None
     raise _invalid('"t" must be "text" or "binary"')
@@ -95,18 +116,20 @@ class PublishResource(Resource):
 
     def render_POST(self, request: Request) -> bytes | int:
         try:
-            channel, publication = self._validate(request)
+            publish = self._validate(request)
         except ApiError as error:
             self._gateway.metrics.publish_errors.labels(str(error.code)).inc()
             return _write_json(request, error.status, _error_body(error))
         hung_up: list[bool] = []
         request.notifyFinish().addErrback(lambda _: hung_up.append(True))
-        accepted = self._gateway.node.publish(channel, publication)
+        accepted = self._gateway.node.publish(
+            publish.channel, publish.publication, publish.snapshot
+        )
         accepted.addCallback(self._accepted, request, hung_up)
         accepted.addErrback(self._refused, request, hung_up)
         return NOT_DONE_YET
 
-    def _validate(self, request: Request) -> tuple[str, Publication]:
+    def _validate(self, request: Request) -> PublishRequest:
         if self._expected_authorization is not None:
             given = request.getHeader(b"Authorization") or b""
             if not hmac.compare_digest(given, self._expected_authorization):

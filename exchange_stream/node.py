@@ -30,14 +30,25 @@ class Node:
     def receive(self, channel: str, publication: Publication) -> None:
         self.hub.deliver(channel, publication.payload, publication.binary)
 
-    def publish(self, channel: str, publication: Publication) -> Deferred:
+    def publish(
+        self, channel: str, publication: Publication, snapshot: Publication | None = None
+    ) -> Deferred:
         """Publishing always goes through the mesh, even on a single node."""
-        return self.mesh.publish(channel, publication)
+        return self.mesh.publish(channel, publication, snapshot)
 
     def subscribe(self, subscriber: Subscriber, channel: str) -> Deferred:
-        """Add a local subscription; fires when the node receives ``channel`` from the mesh."""
+        """Add a local subscription, held until :meth:`release`.
+
+        Fires, once the node receives ``channel`` from the mesh, with the channel's snapshot
+        (a :class:`Publication`, or None) for the caller to pass to :meth:`release`.
+        """
         self.hub.add(subscriber, channel)
-        return self._reconcile(channel)
+        in_effect = self._reconcile(channel)
+        return in_effect.addCallback(lambda _: self.mesh.snapshot(channel))
+
+    def release(self, subscriber: Subscriber, channel: str, snapshot: Publication | None) -> None:
+        """Send the snapshot, then what arrived meanwhile, then live messages."""
+        self.hub.release(subscriber, channel, snapshot)
 
     def unsubscribe(self, subscriber: Subscriber, channel: str) -> None:
         if self.hub.remove(subscriber, channel):

@@ -91,7 +91,11 @@ class Session:
 
     def _reply(self, reply: bytes | None) -> None:
         self._pending -= 1
-        if reply is not None and not self._closed:
+        if reply is not None:
+            self._send(reply)
+
+    def _send(self, reply: bytes) -> None:
+        if not self._closed:
             self._connection.send_reply(reply)
 
     def _internal_error(self, failure) -> None:
@@ -130,13 +134,20 @@ class Session:
         new = [name for name in request.channels if name.name not in self.subscriptions]
         if len(self.subscriptions) + len(new) > self._max_subscriptions:
             raise OpError(ErrorCode.TOO_MANY_SUBSCRIPTIONS, request.id)
-        in_effect = []
-        for name in new:
-            internal = name.internal(self._prefix, self.uid)
+        internals = [name.internal(self._prefix, self.uid) for name in new]
+        snapshots = []
+        for name, internal in zip(new, internals, strict=True):
             self.subscriptions[name.name] = internal
-            in_effect.append(self._node.subscribe(self._connection, internal))
-        done = gatherResults(in_effect, consumeErrors=True) if in_effect else succeed(None)
-        return done.addCallback(lambda _: encode_result(request.id))
+            snapshots.append(self._node.subscribe(self._connection, internal))
+        in_effect = gatherResults(snapshots, consumeErrors=True) if snapshots else succeed([])
+
+        def answer_then_release(snapshots: list) -> None:
+            # The answer first, then each channel's snapshot, then its live messages.
+            self._send(encode_result(request.id))
+            for internal, snapshot in zip(internals, snapshots, strict=True):
+                self._node.release(self._connection, internal, snapshot)
+
+        return in_effect.addCallback(answer_then_release)
 
     def _op_unsubscribe(self, request: Request) -> bytes:
         self._require_auth(request)

@@ -12,6 +12,7 @@ from exchange_stream.auth import StaticAuthenticator
 from exchange_stream.config import GatewayConfig
 from exchange_stream.gateway import Gateway
 from exchange_stream.mesh import IMesh, MemoryMesh, MeshUnavailable
+from tests.test_node import Recorder, subscribe_live
 
 URL = "http://api/v1/mesh/publish"
 
@@ -23,8 +24,11 @@ class DownMesh:
     def __init__(self, available):
         self.available = available
 
-    def publish(self, channel, publication):
+    def publish(self, channel, publication, snapshot=None):
         return fail(MeshUnavailable("redis gone"))
+
+    def snapshot(self, channel):
+        return succeed(None)
 
     def subscribe(self, channel, receiver):
         return succeed(None)
@@ -57,14 +61,6 @@ def publish(client, body, **kwargs):
     return status, json.loads(answer)
 
 
-class Recorder:
-    def __init__(self):
-        self.frames = []
-
-    def sendPreparedMessage(self, prepared):
-        self.frames.append(prepared)
-
-
 def test_publish_reports_nodes_with_subscribers():
     gateway, client = api()
     assert publish(client, {"c": "ex:BTCUSDT@depth", "d": "{}"}) == (
@@ -72,7 +68,7 @@ def test_publish_reports_nodes_with_subscribers():
         {"E": None, "r": {"s": 0, "f": 0}},
     )
     recorder = Recorder()
-    gateway.node.subscribe(recorder, "ex:BTCUSDT@depth")
+    subscribe_live(gateway.node, recorder, "ex:BTCUSDT@depth")
     data = '{"event":"BTCUSDT@depth","data":{"bids":[["64000.10","0.5"]]},"note":"\u00e9\u4e2d"}'
     assert publish(client, {"c": "ex:BTCUSDT@depth", "d": data})[1]["r"]["s"] == 1
     assert len(recorder.frames) == 1
@@ -141,7 +137,7 @@ def test_healthz_reflects_the_mesh():
 
 def test_metrics_in_prometheus_format():
     gateway, client = api()
-    gateway.node.subscribe(Recorder(), "ex:x")
+    subscribe_live(gateway.node, Recorder(), "ex:x")
     publish(client, {"c": "ex:x", "d": "x"})
     publish(client, {"c": "ex:x"})
     status, headers, body = call(client, "GET", "http://api/metrics")
@@ -158,3 +154,28 @@ def test_metrics_in_prometheus_format():
     ]:
         assert line in text.splitlines(), line
     assert "exchange_stream_auth_latency_seconds_bucket" in text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"c": "ex:x", "d": "x", "retain": "yes"},
+        {"c": "ex:x", "d": "x", "snapshot": 5},
+        {"c": "ex:x", "d": "x", "retain": True, "snapshot": "s"},
+    ],
+)
+def test_invalid_snapshot_fields_are_400(body):
+    _, client = api()
+    assert publish(client, body)[0] == 400
+
+
+def test_retain_and_snapshot_are_kept_for_new_subscribers():
+    gateway, client = api()
+    publish(client, {"c": "ex:A@ticker", "d": '{"last":"1"}', "retain": True})
+    publish(client, {"c": "ex:A@depth", "d": '{"diff":2}', "snapshot": '{"book":2}'})
+    publish(client, {"c": "ex:A@depth", "d": '{"diff":3}'})  # no snapshot: the kept one stays
+    ticker, depth = Recorder(), Recorder()
+    subscribe_live(gateway.node, ticker, "ex:A@ticker")
+    subscribe_live(gateway.node, depth, "ex:A@depth")
+    assert [frame.payload for frame in ticker.frames] == [b'{"last":"1"}']
+    assert [frame.payload for frame in depth.frames] == [b'{"book":2}']

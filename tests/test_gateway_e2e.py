@@ -185,3 +185,15 @@ async def test_thousand_connections_leave_nothing_behind(running):
     assert hub.subscription_count == 0
     assert running.gateway.mesh.subscribed_channels() == []
     assert running.gateway.sessions == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_late_subscriber_gets_the_snapshot_after_the_answer_and_before_live(running):
+    await running.publish("ex:BTCUSDT@ticker", '{"last":"64000.1"}', retain=True)
+    client = await running.connect()
+    client.send({"op": "subscribe", "channels": ["BTCUSDT@ticker", "BTCUSDT@trades"], "id": 1})
+    assert await client.next() == {"result": True, "id": 1}
+    assert await client.next() == {"last": "64000.1"}
+    await running.publish("ex:BTCUSDT@ticker", '{"last":"64000.2"}', retain=True)
+    assert await client.next() == {"last": "64000.2"}
+    assert await client.nothing_within(0.05)

@@ -19,6 +19,12 @@ class Recorder:
         self.frames.append(prepared)
 
 
+def subscribe_live(node, subscriber, channel):
+    """Subscribe and release at once, as a session does after answering."""
+    subscribed = node.subscribe(subscriber, channel)
+    return subscribed.addCallback(lambda snapshot: node.release(subscriber, channel, snapshot))
+
+
 def prepare(payload, binary):
     prepare.calls += 1
     return (payload, binary)
@@ -37,8 +43,11 @@ class SlowMesh:
         self.calls = []
         self.pending = []
 
-    def publish(self, channel, publication):
+    def publish(self, channel, publication, snapshot=None):
         return succeed(0)
+
+    def snapshot(self, channel):
+        return succeed(None)
 
     def subscribe(self, channel, receiver):
         return self._call("subscribe", channel)
@@ -74,12 +83,17 @@ def test_hub_reports_first_and_last_subscriber():
     assert hub.channel_count == 0 and hub.subscription_count == 0
 
 
+def add_live(hub, subscriber, channel):
+    hub.add(subscriber, channel)
+    hub.release(subscriber, channel, None)
+
+
 def test_fan_out_frames_once_for_all_subscribers():
     hub = Hub(prepare)
     subscribers = [Recorder() for _ in range(50)]
     for subscriber in subscribers:
-        hub.add(subscriber, "c")
-    hub.add(Recorder(), "other")
+        add_live(hub, subscriber, "c")
+    add_live(hub, Recorder(), "other")
     before = prepare.calls
     assert hub.deliver("c", b"payload") == 50
     assert prepare.calls == before + 1
@@ -87,6 +101,31 @@ def test_fan_out_frames_once_for_all_subscribers():
     assert hub.deliver("nobody", b"x") == 0
     assert prepare.calls == before + 1
     assert hub.messages_delivered == 50
+
+
+def test_held_subscriber_gets_snapshot_first_then_what_arrived_meanwhile():
+    hub = Hub(prepare)
+    live, new = Recorder(), Recorder()
+    add_live(hub, live, "c")
+    hub.add(new, "c")
+    assert hub.deliver("c", b"m1") == 1
+    assert new.frames == []
+    hub.release(new, "c", Publication(b"state"))
+    hub.deliver("c", b"m2")
+    assert new.frames == [(b"state", False), (b"m1", False), (b"m2", False)]
+    assert live.frames == [(b"m1", False), (b"m2", False)]
+    hub.release(new, "c", Publication(b"again"))  # already live: nothing happens
+    assert len(new.frames) == 3
+    assert hub.messages_delivered == 5
+
+
+def test_subscriber_that_left_while_held_gets_nothing():
+    hub = Hub(prepare)
+    gone = Recorder()
+    hub.add(gone, "c")
+    assert hub.remove(gone, "c") is True
+    hub.release(gone, "c", Publication(b"state"))
+    assert gone.frames == [] and hub.channel_count == 0
 
 
 def test_remove_all_returns_emptied_channels_only():
@@ -104,8 +143,8 @@ def test_node_holds_a_mesh_subscription_exactly_while_it_has_subscribers():
     mesh = MemoryMesh()
     node = Node(Hub(prepare), mesh)
     a, b = Recorder(), Recorder()
-    node.subscribe(a, "c")
-    node.subscribe(b, "c")
+    subscribe_live(node, a, "c")
+    subscribe_live(node, b, "c")
     assert mesh.subscribed_channels() == ["c"]
     node.unsubscribe(a, "c")
     assert mesh.subscribed_channels() == ["c"]
@@ -118,7 +157,7 @@ def test_publications_reach_every_node_sharing_a_memory_mesh():
     nodes = [Node(Hub(prepare), mesh) for _ in range(3)]
     recorders = [Recorder() for _ in nodes]
     for node, recorder in zip(nodes[:2], recorders, strict=False):
-        node.subscribe(recorder, "c")
+        subscribe_live(node, recorder, "c")
     reached = []
     nodes[2].publish("c", Publication(b"hi")).addCallback(reached.append)
     assert reached == [2]

@@ -36,12 +36,20 @@ class IMesh(Interface):
 
     available = Attribute("True while publish() can attempt delivery.")
 
-    def publish(channel: str, publication: Publication) -> Deferred:
+    def publish(
+        channel: str, publication: Publication, snapshot: Publication | None = None
+    ) -> Deferred:
         """Accept ``publication`` for every node subscribed to ``channel``.
 
+        With ``snapshot``, keep it as the channel's state for new subscribers, in the same
+        step as the publish (so a snapshot is never older than a message that follows it).
         Fires with the number of nodes that had subscribers (0: nobody listens) once the mesh
         has accepted the message; fails with :class:`MeshUnavailable` when it was not sent.
         """
+
+    def snapshot(channel: str) -> Deferred:
+        """Fire with the channel's kept :class:`Publication`, or None; never fails (a mesh
+        that cannot answer now answers None and logs why)."""
 
     def subscribe(channel: str, receiver: IMeshReceiver) -> Deferred:
         """Start handing ``channel``'s publications to ``receiver``; fires when in effect.

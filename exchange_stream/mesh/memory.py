@@ -17,12 +17,20 @@ class MemoryMesh:
 
     def __init__(self) -> None:
         self._receivers: dict[str, list[IMeshReceiver]] = {}
+        self._snapshots: dict[str, Publication] = {}
 
-    def publish(self, channel: str, publication: Publication) -> Deferred:
+    def publish(
+        self, channel: str, publication: Publication, snapshot: Publication | None = None
+    ) -> Deferred:
+        if snapshot is not None:
+            self._snapshots[channel] = snapshot
         receivers = self._receivers.get(channel, ())
         for receiver in tuple(receivers):
             receiver.receive(channel, publication)
         return succeed(len(receivers))
+
+    def snapshot(self, channel: str) -> Deferred:
+        return succeed(self._snapshots.get(channel))
 
     def subscribe(self, channel: str, receiver: IMeshReceiver) -> Deferred:
         receivers = self._receivers.setdefault(channel, [])
