@@ -165,13 +165,16 @@ class HealthResource(Resource):
         self._gateway = gateway
 
     def render_GET(self, request: Request) -> bytes:
-        available = bool(self._gateway.mesh.available)
+        mesh = self._gateway.mesh
+        healthy = bool(mesh.available and mesh.receiving)
         body = {
-            "status": "ok" if available else "unavailable",
-            "mesh": "up" if available else "down",
+            "status": "ok" if healthy else "unavailable",
+            "mesh": "up" if healthy else "down",
+            "publishing": bool(mesh.available),
+            "receiving": bool(mesh.receiving),
             "connections": len(self._gateway.sessions),
         }
-        return _write_json(request, 200 if available else 503, body)
+        return _write_json(request, 200 if healthy else 503, body)
 
 
 class MetricsResource(Resource):

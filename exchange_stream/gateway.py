@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
@@ -46,9 +46,13 @@ class Gateway(MultiService):
         self.reactor = reactor
         self.factory = GatewayFactory(self, config.max_message_size)
         self.hub = Hub(self.factory.prepareMessage)
-        self.node = Node(self.hub, mesh if mesh is not None else open_mesh(config.mesh))
+        if mesh is None:
+            mesh = open_mesh(config.mesh, reactor)
+        if IService.providedBy(mesh):
+            mesh.setServiceParent(self)  # a mesh with connections starts and stops with us
+        self.node = Node(self.hub, mesh)
         self.sessions: set[Session] = set()
-        self.metrics = GatewayMetrics(self.hub, lambda: len(self.sessions))
+        self.metrics = GatewayMetrics(self.hub, mesh, lambda: len(self.sessions))
         if authenticator is None:
             authenticator = HttpAuthenticator(
                 config.auth_url, config.auth_timeout, http=http, reactor=reactor

@@ -13,11 +13,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exchange_stream.hub import Hub
+from exchange_stream.mesh import IMesh
 
 
-class _HubCollector(Collector):
-    def __init__(self, hub: Hub, connections: Callable[[], int]) -> None:
+class _NodeCollector(Collector):
+    def __init__(self, hub: Hub, mesh: IMesh, connections: Callable[[], int]) -> None:
         self._hub = hub
+        self._mesh = mesh
         self._connections = connections
 
     def collect(self) -> Iterator:
@@ -44,9 +46,9 @@ class _HubCollector(Collector):
 
 
 class GatewayMetrics:
-    def __init__(self, hub: Hub, connections: Callable[[], int]) -> None:
+    def __init__(self, hub: Hub, mesh: IMesh, connections: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_HubCollector(hub, connections))
+        self.registry.register(_NodeCollector(hub, mesh, connections))
         self.published = Counter(
             "exchange_stream_messages_published",
             "Publications accepted by the mesh through this node's API.",

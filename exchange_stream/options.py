@@ -19,7 +19,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("api-token", str, "bearer token the internal API requires for publishing"),
     ("auth-url", str, 'auth back end: POST {"token":...} -> {"uid":...}'),
     ("auth-timeout", float, "seconds to wait for the auth back end"),
-    ("mesh", str, "memory: (one node)"),
+    ("mesh", str, "memory: (one node) or redis://[:password@]host:port/db, rediss://, unix://"),
     ("prefix", str, "internal channel prefix"),
     ("max-subscriptions", int, "subscriptions per connection"),
     ("max-message-size", int, "largest client frame in bytes (larger: close 1009)"),

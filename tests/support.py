@@ -67,6 +67,10 @@ class RunningGateway:
     async def publish(self, channel: str, data: str, **extra) -> tuple[int, dict]:
         return await publish(self.api_port, {"c": channel, "d": data, **extra})
 
+    async def health(self) -> tuple[int, dict]:
+        response = await http_client().get(f"http://127.0.0.1:{self.api_port}/healthz")
+        return response.code, json.loads(await treq.content(response))
+
     async def connect(self) -> Client:
         return await connect(self.ws_port, self.gateway.config.path)
 

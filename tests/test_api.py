@@ -21,6 +21,9 @@ URL = "http://api/v1/mesh/publish"
 class DownMesh:
     """A mesh that is known to be down, or that refuses at publish time."""
 
+    receiving = True
+    reconnects = 0
+
     def __init__(self, available):
         self.available = available
 

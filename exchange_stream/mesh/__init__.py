@@ -12,8 +12,13 @@ from exchange_stream.mesh.memory import MemoryMesh
 __all__ = ["IMesh", "IMeshReceiver", "MemoryMesh", "MeshUnavailable", "Publication", "open_mesh"]
 
 
-def open_mesh(url: str) -> IMesh:
-    """Build the mesh a ``--mesh`` URL names; ``memory:`` is one process on its own."""
-    if url == "memory:" or url == "memory":
+def open_mesh(url: str, reactor=None) -> IMesh:
+    """Build the mesh a ``--mesh`` URL names: ``memory:`` (one process on its own), or
+    ``redis://``, ``rediss://``, ``unix://`` (a Redis shared by many nodes)."""
+    if url in ("memory:", "memory"):
         return MemoryMesh()
-    raise ValueError(f"unsupported mesh URL {url!r} (supported: memory:)")
+    if url.startswith(("redis://", "rediss://", "unix:")):
+        from exchange_stream.mesh.redis import RedisMesh
+
+        return RedisMesh(url, reactor=reactor)
+    raise ValueError(f"unsupported mesh URL {url!r} (memory:, redis://, rediss://, unix://)")

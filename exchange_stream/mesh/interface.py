@@ -35,6 +35,8 @@ class IMesh(Interface):
     """
 
     available = Attribute("True while publish() can attempt delivery.")
+    receiving = Attribute("True while this node receives the channels it subscribed.")
+    reconnects = Attribute("How many times the mesh had to reconnect (0 for memory).")
 
     def publish(
         channel: str, publication: Publication, snapshot: Publication | None = None

@@ -14,6 +14,8 @@ from exchange_stream.mesh.interface import IMesh, IMeshReceiver, Publication
 @implementer(IMesh)
 class MemoryMesh:
     available = True
+    receiving = True
+    reconnects = 0
 
     def __init__(self) -> None:
         self._receivers: dict[str, list[IMeshReceiver]] = {}

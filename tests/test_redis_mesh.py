@@ -1,0 +1,165 @@
+"""Several gateway nodes on one real Redis (a throwaway redis-server per test)."""
+
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from exchange_stream.config import GatewayConfig
+from tests.redis_server import RedisServer
+from tests.support import publish, start_gateway
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.close()
+
+
+async def until(condition, timeout: float = 10.0, step: float = 0.02) -> None:
+    waited = 0.0
+    while not condition():
+        if waited > timeout:
+            raise AssertionError("condition not reached in time")
+        await deferLater(reactor, step, lambda: None)
+        waited += step
+
+
+async def start_node(redis_server, auth_backend):
+    node = await start_gateway(
+        GatewayConfig(mesh=redis_server.url, auth_url=auth_backend.url, auth_timeout=2.0)
+    )
+    mesh = node.gateway.mesh
+    await until(lambda: mesh.available and mesh.receiving)
+    return node
+
+
+@pytest_twisted.async_yield_fixture
+async def nodes(redis_server, auth_backend):
+    started = [await start_node(redis_server, auth_backend) for _ in range(3)]
+    yield started
+    for node in started:
+        await node.stop()
+
+
+async def subscribed_client(node, *channels, token=None):
+    client = await node.connect()
+    if token:
+        assert await client.request({"op": "auth", "token": token}) == {"result": True}
+    assert await client.request({"op": "subscribe", "channels": list(channels)}) == {"result": True}
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_on_a_reaches_b_and_c_once_and_in_order(nodes):
+    a, b, c = nodes
+    clients = [await subscribed_client(node, "BTCUSDT@trades") for node in (b, c, c)]
+    status, answer = await a.publish("ex:BTCUSDT@trades", '{"n":0}')
+    assert (status, answer) == (200, {"E": None, "r": {"s": 2, "f": 0}})
+    for index in range(1, 200):
+        await a.publish("ex:BTCUSDT@trades", json.dumps({"n": index}))
+    for client in clients:
+        received = [(await client.next())["n"] for _ in range(200)]
+        assert received == list(range(200))
+        assert await client.nothing_within(0.1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_private_events_cross_nodes_only_to_their_user(nodes):
+    a, b, c = nodes
+    alice = await subscribed_client(b, "@order", token="token-1001")
+    bob = await subscribed_client(c, "@order", token="token-1002")
+    await a.publish("ex:1002@order", '{"for":"bob"}')
+    assert await bob.next() == {"for": "bob"}
+    assert await alice.nothing_within(0.1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_subscribe_in_redis_only_while_they_have_subscribers(nodes, redis_server):
+    a, b, c = nodes
+    channel = "ex:ETHUSDT@depth"
+    first = await subscribed_client(b, "ETHUSDT@depth")
+    second = await subscribed_client(b, "ETHUSDT@depth")
+    third = await subscribed_client(c, "ETHUSDT@depth")
+    assert redis_server.numsub(channel) == {channel: 2}  # one per node, not per client
+    await first.close()
+    await third.close()
+    await until(lambda: redis_server.numsub(channel)[channel] == 1)
+    await second.close()
+    await until(lambda: redis_server.numsub(channel)[channel] == 0)
+    status, answer = await a.publish(channel, "{}")
+    assert answer["r"]["s"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_snapshot_reaches_a_late_subscriber_on_another_node(nodes):
+    a, b, _ = nodes
+    await a.publish("ex:BTCUSDT@depth", '{"type":"update","seq":1}', snapshot='{"seq":1}')
+    await a.publish("ex:BTCUSDT@ticker", '{"last":"1.0"}', retain=True)
+    await a.publish("ex:BTCUSDT@ticker", '{"last":"2.0"}', retain=True)
+    client = await subscribed_client(b, "BTCUSDT@depth", "BTCUSDT@ticker")
+    got = [await client.next(), await client.next()]
+    assert sorted(got, key=json.dumps) == sorted([{"seq": 1}, {"last": "2.0"}], key=json.dumps)
+    await a.publish("ex:BTCUSDT@depth", '{"type":"update","seq":2}', snapshot='{"seq":2}')
+    assert await client.next() == {"type": "update", "seq": 2}
+
+
+@pytest_twisted.ensureDeferred
+async def test_back_end_may_publish_straight_to_redis(nodes, redis_server):
+    _, b, _ = nodes
+    client = await subscribed_client(b, "BTCUSDT@depth")
+    direct = redis_server.client()
+    assert direct.publish("ex:BTCUSDT@depth", '{"via":"redis"}') == 1
+    assert await client.next() == {"via": "redis"}
+    direct.publish("ex:BTCUSDT@depth", b"\x00b\x01\x02")
+    assert await client.next_raw() == (b"\x01\x02", True)
+    direct.set("es:snapshot:ex:BTCUSDT@ticker", '{"kept":true}')
+    late = await subscribed_client(b, "BTCUSDT@ticker")
+    assert await late.next() == {"kept": True}
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_outage_refuses_publishes_then_heals_without_duplicates(nodes, redis_server):
+    a, b, c = nodes
+    clients = [await subscribed_client(node, "BTCUSDT@trades") for node in (a, b, c)]
+    redis_server.stop()
+    await until(lambda: not a.gateway.mesh.available)
+    status, answer = await a.publish("ex:BTCUSDT@trades", '{"lost":true}')
+    assert (status, answer["E"]["c"]) == (503, 104)
+    health = await a.health()
+    assert health[0] == 503 and health[1]["mesh"] == "down"
+    assert all(client.closed.called is False for client in clients)  # clients stay connected
+
+    redis_server.start()
+    for node in nodes:
+        mesh = node.gateway.mesh
+        await until(lambda mesh=mesh: mesh.available and mesh.receiving, timeout=20)
+    assert redis_server.numsub("ex:BTCUSDT@trades") == {"ex:BTCUSDT@trades": 3}
+    status, answer = await a.publish("ex:BTCUSDT@trades", '{"after":true}')
+    assert (status, answer["r"]["s"]) == (200, 3)
+    for client in clients:
+        assert await client.next() == {"after": True}
+        assert await client.nothing_within(0.1)
+    assert (await a.health())[0] == 200
+    assert a.gateway.mesh.reconnects >= 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_node_serves_again(nodes, redis_server, auth_backend):
+    a, b, c = nodes
+    on_b = await subscribed_client(b, "BTCUSDT@kline_1m")
+    await b.stop()
+    await on_b.closed
+    await until(lambda: redis_server.numsub("ex:BTCUSDT@kline_1m")["ex:BTCUSDT@kline_1m"] == 0)
+    restarted = await start_node(redis_server, auth_backend)
+    try:
+        client = await subscribed_client(restarted, "BTCUSDT@kline_1m")
+        status, answer = await publish(c.api_port, {"c": "ex:BTCUSDT@kline_1m", "d": "[]"})
+        assert answer["r"]["s"] == 1
+        assert await client.next() == []
+    finally:
+        await restarted.stop()
+    nodes.remove(b)
