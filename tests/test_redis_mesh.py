@@ -90,7 +90,7 @@ async def test_nodes_subscribe_in_redis_only_while_they_have_subscribers(nodes, 
     await until(lambda: redis_server.numsub(channel)[channel] == 1)
     await second.close()
     await until(lambda: redis_server.numsub(channel)[channel] == 0)
-    status, answer = await a.publish(channel, "{}")
+    _status, answer = await a.publish(channel, "{}")
     assert answer["r"]["s"] == 0
 
 
@@ -149,7 +149,7 @@ async def test_redis_outage_refuses_publishes_then_heals_without_duplicates(node
 
 @pytest_twisted.ensureDeferred
 async def test_a_restarted_node_serves_again(nodes, redis_server, auth_backend):
-    a, b, c = nodes
+    _a, b, c = nodes
     on_b = await subscribed_client(b, "BTCUSDT@kline_1m")
     await b.stop()
     await on_b.closed
@@ -157,7 +157,7 @@ async def test_a_restarted_node_serves_again(nodes, redis_server, auth_backend):
     restarted = await start_node(redis_server, auth_backend)
     try:
         client = await subscribed_client(restarted, "BTCUSDT@kline_1m")
-        status, answer = await publish(c.api_port, {"c": "ex:BTCUSDT@kline_1m", "d": "[]"})
+        _status, answer = await publish(c.api_port, {"c": "ex:BTCUSDT@kline_1m", "d": "[]"})
         assert answer["r"]["s"] == 1
         assert await client.next() == []
     finally:
