@@ -11,6 +11,10 @@ While the command connection is down, publishing fails at once with ``MeshUnavai
 Wire format on Redis (documented in docs/scaling.md, so back ends may PUBLISH directly):
 the message body is the payload, sent to clients as a text frame, unless it starts with a
 NUL byte: then the next byte says what follows, ``t`` (text) or ``b`` (binary frame).
+Parsing uses txredisapi's hiredis protocol (``hiredis`` is a dependency): txredisapi's
+pure-Python parser continues after each bulk string with ``callLater(0)`` on the global
+reactor, a reactor turn per message part on the hot path and untestable with a fake clock.
+
 A channel's snapshot is the value of the key ``SNAPSHOT_KEY_PREFIX + channel``, in the same
 format; a publish and its snapshot are written by one script, so they are atomic.
 """
@@ -286,8 +290,11 @@ class RedisMesh(MultiService):
 
         def unavailable(failure):
             failure.trap(MeshUnavailable)
-            log.warn("Redis mesh: snapshot of {channel} not read: {why}", channel=channel,
-                     why=failure.getErrorMessage())  # fmt: skip
+            log.warn(
+                "Redis mesh: snapshot of {channel} not read: {why}",
+                channel=channel,
+                why=failure.getErrorMessage(),
+            )
             return None
 
         return reading.addCallbacks(decoded, unavailable)

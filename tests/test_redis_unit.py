@@ -1,0 +1,237 @@
+"""The Redis mesh driven by hand: fake connections (StringTransport), a fake clock, RESP bytes
+written by the test. Pins reconnect with backoff, resubscribe without duplicates, and that a
+publish fails at once while the mesh is down."""
+
+from dataclasses import dataclass
+
+import pytest
+from twisted.internet.defer import fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
+
+from exchange_stream.mesh import IMesh, MeshUnavailable, Publication
+from exchange_stream.mesh.redis import (
+    RedisAddress,
+    RedisMesh,
+    _Subscriber,
+    decode_wire,
+    encode_wire,
+)
+
+
+def bulk(*items) -> bytes:
+    """A RESP multi-bulk reply."""
+    out = [b"*%d\r\n" % len(items)]
+    for item in items:
+        if isinstance(item, int):
+            out.append(b":%d\r\n" % item)
+        else:
+            data = item if isinstance(item, bytes) else item.encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+@dataclass
+class Connection:
+    protocol: object
+    transport: StringTransport
+
+    @property
+    def subscriber(self) -> bool:
+        # ClientService wraps protocols in a proxy; look at what it wraps.
+        return isinstance(getattr(self.protocol, "_protocol", self.protocol), _Subscriber)
+
+    def written(self) -> bytes:
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def lose(self):
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class FakeEndpoint:
+    def __init__(self):
+        self.connections: list[Connection] = []
+        self.refuse = False
+
+    def connect(self, factory):
+        if self.refuse:
+            return fail(ConnectionRefusedError())
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.connections.append(Connection(protocol, transport))
+        return succeed(protocol)
+
+    def latest(self, subscriber: bool) -> Connection:
+        return [c for c in self.connections if c.subscriber == subscriber][-1]
+
+
+class Receiver:
+    def __init__(self):
+        self.got = []
+
+    def receive(self, channel, publication):
+        self.got.append((channel, publication))
+
+
+@pytest.fixture
+def setup():
+    clock, endpoint = Clock(), FakeEndpoint()
+    mesh = RedisMesh("redis://127.0.0.1:6399/0", reactor=clock, endpoint=endpoint)
+    mesh.startService()
+    yield mesh, clock, endpoint
+    mesh.stopService()
+
+
+def test_mesh_provides_the_interface(setup):
+    mesh, _, _ = setup
+    assert verifyObject(IMesh, mesh)
+    assert mesh.available and mesh.receiving
+
+
+def test_subscribe_waits_for_the_confirmation_and_messages_reach_the_receiver(setup):
+    mesh, _, endpoint = setup
+    subscriber = endpoint.latest(subscriber=True)
+    receiver, fired = Receiver(), []
+    mesh.subscribe("ex:a", receiver).addCallback(fired.append)
+    assert subscriber.written() == bulk("SUBSCRIBE", "ex:a")
+    assert fired == []
+    subscriber.protocol.dataReceived(bulk("subscribe", "ex:a", 1))
+    assert fired == [None]
+    subscriber.protocol.dataReceived(bulk("message", "ex:a", b'{"x":"1.10"}'))
+    subscriber.protocol.dataReceived(bulk("message", "ex:a", b"\x00b\x00\xff"))
+    subscriber.protocol.dataReceived(bulk("message", "ex:a", b"123"))  # not a number: text
+    assert receiver.got == [
+        ("ex:a", Publication(b'{"x":"1.10"}')),
+        ("ex:a", Publication(b"\x00\xff", binary=True)),
+        ("ex:a", Publication(b"123")),
+    ]
+
+
+def test_reconnects_with_backoff_and_resubscribes_everything_once(setup):
+    mesh, clock, endpoint = setup
+    old = endpoint.latest(subscriber=True)
+    receiver = Receiver()
+    for channel in ("ex:a", "ex:b"):
+        mesh.subscribe(channel, receiver)
+        old.protocol.dataReceived(bulk("subscribe", channel, 1))
+    mesh.unsubscribe("ex:b", receiver)
+    endpoint.refuse = True
+    old.lose()
+    assert not mesh.receiving
+    mesh.subscribe("ex:c", receiver)  # wanted while down: kept for the reconnect
+    clock.advance(0.1)
+    assert endpoint.latest(subscriber=True) is old  # backing off, not spinning
+    endpoint.refuse = False
+    for _ in range(20):
+        clock.advance(1)
+    new = endpoint.latest(subscriber=True)
+    assert new is not old and mesh.receiving
+    assert new.written() == bulk("SUBSCRIBE", "ex:a", "ex:c")
+    for _ in range(20):
+        clock.advance(1)
+    assert new.written() == b""  # once, not again
+    assert mesh.reconnects == 1
+
+
+def test_lost_connection_releases_anyone_waiting_for_a_confirmation(setup):
+    mesh, _, endpoint = setup
+    fired = []
+    mesh.subscribe("ex:a", Receiver()).addCallback(fired.append)
+    endpoint.latest(subscriber=True).lose()
+    assert fired == [None]
+
+
+def test_publish_while_down_fails_at_once(setup):
+    mesh, _, endpoint = setup
+    endpoint.refuse = True
+    endpoint.latest(subscriber=False).lose()
+    assert not mesh.available
+    failures = []
+    mesh.publish("ex:a", Publication(b"x")).addErrback(failures.append)
+    assert failures[0].check(MeshUnavailable)
+
+
+def test_publish_counts_nodes_and_snapshot_goes_with_it_atomically(setup):
+    mesh, _, endpoint = setup
+    commands = endpoint.latest(subscriber=False)
+    results = []
+    mesh.publish("ex:a", Publication(b"m")).addCallback(results.append)
+    assert commands.written() == bulk("PUBLISH", "ex:a", "m")
+    commands.protocol.dataReceived(b":3\r\n")
+    mesh.publish("ex:a", Publication(b"m2"), Publication(b"s2")).addCallback(results.append)
+    sent = commands.written()
+    assert sent.startswith(b"*7\r\n$4\r\nEVAL\r\n")
+    assert sent.endswith(bulk("es:snapshot:ex:a", "ex:a", "s2", "m2")[4:])
+    commands.protocol.dataReceived(b":0\r\n")
+    assert results == [3, 0]
+
+
+def test_a_publish_with_no_reply_times_out_and_drops_the_connection(setup):
+    mesh, clock, endpoint = setup
+    commands = endpoint.latest(subscriber=False)
+    failures = []
+    mesh.publish("ex:a", Publication(b"m")).addErrback(failures.append)
+    clock.advance(mesh.publish_timeout + 0.1)
+    assert failures[0].check(MeshUnavailable)
+    assert commands.transport.disconnecting
+
+
+def test_snapshot_reads_the_key_and_is_none_while_down(setup):
+    mesh, _, endpoint = setup
+    commands = endpoint.latest(subscriber=False)
+    results = []
+    mesh.snapshot("ex:a").addCallback(results.append)
+    assert commands.written() == bulk("GET", "es:snapshot:ex:a")
+    commands.protocol.dataReceived(b"$3\r\nabc\r\n")
+    mesh.snapshot("ex:b").addCallback(results.append)
+    commands.protocol.dataReceived(b"$-1\r\n")
+    endpoint.refuse = True
+    commands.lose()
+    mesh.snapshot("ex:c").addCallback(results.append)
+    assert results == [Publication(b"abc"), None, None]
+
+
+@pytest.mark.parametrize(
+    "publication",
+    [
+        Publication(b"{}"),
+        Publication(b""),
+        Publication(b"\x00odd text"),
+        Publication(b"\x00", binary=True),
+    ],
+)
+def test_wire_format_round_trips(publication):
+    assert decode_wire(encode_wire(publication)) == publication
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://10.0.0.5:6380/2", RedisAddress(host="10.0.0.5", port=6380, db=2)),
+        ("redis://:p%40ss@host/0", RedisAddress(host="host", password="p@ss")),
+        (
+            "redis://user:pw@host:1/3",
+            RedisAddress(host="host", port=1, db=3, username="user", password="pw"),
+        ),
+        ("rediss://host", RedisAddress(host="host", tls=True)),
+        ("unix:///run/redis.sock?db=4", RedisAddress(path="/run/redis.sock", db=4)),
+    ],
+)
+def test_redis_urls(url, expected):
+    assert RedisAddress.from_url(url) == expected
+
+
+@pytest.mark.parametrize("url", ["http://x", "redis://host/notanumber", "unix://"])
+def test_bad_redis_urls(url):
+    with pytest.raises(ValueError):
+        RedisAddress.from_url(url)
+
+
+def test_password_never_shows_in_repr():
+    assert "secret" not in repr(RedisAddress.from_url("redis://:secret@host/0"))
