@@ -163,3 +163,95 @@ async def test_a_restarted_node_serves_again(nodes, redis_server, auth_backend):
     finally:
         await restarted.stop()
     nodes.remove(b)
+
+
+def self_signed_certificate(directory) -> tuple[str, str]:
+    """A certificate for localhost / 127.0.0.1 that is its own CA: (cert path, key path)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_url_speaks_tls_and_verifies_the_server(redis_server, auth_backend, tmp_path):
+    """A TLS front (Twisted's ssl: endpoint + port forwarding) before the plain Redis."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.protocols.portforward import ProxyFactory
+
+    cert, key = self_signed_certificate(tmp_path)
+    front = await serverFromString(
+        reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    ).listen(ProxyFactory("127.0.0.1", redis_server.port))
+    tls_url = f"rediss://localhost:{front.getHost().port}/0?ca={cert}"
+    node = await start_gateway(GatewayConfig(mesh=tls_url, auth_url=auth_backend.url))
+    try:
+        mesh = node.gateway.mesh
+        await until(lambda: mesh.available and mesh.receiving)
+        client = await subscribed_client(node, "BTCUSDT@depth")
+        assert redis_server.numsub("ex:BTCUSDT@depth") == {"ex:BTCUSDT@depth": 1}
+        await node.publish("ex:BTCUSDT@depth", '{"tls":true}')
+        assert await client.next() == {"tls": True}
+    finally:
+        await node.stop()
+        await front.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unix_socket_url(auth_backend, tmp_path):
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer("--unixsocket", str(socket_path), "--unixsocketperm", "700")
+    node = await start_gateway(
+        GatewayConfig(mesh=f"unix://{socket_path}?db=3", auth_url=auth_backend.url)
+    )
+    try:
+        mesh = node.gateway.mesh
+        await until(lambda: mesh.available and mesh.receiving)
+        await node.publish("ex:BTCUSDT@ticker", '{"unix":1}', retain=True)
+        client = await subscribed_client(node, "BTCUSDT@ticker")
+        assert await client.next() == {"unix": 1}
+        keys = redis_db(server, 3).keys("es:snapshot:*")
+        assert keys == [b"es:snapshot:ex:BTCUSDT@ticker"]
+    finally:
+        await node.stop()
+        server.close()
+
+
+def redis_db(server, db):
+    import redis
+
+    return redis.Redis(host="127.0.0.1", port=server.port, db=db)

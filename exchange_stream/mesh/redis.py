@@ -66,8 +66,8 @@ def decode_wire(body: bytes) -> Publication:
 class RedisAddress:
     """Where the Redis server is, from a ``--mesh`` URL.
 
-    ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
-    ``unix:///path/to/redis.sock?db=N&password=...``.
+    ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS, verified against
+    the system's CAs or ``?ca=/path/to/ca.pem``) or ``unix:///path/to/redis.sock?db=N``.
     """
 
     host: str = "127.0.0.1"
@@ -77,6 +77,7 @@ class RedisAddress:
     db: int = 0
     username: str | None = None
     password: str | None = None
+    ca: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisAddress:
@@ -104,6 +105,7 @@ class RedisAddress:
             db=db,
             username=username,
             password=password,
+            ca=query.get("ca", [None])[0],
         )
 
     def endpoint(self, reactor) -> IStreamClientEndpoint:
@@ -111,9 +113,13 @@ class RedisAddress:
             return UNIXClientEndpoint(reactor, self.path, timeout=5)
         endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=5)
         if self.tls:
-            from twisted.internet.ssl import optionsForClientTLS
+            from twisted.internet.ssl import Certificate, optionsForClientTLS
 
-            endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
+            trust = None
+            if self.ca is not None:
+                with open(self.ca, "rb") as pem:
+                    trust = Certificate.loadPEM(pem.read())
+            endpoint = wrapClientTLS(optionsForClientTLS(self.host, trustRoot=trust), endpoint)
         return endpoint
 
     def __repr__(self) -> str:  # never show the password
