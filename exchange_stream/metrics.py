@@ -43,6 +43,16 @@ class _NodeCollector(Collector):
             "Messages written to client connections.",
             value=self._hub.messages_delivered,
         )
+        yield GaugeMetricFamily(
+            "exchange_stream_mesh_up",
+            "1 while the mesh can publish and this node receives its channels.",
+            value=int(bool(self._mesh.available and self._mesh.receiving)),
+        )
+        yield CounterMetricFamily(
+            "exchange_stream_mesh_reconnects",
+            "Times the mesh had to reconnect.",
+            value=self._mesh.reconnects,
+        )
 
 
 class GatewayMetrics:

@@ -71,6 +71,10 @@ class RunningGateway:
         response = await http_client().get(f"http://127.0.0.1:{self.api_port}/healthz")
         return response.code, json.loads(await treq.content(response))
 
+    async def metrics(self) -> list[str]:
+        response = await http_client().get(f"http://127.0.0.1:{self.api_port}/metrics")
+        return (await treq.content(response)).decode().splitlines()
+
     async def connect(self) -> Client:
         return await connect(self.ws_port, self.gateway.config.path)
 
