@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET, Request, UnsupportedMethod
 
 from exchange_stream.mesh import MeshUnavailable, Publication
 
@@ -105,6 +105,8 @@ def _parse_data(data: object, kind: object) -> Publication:
 
 
 class PublishResource(Resource):
+    """``POST /v1/mesh/publish``; any other method is 405, any path below it 404."""
+
     isLeaf = True
 
     def __init__(self, gateway: Gateway) -> None:
@@ -113,6 +115,14 @@ class PublishResource(Resource):
         token = gateway.config.api_token
         self._expected_authorization = f"Bearer {token}".encode() if token else None
         self._max_body = gateway.config.max_publish_size
+
+    def render(self, request: Request) -> bytes | int:
+        if request.postpath not in ([], [b""]):
+            request.setResponseCode(404)
+            return b""
+        if request.method != b"POST":
+            raise UnsupportedMethod([b"POST"])  # twisted.web answers 405 with Allow: POST
+        return self.render_POST(request)
 
     def render_POST(self, request: Request) -> bytes | int:
         try:

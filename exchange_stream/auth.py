@@ -12,7 +12,7 @@ from typing import Any
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, TimeoutError, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
@@ -98,6 +98,9 @@ class HttpAuthenticator:
         )
         body = yield treq.content(response)
         if response.code >= 500:
+            self.log.warn(
+                "auth back end {url} answered HTTP {code}", url=self.url, code=response.code
+            )
             raise AuthUnavailable(f"auth back end answered HTTP {response.code}")
         if response.code != 200:
             raise AuthFailed(f"auth back end answered HTTP {response.code}")
@@ -113,12 +116,12 @@ class HttpAuthenticator:
     def _classify_failure(self, failure):
         if failure.check(AuthFailed, AuthUnavailable):
             return failure
-        self.log.warn(
-            "auth back end {url} unavailable: {error}",
-            url=self.url,
-            error=failure.getErrorMessage() or failure.type.__name__,
-        )
-        raise AuthUnavailable(failure.getErrorMessage())
+        if failure.check(TimeoutError):
+            why = f"no answer within {self.timeout} s"
+        else:
+            why = failure.getErrorMessage() or failure.type.__name__
+        self.log.warn("auth back end {url} unavailable: {why}", url=self.url, why=why)
+        raise AuthUnavailable(why)
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):

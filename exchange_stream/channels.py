@@ -20,7 +20,7 @@ PUBLIC_TYPES = frozenset(
 PRIVATE_TYPES = frozenset({"balance", "order", "position", "account"})
 
 # Exchange symbols: BTCUSDT (Binance), BTC-USDT-SWAP (OKX), 1000PEPEUSDT, ETH_USDT.
-_SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+SYMBOL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _UID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -61,7 +61,7 @@ def parse_channel(name: object) -> ChannelName:
         raise InvalidChannel(name)
     if symbol == "" and kind in PRIVATE_TYPES:
         return ChannelName(name, "", kind)
-    if kind in PUBLIC_TYPES and _SYMBOL.fullmatch(symbol):
+    if kind in PUBLIC_TYPES and SYMBOL_PATTERN.fullmatch(symbol):
         return ChannelName(name, symbol, kind)
     raise InvalidChannel(name)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from exchange_stream.mesh import check_mesh_url
+
 
 @dataclass(frozen=True)
 class GatewayConfig:
@@ -26,6 +28,7 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
             raise ValueError(f"path must start with '/': {self.path!r}")
+        check_mesh_url(self.mesh)
         for name in ("auth_timeout", "max_subscriptions", "max_message_size", "max_publish_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

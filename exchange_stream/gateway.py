@@ -13,6 +13,7 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
@@ -28,6 +29,8 @@ from exchange_stream.websocket import GatewayFactory
 
 
 class Gateway(MultiService):
+    close_timeout = 2.0
+
     def __init__(
         self,
         config: GatewayConfig | None = None,
@@ -51,7 +54,7 @@ class Gateway(MultiService):
         if IService.providedBy(mesh):
             mesh.setServiceParent(self)  # a mesh with connections starts and stops with us
         self.node = Node(self.hub, mesh)
-        self.sessions: set[Session] = set()
+        self.sessions: dict[Session, IClientConnection] = {}
         self.metrics = GatewayMetrics(self.hub, mesh, lambda: len(self.sessions))
         if authenticator is None:
             authenticator = HttpAuthenticator(
@@ -65,12 +68,24 @@ class Gateway(MultiService):
 
     def open_session(self, connection: IClientConnection) -> Session:
         session = Session(connection, self.node, self.authenticator, self.config, self.reactor)
-        self.sessions.add(session)
+        self.sessions[session] = connection
         return session
 
     def close_session(self, session: Session) -> None:
         session.close()
-        self.sessions.discard(session)
+        self.sessions.pop(session, None)
+
+    def stopService(self) -> Deferred:
+        """Tell every client to go away (1001) so it reconnects to another node at once, and
+        give the closing handshakes up to ``close_timeout`` seconds before the mesh stops."""
+        closing = []
+        for connection in list(self.sessions.values()):
+            connection.close(1001, "server shutting down")
+            closing.append(connection.is_closed)
+        everyone = DeferredList(closing, consumeErrors=True)
+        everyone.addTimeout(self.close_timeout, self.reactor)
+        everyone.addErrback(lambda _: None)
+        return everyone.addCallback(lambda _: super(Gateway, self).stopService())
 
     def websocket_resource(self) -> Resource:
         """The WebSocket endpoint, to mount at ``config.path`` of a ``twisted.web`` site."""

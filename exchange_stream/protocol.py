@@ -101,8 +101,10 @@ def _parse_channels(message: dict, request_id: RequestId) -> tuple[ChannelName, 
             raise OpError(ErrorCode.INVALID_JSON, request_id)
         if not names:
             raise OpError(ErrorCode.INVALID_CHANNEL, request_id)
+    elif "channel" not in message:
+        raise OpError(ErrorCode.INVALID_CHANNEL, request_id)
     else:
-        name = message.get("channel", "")
+        name = message["channel"]
         if not isinstance(name, str):
             raise OpError(ErrorCode.INVALID_JSON, request_id)
         names = [name]

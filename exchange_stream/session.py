@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 from exchange_stream.auth import AuthFailed, AuthUnavailable, IAuthenticator
 from exchange_stream.config import GatewayConfig
@@ -40,6 +40,8 @@ class IClientConnection(Interface):
 
     def sendPreparedMessage(prepared: object) -> None:
         """Write a frame prepared once for many subscribers (hub fan-out)."""
+
+    is_closed = Attribute("A Deferred that fires when the connection is closed.")
 
 
 class Session:

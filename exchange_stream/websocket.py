@@ -42,9 +42,10 @@ class GatewayProtocol(WebSocketServerProtocol):
             self.sendMessage(reply)
 
     def close(self, code: int, reason: str) -> None:
-        # _fail_connection, unlike sendClose, accepts the protocol-level codes 1003 and 1009
-        # and, with failByDrop off, sends a proper close frame before closing.
-        self._fail_connection(code, reason)
+        # sendCloseFrame, unlike sendClose, accepts the protocol-level codes (1001, 1003,
+        # 1011) and starts the closing handshake without logging a warning per connection.
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendCloseFrame(code, reason.encode()[:123], isReply=False)
 
 
 class GatewayFactory(WebSocketServerFactory):

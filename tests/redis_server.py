@@ -34,8 +34,11 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process; ``stop``/``start`` keep its port so clients can reconnect."""
 
-    def __init__(self, *config: str) -> None:
+    def __init__(self, *config: str, password: str | None = None) -> None:
         self.port = free_port()
+        self.password = password
+        if password is not None:
+            config = (*config, "--requirepass", password)
         self.directory = Path(tempfile.mkdtemp(prefix="es-redis-"))
         self.config = config
         self.process: subprocess.Popen | None = None
@@ -78,7 +81,9 @@ class RedisServer:
             self.process = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5
+        )
 
     def numsub(self, *channels: str) -> dict[str, int]:
         pairs = self.client().pubsub_numsub(*channels)

@@ -81,8 +81,6 @@ class RunningGateway:
     async def stop(self) -> None:
         for listener in self.listeners:
             await listener.stopListening()
-        for session in list(self.gateway.sessions):
-            session._connection.close(1001, "test over")
         await self.gateway.stopService()
 
 

@@ -124,9 +124,22 @@ def test_mesh_refusal_is_503_104(available):
     assert (status, answer["E"]["c"]) == (503, 104)
 
 
-def test_get_on_publish_is_405():
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_other_methods_on_publish_are_405(method):
     _, client = api()
-    assert call(client, "GET", URL)[0] == 405
+    status, headers, _ = call(client, method, URL)
+    assert status == 405
+    assert headers.getRawHeaders("allow") == ["POST"]
+
+
+def test_methods_twisted_web_does_not_know_are_501():
+    _, client = api()
+    assert call(client, "PUT", URL)[0] == 501
+
+
+def test_paths_below_publish_are_404():
+    _, client = api()
+    assert call(client, "POST", URL + "/more", data=b'{"c":"ex:x","d":"x"}')[0] == 404
 
 
 def test_healthz_reflects_the_mesh():

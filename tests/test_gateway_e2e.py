@@ -4,7 +4,7 @@ import json
 
 import pytest_twisted
 
-from tests.support import connect
+from tests.support import connect, start_gateway
 
 BALANCE = json.dumps({"event": "@balance", "data": {"uid": 1001, "balance": [{"BTC": "1.5"}]}})
 
@@ -184,7 +184,7 @@ async def test_thousand_connections_leave_nothing_behind(running):
     assert hub.channel_count == 0
     assert hub.subscription_count == 0
     assert running.gateway.mesh.subscribed_channels() == []
-    assert running.gateway.sessions == set()
+    assert running.gateway.sessions == {}
 
 
 @pytest_twisted.ensureDeferred
@@ -197,3 +197,13 @@ async def test_late_subscriber_gets_the_snapshot_after_the_answer_and_before_liv
     await running.publish("ex:BTCUSDT@ticker", '{"last":"64000.2"}', retain=True)
     assert await client.next() == {"last": "64000.2"}
     assert await client.nothing_within(0.05)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_the_gateway_tells_clients_to_go_away(gateway_config):
+    running = await start_gateway(gateway_config)
+    clients = [await running.connect() for _ in range(3)]
+    await running.stop()
+    for client in clients:
+        code, _ = await client.closed
+        assert code == 1001

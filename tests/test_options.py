@@ -62,3 +62,13 @@ def test_missing_config_file_and_bad_values_are_usage_errors():
         parse("--max-subscriptions", "0")
     with pytest.raises(usage.UsageError):
         parse("--max-subscriptions", "many")
+
+
+@pytest.mark.parametrize("url", ["kafka://x", "redis://host/db-one", "memcache:"])
+def test_bad_mesh_urls_are_usage_errors(url):
+    with pytest.raises(usage.UsageError):
+        parse("--mesh", url)
+
+
+def test_redis_mesh_url_is_accepted():
+    assert parse("--mesh", "redis://:pw@10.0.0.5:6380/2").mesh == "redis://:pw@10.0.0.5:6380/2"

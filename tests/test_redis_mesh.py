@@ -258,3 +258,25 @@ def redis_db(server, db):
     import redis
 
     return redis.Redis(host="127.0.0.1", port=server.port, db=db)
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_protected_redis(auth_backend):
+    """A wrong password keeps the node unavailable (and retrying); the right one works."""
+    server = RedisServer(password="s3cret")
+    wrong = await start_gateway(
+        GatewayConfig(mesh=f"redis://:nope@127.0.0.1:{server.port}/0", auth_url=auth_backend.url)
+    )
+    right = await start_gateway(
+        GatewayConfig(mesh=f"redis://:s3cret@127.0.0.1:{server.port}/0", auth_url=auth_backend.url)
+    )
+    try:
+        await until(lambda: right.gateway.mesh.available and right.gateway.mesh.receiving)
+        await deferLater(reactor, 1.0, lambda: None)
+        assert not wrong.gateway.mesh.available
+        assert (await wrong.publish("ex:x", "{}"))[0] == 503
+        assert (await right.publish("ex:x", "{}"))[0] == 200
+    finally:
+        await wrong.stop()
+        await right.stop()
+        server.close()

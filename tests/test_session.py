@@ -24,6 +24,7 @@ class FakeConnection:
         self.replies = []
         self.pushes = []
         self.closed_with = None
+        self.is_closed = Deferred()
 
     def send_reply(self, reply):
         self.replies.append(json.loads(reply))

@@ -136,12 +136,13 @@ class _RedisFactory(Factory):
     """
 
     noisy = False
-    isLazy = True  # txredisapi: log connection errors instead of failing a pool Deferred
+    isLazy = False  # txredisapi: report AUTH/SELECT errors to connectionError only
 
-    def __init__(self, protocol: type, address: RedisAddress, mesh: RedisMesh) -> None:
+    def __init__(self, protocol: type, address: RedisAddress, mesh: RedisMesh, ready) -> None:
         self.protocol = protocol
         self._address = address
         self.mesh = mesh
+        self._ready = ready
 
     def buildProtocol(self, addr):
         connection = self.protocol(
@@ -152,6 +153,10 @@ class _RedisFactory(Factory):
             dbid=self._address.db or None,
         )
         connection.factory = self
+        # Ready once AUTH and SELECT passed. Not ClientService's prepareConnection: a
+        # connection that drops while that is pending (a wrong password) trips its state
+        # machine; as a plain connection that drops, it is retried with backoff.
+        connection.whenConnected().addCallback(self._ready)
         return connection
 
     # Called by txredisapi when AUTH or SELECT fails; ClientService keeps retrying.
@@ -197,20 +202,14 @@ class RedisMesh(MultiService):
         self._receivers: dict[str, list[IMeshReceiver]] = {}
         self._waiting: dict[tuple[bytes, bytes], list[Deferred]] = {}
         self.connects = 0
-        ClientService(
-            endpoint,
-            _RedisFactory(RedisProtocol, self.address, self),
-            retryPolicy=policy,
-            clock=reactor,
-            prepareConnection=self._commands_ready,
-        ).setServiceParent(self)
-        ClientService(
-            endpoint,
-            _RedisFactory(_Subscriber, self.address, self),
-            retryPolicy=policy,
-            clock=reactor,
-            prepareConnection=self._subscriber_ready,
-        ).setServiceParent(self)
+        for protocol, ready in (
+            (RedisProtocol, self._commands_ready),
+            (_Subscriber, self._subscriber_ready),
+        ):
+            factory = _RedisFactory(protocol, self.address, self, ready)
+            ClientService(endpoint, factory, retryPolicy=policy, clock=reactor).setServiceParent(
+                self
+            )
 
     # -- state --------------------------------------------------------------------------
 
@@ -229,35 +228,28 @@ class RedisMesh(MultiService):
         """Connections made after the first two (one per connection kind)."""
         return max(0, self.connects - 2)
 
-    def _commands_ready(self, connection: RedisProtocol) -> Deferred:
-        def ready(_):
-            self._commands = connection
-            self.connects += 1
-            # ClientService hands us a proxy; whenDisconnected fires with the protocol itself.
-            connection.whenDisconnected().addCallback(lambda _: self._commands_lost(connection))
-            log.info("Redis mesh: command connection to {address} up", address=self.address)
-
-        return connection.whenConnected().addCallback(ready)
+    def _commands_ready(self, connection: RedisProtocol) -> None:
+        self._commands = connection
+        self.connects += 1
+        connection.whenDisconnected().addCallback(self._commands_lost)
+        log.info("Redis mesh: command connection to {address} up", address=self.address)
 
     def _commands_lost(self, connection: RedisProtocol) -> None:
         if self._commands is connection:
             self._commands = None
             log.warn("Redis mesh: command connection lost; publishing refused until back")
 
-    def _subscriber_ready(self, connection: _Subscriber) -> Deferred:
-        def ready(_):
-            self._subscriber = connection
-            self.connects += 1
-            connection.whenDisconnected().addCallback(lambda _: self._subscriber_lost(connection))
-            channels = list(self._receivers)
-            if channels:
-                connection.transport.write(connection._build_command("SUBSCRIBE", *channels))
-            log.info(
-                "Redis mesh: subscriber connection up, {count} channels subscribed",
-                count=len(channels),
-            )
-
-        return connection.whenConnected().addCallback(ready)
+    def _subscriber_ready(self, connection: _Subscriber) -> None:
+        self._subscriber = connection
+        self.connects += 1
+        connection.whenDisconnected().addCallback(self._subscriber_lost)
+        channels = list(self._receivers)
+        if channels:
+            connection.transport.write(connection._build_command("SUBSCRIBE", *channels))
+        log.info(
+            "Redis mesh: subscriber connection up, {count} channels subscribed",
+            count=len(channels),
+        )
 
     def _subscriber_lost(self, connection: _Subscriber) -> None:
         if self._subscriber is not connection:

@@ -1,0 +1,137 @@
+"""Inputs of the market engine: the matching engine's events over TCP, UDP or HTTP polling.
+
+A malformed line, datagram or answer is counted, logged now and then, and skipped: it never
+stops the feed, and since every event is checked whole before it is used, never corrupts a
+book.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+
+from exchange_stream.market.events import Event, MalformedEvent, parse_event
+
+log = Logger()
+
+
+class FeedInput:
+    """Parses raw events for an engine and keeps the count of bad ones."""
+
+    log_every = 1000  # the first bad event is logged, then one in this many
+
+    def __init__(self, handle: Callable[[Event], None]) -> None:
+        self._handle = handle
+        self.received = 0
+        self.malformed = 0
+
+    def raw(self, data: bytes | str, source: str) -> None:
+        self.received += 1
+        try:
+            event = parse_event(data)
+        except MalformedEvent as error:
+            self._bad(error, source)
+            return
+        self._handle(event)
+
+    def _bad(self, error: Exception, source: str) -> None:
+        self.malformed += 1
+        if self.malformed % self.log_every == 1:
+            log.warn(
+                "market feed: skipped a malformed event from {source} ({error}); {count} so far",
+                source=source,
+                error=error,
+                count=self.malformed,
+            )
+
+
+class _LineFeed(LineOnlyReceiver):
+    delimiter = b"\n"
+    MAX_LENGTH = 4 * 1024 * 1024  # a full book of thousands of levels fits
+
+    def connectionMade(self) -> None:
+        self._source = f"tcp {self.transport.getPeer()}"
+        log.info("market feed: matching engine connected from {source}", source=self._source)
+
+    def lineReceived(self, line: bytes) -> None:
+        if line.strip():
+            self.factory.feed.raw(line, self._source)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.factory.feed._bad(MalformedEvent("line too long"), self._source)
+        self.clearLineBuffer()  # skip it and carry on with the next line
+
+    def connectionLost(self, reason) -> None:
+        log.info("market feed: {source} disconnected", source=self._source)
+
+
+class LineFeedFactory(Factory):
+    """``--feed tcp:7001``: the matching engine connects and writes JSON lines."""
+
+    protocol = _LineFeed
+    noisy = False
+
+    def __init__(self, feed: FeedInput) -> None:
+        self.feed = feed
+
+
+class DatagramFeed(DatagramProtocol):
+    """``--feed-udp 7002``: one JSON event per datagram."""
+
+    def __init__(self, feed: FeedInput) -> None:
+        self.feed = feed
+
+    def datagramReceived(self, datagram: bytes, address) -> None:
+        self.feed.raw(datagram, f"udp {address[0]}:{address[1]}")
+
+
+class BookPoller(Service):
+    """``--book-url``: GET book snapshots at an interval.
+
+    The URL answers one book event (``{"symbol":..,"bids":..,"asks":..,"ts":..}``, ``"type"``
+    optional) or a JSON array of them. A failed or malformed answer is counted and skipped.
+    """
+
+    def __init__(self, url: str, feed: FeedInput, http, clock, interval: float = 0.1) -> None:
+        self.url = url
+        self._feed = feed
+        self._http = http
+        self._loop = LoopingCall(self.poll)
+        self._loop.clock = clock
+        self._interval = interval
+        self.failures = 0
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=True)
+
+    def stopService(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        super().stopService()
+
+    @inlineCallbacks
+    def poll(self):
+        import treq
+
+        try:
+            response = yield self._http.get(self.url)
+            body = yield treq.content(response)
+            if response.code != 200:
+                raise MalformedEvent(f"HTTP {response.code}")
+            answer = json.loads(body)
+        except Exception as error:  # a poll that fails is skipped; the next one may work
+            self.failures += 1
+            self._feed._bad(error, self.url)
+            return
+        for book in answer if isinstance(answer, list) else [answer]:
+            if isinstance(book, dict):
+                book = {"type": "book", **book}
+            self._feed.raw(json.dumps(book), self.url)
