@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from exchange_stream.market.service import check_udp
 from exchange_stream.mesh import check_mesh_url
 
 
@@ -24,15 +25,33 @@ class GatewayConfig:
     max_subscriptions: int = 1024
     max_message_size: int = 64 * 1024
     max_publish_size: int = 1024 * 1024
+    demo: bool = False
+    feed: str | None = None
+    feed_udp: str | None = None
+    book_url: str | None = None
+    book_interval: float = 0.2
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
             raise ValueError(f"path must start with '/': {self.path!r}")
         check_mesh_url(self.mesh)
-        for name in ("auth_timeout", "max_subscriptions", "max_message_size", "max_publish_size"):
+        if self.feed_udp is not None:
+            check_udp(self.feed_udp)
+        for name in (
+            "book_interval",
+            "auth_timeout",
+            "max_subscriptions",
+            "max_message_size",
+            "max_publish_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
 
     @classmethod
     def keys(cls) -> list[str]:
         return [field.name for field in fields(cls)]
+
+    @property
+    def runs_market(self) -> bool:
+        """The market engine runs in this process (demo, or a feed given)."""
+        return bool(self.demo or self.feed or self.feed_udp or self.book_url)

@@ -18,9 +18,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
 from exchange_stream.api import build_api
-from exchange_stream.auth import HttpAuthenticator, IAuthenticator, MeteredAuthenticator
+from exchange_stream.auth import (
+    HttpAuthenticator,
+    IAuthenticator,
+    MeteredAuthenticator,
+    StaticAuthenticator,
+)
 from exchange_stream.config import GatewayConfig
 from exchange_stream.hub import Hub
+from exchange_stream.market.engine import MarketSettings
+from exchange_stream.market.service import market_service
+from exchange_stream.market.simulator import DEMO_TOKENS
 from exchange_stream.mesh import IMesh, open_mesh
 from exchange_stream.metrics import GatewayMetrics
 from exchange_stream.node import Node
@@ -56,11 +64,27 @@ class Gateway(MultiService):
         self.node = Node(self.hub, mesh)
         self.sessions: dict[Session, IClientConnection] = {}
         self.metrics = GatewayMetrics(self.hub, mesh, lambda: len(self.sessions))
+        if authenticator is None and config.demo:
+            authenticator = StaticAuthenticator(DEMO_TOKENS)
         if authenticator is None:
             authenticator = HttpAuthenticator(
                 config.auth_url, config.auth_timeout, http=http, reactor=reactor
             )
         self.authenticator = MeteredAuthenticator(authenticator, self.metrics.record_auth)
+        self.market = None
+        if config.runs_market:
+            self.market = market_service(
+                self.node.publish,
+                MarketSettings(prefix=config.prefix),
+                reactor,
+                feed=config.feed,
+                feed_udp=config.feed_udp,
+                book_url=config.book_url,
+                book_interval=config.book_interval,
+                simulate=config.demo,
+                http=http,
+            )
+            self.market.setServiceParent(self)
 
     @property
     def mesh(self) -> IMesh:

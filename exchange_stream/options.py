@@ -24,6 +24,13 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("max-subscriptions", int, "subscriptions per connection"),
     ("max-message-size", int, "largest client frame in bytes (larger: close 1009)"),
     ("max-publish-size", int, "largest publish request body in bytes (larger: 413)"),
+    ("feed", str, "run the market engine on JSON lines from this listening endpoint"),
+    ("feed-udp", str, "run the market engine on JSON datagrams at [interface:]port"),
+    ("book-url", str, "run the market engine on book snapshots polled from this URL"),
+    ("book-interval", float, "seconds between --book-url polls"),
+]
+_FLAGS: list[tuple[str, str]] = [
+    ("demo", "simulated market, demo users demo-1001..demo-1005, demo page at /"),
 ]
 
 
@@ -43,6 +50,7 @@ class Options(usage.Options):
         ["config", None, None, "TOML file whose keys are the long option names"],
         *[[option, None, None, _help(option, text), kind] for option, kind, text in _OPTIONS],
     ]
+    optFlags = [[flag, None, text] for flag, text in _FLAGS]
 
     config: GatewayConfig
 
@@ -53,6 +61,9 @@ class Options(usage.Options):
         for option, _kind, _text in _OPTIONS:
             if self[option] is not None:
                 values[_attribute(option)] = self[option]
+        for flag, _text in _FLAGS:
+            if self[flag]:
+                values[_attribute(flag)] = True
         try:
             self.config = GatewayConfig(**values)
         except (TypeError, ValueError) as error:
@@ -66,6 +77,7 @@ def _read_toml(path: str) -> dict[str, Any]:
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise usage.UsageError(f"cannot read config file {path}: {error}") from None
     kinds = {_attribute(option): kind for option, kind, _text in _OPTIONS}
+    kinds.update({_attribute(flag): bool for flag, _text in _FLAGS})
     values: dict[str, Any] = {}
     for key, value in table.items():
         name = _attribute(key)

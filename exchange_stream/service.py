@@ -5,16 +5,20 @@ This is what ``twistd exchange-stream`` runs; an application may call it as well
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from twisted.web.static import File
 
 from exchange_stream.config import GatewayConfig
 from exchange_stream.gateway import Gateway
 from exchange_stream.options import Options
+
+STATIC = str(Path(__file__).parent / "market" / "static")
 
 __all__ = ["Options", "api_site", "makeService", "mount", "websocket_site"]
 
@@ -60,11 +64,12 @@ def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiS
 
 
 def websocket_site(gateway: Gateway) -> Site:
-    """The site for the WebSocket port: the gateway's resource at ``config.path``."""
+    """The site for the WebSocket port: the gateway's resource at ``config.path``, and with
+    ``--demo`` the demo page and the browser client at ``/``."""
     path = gateway.config.path
     if not path.strip("/"):
         return QuietSite(gateway.websocket_resource())
-    root = Resource()
+    root = File(STATIC) if gateway.config.demo else Resource()
     mount(root, path, gateway.websocket_resource())
     return QuietSite(root)
 

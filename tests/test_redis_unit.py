@@ -131,8 +131,12 @@ def test_reconnects_with_backoff_and_resubscribes_everything_once(setup):
     for _ in range(20):
         clock.advance(1)
     new = endpoint.latest(subscriber=True)
-    assert new is not old and mesh.receiving
+    assert new is not old and not mesh.receiving  # connected, not yet confirmed
     assert new.written() == bulk("SUBSCRIBE", "ex:a", "ex:c")
+    new.protocol.dataReceived(bulk("subscribe", "ex:a", 1))
+    assert not mesh.receiving
+    new.protocol.dataReceived(bulk("subscribe", "ex:c", 2))
+    assert mesh.receiving
     for _ in range(20):
         clock.advance(1)
     assert new.written() == b""  # once, not again

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -201,6 +201,7 @@ class RedisMesh(MultiService):
         self._subscriber: _Subscriber | None = None
         self._receivers: dict[str, list[IMeshReceiver]] = {}
         self._waiting: dict[tuple[bytes, bytes], list[Deferred]] = {}
+        self._resubscribed = True
         self.connects = 0
         for protocol, ready in (
             (RedisProtocol, self._commands_ready),
@@ -220,8 +221,9 @@ class RedisMesh(MultiService):
 
     @property
     def receiving(self) -> bool:
-        """This node receives its channels: the subscriber connection is up."""
-        return self._subscriber is not None
+        """This node receives its channels: the subscriber connection is up and Redis has
+        confirmed the (re)subscription of every channel wanted when it came up."""
+        return self._subscriber is not None and self._resubscribed
 
     @property
     def reconnects(self) -> int:
@@ -245,11 +247,18 @@ class RedisMesh(MultiService):
         connection.whenDisconnected().addCallback(self._subscriber_lost)
         channels = list(self._receivers)
         if channels:
+            confirmations = [self._expect(b"subscribe", channel) for channel in channels]
+            self._resubscribed = False
+            DeferredList(confirmations).addCallback(self._mark_resubscribed, connection)
             connection.transport.write(connection._build_command("SUBSCRIBE", *channels))
         log.info(
             "Redis mesh: subscriber connection up, {count} channels subscribed",
             count=len(channels),
         )
+
+    def _mark_resubscribed(self, _, connection: _Subscriber) -> None:
+        if self._subscriber is connection:
+            self._resubscribed = True
 
     def _subscriber_lost(self, connection: _Subscriber) -> None:
         if self._subscriber is not connection:
@@ -324,9 +333,14 @@ class RedisMesh(MultiService):
         connection = self._subscriber
         if connection is None:
             return succeed(None)
+        confirmed = self._expect(kind, channel)
+        connection.transport.write(connection._build_command(kind.decode().upper(), channel))
+        return confirmed
+
+    def _expect(self, kind: bytes, channel: str) -> Deferred:
+        """A Deferred for Redis's next confirmation of ``kind`` for ``channel``."""
         confirmed = Deferred()
         self._waiting.setdefault((kind, channel.encode()), []).append(confirmed)
-        connection.transport.write(connection._build_command(kind.decode().upper(), channel))
         return confirmed
 
     def _confirmed(self, kind: bytes, channel: bytes) -> None:

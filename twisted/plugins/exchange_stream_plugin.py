@@ -8,3 +8,10 @@ exchange_stream = ServiceMaker(
     "WebSocket push gateway for digital-asset exchanges",
     "exchange-stream",
 )
+
+exchange_market = ServiceMaker(
+    "exchange-market",
+    "exchange_stream.market.service",
+    "Market engine for exchange-stream: depth, trades, ticker, kline, mark price",
+    "exchange-market",
+)

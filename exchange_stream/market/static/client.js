@@ -484,7 +484,11 @@
         for (;;) {
           const token = this._token;
           if (token === null || ws !== this._ws) return ws === this._ws;
-          if (token === this._authed) return true;
+          if (token === this._authed) {
+            this._settleAuth(token, null);
+            if (this._ready) this._syncChannels(ws);
+            return true;
+          }
           try {
             await this.request({ op: "auth", token });
           } catch (err) {
@@ -505,6 +509,13 @@
             return true;
           }
           if (ws !== this._ws) return false;
+          if (this._authed !== null) {
+            // Another login drops the previous uid's private subscriptions on the gateway
+            // (the same uid keeps them; subscribing again is then a no-op).
+            for (const ch of Array.from(this._confirmed)) {
+              if (isPrivate(ch)) this._confirmed.delete(ch);
+            }
+          }
           this._authed = token;
           this._settleAuth(token, null);
           if (this._ready) this._syncChannels(ws);

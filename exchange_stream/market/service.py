@@ -1,0 +1,117 @@
+"""The market engine as a service: the engine plus its inputs, inside a gateway or alone.
+
+Inside a gateway (``--demo``, ``--feed ...``) the engine publishes into the gateway's node;
+alone (``twistd exchange-market --mesh redis://...``) it publishes into a mesh of its own.
+"""
+
+from __future__ import annotations
+
+from twisted.application import internet, strports
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from exchange_stream.market.engine import MarketEngine, MarketSettings, Publish
+from exchange_stream.market.feed import BookPoller, DatagramFeed, FeedInput, LineFeedFactory
+from exchange_stream.market.simulator import Simulator
+from exchange_stream.mesh import check_mesh_url, open_mesh
+
+
+def market_service(
+    publish: Publish,
+    settings: MarketSettings,
+    clock,
+    *,
+    feed: str | None = None,
+    feed_udp: str | None = None,
+    book_url: str | None = None,
+    book_interval: float = 0.2,
+    simulate: bool = False,
+    http=None,
+) -> MultiService:
+    """The engine and whichever inputs are given, as one service; ``engine`` and ``input``
+    are attributes of the returned service for metrics and tests."""
+    service = MultiService()
+    engine = MarketEngine(publish, settings, clock)
+    engine.setServiceParent(service)
+    source = FeedInput(engine.handle)
+    if feed:
+        strports.service(feed, LineFeedFactory(source)).setServiceParent(service)
+    if feed_udp:
+        interface, _, port = feed_udp.rpartition(":")
+        internet.UDPServer(int(port), DatagramFeed(source), interface=interface).setServiceParent(
+            service
+        )
+    if book_url:
+        if http is None:
+            from exchange_stream.auth import quiet_http_client
+
+            http = quiet_http_client(clock)
+        BookPoller(book_url, source, http, clock, book_interval).setServiceParent(service)
+    if simulate:
+        Simulator(source_handle(source), clock).setServiceParent(service)
+    service.engine = engine
+    service.input = source
+    return service
+
+
+def source_handle(source: FeedInput):
+    """The simulator's events skip parsing but are counted like any other input."""
+
+    def handle(event) -> None:
+        source.received += 1
+        source._handle(event)
+
+    return handle
+
+
+def check_udp(value: str) -> str:
+    """``[interface:]port``"""
+    _, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--feed-udp takes [interface:]port, not {value!r}")
+    return value
+
+
+class Options(usage.Options):
+    """``twistd exchange-market``: the engine on its own, publishing into a shared mesh."""
+
+    optParameters = [
+        ["mesh", None, None, "mesh to publish into: redis://host:port/db (required)"],
+        ["prefix", None, "ex:", "internal channel prefix (as the gateways')"],
+        ["feed", None, None, "listening endpoint for JSON lines, e.g. tcp:7001"],
+        ["feed-udp", None, None, "[interface:]port for one JSON event per datagram"],
+        ["book-url", None, None, "URL to poll for book snapshots"],
+        ["book-interval", None, 0.2, "seconds between book polls", float],
+    ]
+    optFlags = [["simulate", None, "feed the engine from the built-in simulated market"]]
+
+    def postOptions(self) -> None:
+        if not self["mesh"]:
+            raise usage.UsageError("--mesh is required (the gateways' redis://...)")
+        try:
+            check_mesh_url(self["mesh"])
+            if self["feed-udp"]:
+                check_udp(self["feed-udp"])
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        if not (self["feed"] or self["feed-udp"] or self["book-url"] or self["simulate"]):
+            raise usage.UsageError("give at least one input: --feed, --feed-udp, --book-url")
+
+
+def makeService(options: Options) -> MultiService:
+    from twisted.internet import reactor
+
+    mesh = open_mesh(options["mesh"], reactor)
+    service = market_service(
+        mesh.publish,
+        MarketSettings(prefix=options["prefix"]),
+        reactor,
+        feed=options["feed"],
+        feed_udp=options["feed-udp"],
+        book_url=options["book-url"],
+        book_interval=options["book-interval"],
+        simulate=options["simulate"],
+    )
+    if IService.providedBy(mesh):
+        mesh.setServiceParent(service)
+    return service
