@@ -74,7 +74,7 @@ class Simulator(Service):
 
     def startService(self) -> None:
         super().startService()
-        for interval, tick in ((self._step, self.step), (1.0, self.index), (0.7, self.private)):
+        for interval, tick in ((self._step, self.step), (1.0, self.index), (0.3, self.private)):
             loop = LoopingCall(tick)
             loop.clock = self._clock
             loop.start(interval, now=True)

@@ -76,6 +76,8 @@ class RollingTicker:
         open_ = buckets[0].open if buckets else last
         change = last - open_
         percent = (change * 100 / open_).quantize(Decimal("0.01"), ROUND_HALF_EVEN)
+        if percent.is_zero():
+            percent = percent.copy_abs()  # "0.00", not "-0.00"
         return {
             "symbol": self.symbol,
             "open": text(open_),
