@@ -21,16 +21,25 @@ def text(value: Decimal) -> str:
     return format(value, "f")
 
 
-def checksum(bids: list[list[str]], asks: list[list[str]]) -> int:
-    """OKX's book checksum: CRC32, as a signed 32-bit integer, of the top 25 levels with bid
-    and ask interleaved (``bid1p:bid1q:ask1p:ask1q:bid2p:...``; a shorter side just ends)."""
+def checksum_text(bids: list[list[str]], asks: list[list[str]]) -> str:
+    """The top 25 levels, bid and ask interleaved: ``bid1p:bid1q:ask1p:ask1q:bid2p:...``
+    (when one side is shorter, the other just goes on)."""
     parts: list[str] = []
     for index in range(CHECKSUM_LEVELS):
         for side in (bids, asks):
             if index < len(side):
                 parts.extend(side[index])
-    crc = zlib.crc32(":".join(parts).encode())
+    return ":".join(parts)
+
+
+def signed_crc32(data: bytes) -> int:
+    crc = zlib.crc32(data)
     return crc - (1 << 32) if crc >= 1 << 31 else crc
+
+
+def checksum(bids: list[list[str]], asks: list[list[str]]) -> int:
+    """OKX's book checksum: CRC32 of :func:`checksum_text`, as a signed 32-bit integer."""
+    return signed_crc32(checksum_text(bids, asks).encode())
 
 
 def _side_text(levels: dict[Decimal, Decimal], best_first_descending: bool) -> list[list[str]]:
