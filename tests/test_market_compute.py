@@ -92,7 +92,7 @@ def test_snapshots_within_one_interval_coalesce_and_a_level_can_come_back():
 def test_empty_book():
     depth = DepthBook("BTCUSDT")
     depth.offer(book([], []))
-    update, snapshot = depth.flush()
+    update, _snapshot = depth.flush()
     assert update["bids"] == update["asks"] == [] and update["checksum"] == 0
     depth.offer(book([("1", "1")], []))
     depth.flush()
