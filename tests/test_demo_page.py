@@ -132,7 +132,8 @@ class DevTools:
     """A minimal Chrome DevTools Protocol client for one page target."""
 
     def __init__(self, ws_url: str) -> None:
-        self.ws = connect(ws_url, max_size=None, open_timeout=10)
+        self._stack = contextlib.ExitStack()
+        self.ws = self._stack.enter_context(connect(ws_url, max_size=None, open_timeout=10))
         self.next_id = 0
         self.events: list[dict] = []
 
@@ -182,7 +183,7 @@ class DevTools:
             path.write_bytes(data)
 
     def close(self) -> None:
-        self.ws.close()
+        self._stack.close()
 
 
 class Browser:

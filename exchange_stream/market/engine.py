@@ -55,7 +55,7 @@ class _Symbol:
         )
         self.book: Book | None = None
         self.last_price: Decimal | None = None
-        self.last_trade_ts = -1
+        self.last_trade = (-1, -1)  # (ts, id) of the trade that set last_price
         self.last_ticker: dict | None = None
         self.last_mark: dict | None = None
 
@@ -97,8 +97,8 @@ class MarketEngine(Service):
         if isinstance(event, Trade):
             state.trades.add(event)
             state.ticker.add(event)
-            if event.ts >= state.last_trade_ts:
-                state.last_price, state.last_trade_ts = event.price, event.ts
+            if (event.ts, event.id) > state.last_trade:
+                state.last_price, state.last_trade = event.price, (event.ts, event.id)
             for series in state.klines:
                 for closed in series.add(event):
                     self._send_kline(event.symbol, series.interval, closed)

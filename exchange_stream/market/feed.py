@@ -12,10 +12,9 @@ from collections.abc import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.basic import LineOnlyReceiver
 
 from exchange_stream.market.events import Event, MalformedEvent, parse_event
 
@@ -52,21 +51,34 @@ class FeedInput:
             )
 
 
-class _LineFeed(LineOnlyReceiver):
-    delimiter = b"\n"
+class _LineFeed(Protocol):
+    """JSON lines. Not Twisted's LineOnlyReceiver: past its length limit it drops the rest of
+    the chunk (or the connection); here an overlong line is skipped alone, up to its end."""
+
     MAX_LENGTH = 4 * 1024 * 1024  # a full book of thousands of levels fits
 
     def connectionMade(self) -> None:
+        self._buffer = b""
+        self._skipping = False  # inside an overlong line: drop until its newline
         self._source = f"tcp {self.transport.getPeer()}"
         log.info("market feed: matching engine connected from {source}", source=self._source)
 
-    def lineReceived(self, line: bytes) -> None:
-        if line.strip():
-            self.factory.feed.raw(line, self._source)
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self.factory.feed._bad(MalformedEvent("line too long"), self._source)
-        self.clearLineBuffer()  # skip it and carry on with the next line
+    def dataReceived(self, data: bytes) -> None:
+        lines = (self._buffer + data).split(b"\n")
+        self._buffer = lines.pop()
+        feed = self.factory.feed
+        for line in lines:
+            if self._skipping:
+                self._skipping = False  # the tail of the overlong line
+            elif len(line) > self.MAX_LENGTH:
+                feed._bad(MalformedEvent("line too long"), self._source)
+            elif line.strip():
+                feed.raw(line, self._source)
+        if len(self._buffer) > self.MAX_LENGTH and not self._skipping:
+            feed._bad(MalformedEvent("line too long"), self._source)
+            self._skipping = True
+        if self._skipping:
+            self._buffer = b""
 
     def connectionLost(self, reason) -> None:
         log.info("market feed: {source} disconnected", source=self._source)

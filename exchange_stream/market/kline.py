@@ -37,6 +37,7 @@ class Bar:
     quote_volume: Decimal = Decimal(0)
     count: int = 0
     closed: bool = False
+    latest: tuple[int, int] = (-1, -1)  # (ts, id) of the trade that set the close
 
     def message(self) -> dict:
         return {
@@ -76,7 +77,8 @@ class KlineSeries:
             return closed
         bar.high = max(bar.high, trade.price)
         bar.low = min(bar.low, trade.price)
-        bar.close = trade.price
+        if (trade.ts, trade.id) > bar.latest:  # trades may arrive out of order
+            bar.close, bar.latest = trade.price, (trade.ts, trade.id)
         bar.volume += trade.qty
         bar.quote_volume += trade.qty * trade.price
         bar.count += 1

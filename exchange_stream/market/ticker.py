@@ -36,12 +36,12 @@ class RollingTicker:
         self.symbol = symbol
         self._buckets: deque[_Bucket] = deque()
         self._last: Decimal | None = None
-        self._last_ts = -1
+        self._latest = (-1, -1)  # (ts, id) of the trade that set the last price
 
     def add(self, trade: Trade) -> None:
         minute = trade.ts // MINUTE_MS
-        if trade.ts >= self._last_ts:
-            self._last, self._last_ts = trade.price, trade.ts
+        if (trade.ts, trade.id) > self._latest:
+            self._last, self._latest = trade.price, (trade.ts, trade.id)
         bucket = self._bucket_for(minute, trade.price)
         if bucket is None:
             return  # older than the buckets kept: outside any window we will show

@@ -363,10 +363,12 @@
       container.appendChild(row);
     }
     let total = 0;
+    let places = 0;
     const filled = [];
     for (let i = 0; i < levels.length; i++) {
       total += Number(levels[i][1]);
       filled.push(total);
+      places = Math.max(places, decimals(levels[i][1]));
     }
     for (let i = 0; i < BOOK_ROWS; i++) {
       const index = reverse ? BOOK_ROWS - 1 - i : i;
@@ -382,7 +384,7 @@
       row.classList.remove("empty");
       price.textContent = level[0];
       qty.textContent = level[1];
-      tot.textContent = fmtNum(filled[index], 4);
+      tot.textContent = fmtFixed(filled[index], Math.min(places, 8));
       bar.style.width = `${maxTotal > 0 ? (100 * filled[index]) / maxTotal : 0}%`;
     }
   }

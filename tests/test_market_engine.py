@@ -1,0 +1,234 @@
+"""The engine on a fake clock, the feeds on real sockets, and the demo end to end."""
+
+import json
+from decimal import Decimal as D
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import fail, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.protocol import DatagramProtocol, Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from exchange_stream.config import GatewayConfig
+from exchange_stream.market.depth import checksum
+from exchange_stream.market.engine import MarketEngine, MarketSettings
+from exchange_stream.market.events import Book, IndexPrice, PrivateEvent, Trade
+from exchange_stream.market.feed import FeedInput
+from exchange_stream.market.service import market_service
+from exchange_stream.mesh import MeshUnavailable
+from tests.support import start_gateway
+from tests.test_installed import free_port
+
+T0 = 1_732_540_800.0  # seconds, 2024-11-25T13:20:00Z
+
+
+class Published:
+    """A publish callable that records what the engine sends."""
+
+    def __init__(self, refuse=False):
+        self.messages = []
+        self.refuse = refuse
+
+    def __call__(self, channel, publication, snapshot):
+        if self.refuse:
+            return fail(MeshUnavailable("down"))
+        kept = json.loads(snapshot.payload) if snapshot else None
+        self.messages.append((channel, json.loads(publication.payload), kept))
+        return succeed(1)
+
+    def on(self, channel):
+        return [(message, kept) for name, message, kept in self.messages if name == channel]
+
+
+def engine_on_clock(refuse=False):
+    clock = Clock()
+    clock.advance(T0)
+    published = Published(refuse)
+    engine = MarketEngine(published, MarketSettings(), clock)
+    engine.startService()
+    return engine, clock, published
+
+
+def test_engine_turns_events_into_channels():
+    engine, clock, published = engine_on_clock()
+    now = int(T0 * 1000)
+    engine.handle(Book("BTCUSDT", ((D("100"), D("1")),), ((D("101"), D("2")),), now))
+    engine.handle(Trade("BTCUSDT", 2, D("100.5"), D("1"), "buy", now))
+    engine.handle(Trade("BTCUSDT", 1, D("100.4"), D("1"), "sell", now))
+    engine.handle(IndexPrice("BTCUSDT", "okx", D("100.2"), now))
+    engine.handle(PrivateEvent("order", "1001", {"orderId": 7, "price": "100.5"}))
+    assert published.on("ex:1001@order") == [
+        ({"event": "@order", "data": {"orderId": 7, "price": "100.5"}}, None)
+    ]
+    clock.advance(0.1)
+    (depth, kept), *_ = published.on("ex:BTCUSDT@depth")
+    assert depth["event"] == "BTCUSDT@depth" and depth["data"]["type"] == "update"
+    assert kept["data"]["type"] == "snapshot" and kept["data"]["seq"] == depth["data"]["seq"]
+    (trades, no_snapshot), *_ = published.on("ex:BTCUSDT@trades")
+    assert [t["id"] for t in trades["data"]] == [1, 2] and no_snapshot is None
+    clock.advance(0.4)
+    kline, kline_kept = published.on("ex:BTCUSDT@kline_1m")[-1]
+    assert kline == kline_kept  # retained
+    assert published.on("ex:BTCUSDT@kline")[-1][0]["event"] == "BTCUSDT@kline"
+    assert kline["data"]["c"] == "100.5" and kline["data"]["n"] == 2
+    assert published.on("ex:BTCUSDT@kline_1d")
+    clock.advance(0.5)
+    ticker, ticker_kept = published.on("ex:BTCUSDT@ticker")[-1]
+    assert ticker == ticker_kept and ticker["data"]["last"] == "100.5"
+    mark, _ = published.on("ex:BTCUSDT@markprice")[-1]
+    assert mark["data"]["indexPrice"] == "100.20000000"
+    count = len(published.messages)
+    clock.advance(1.0)  # nothing changed: ticker and mark price are not sent again
+    assert not published.on("ex:BTCUSDT@ticker")[1:]
+    assert len(published.messages) == count
+
+
+def test_bars_close_on_time_even_without_trades():
+    engine, clock, published = engine_on_clock()
+    engine.handle(Trade("BTCUSDT", 1, D("100"), D("1"), "buy", int(T0 * 1000)))
+    clock.advance(60)
+    closed = [m for m, _ in published.on("ex:BTCUSDT@kline_1m") if m["data"]["closed"]]
+    assert len(closed) == 1 and closed[0]["data"]["t"] == int(T0 * 1000)
+    assert published.on("ex:BTCUSDT@kline_1m")[-1][0]["data"]["t"] == int(T0 * 1000) + 60_000
+
+
+def test_publish_failures_are_counted_and_the_engine_carries_on():
+    engine, clock, published = engine_on_clock(refuse=True)
+    engine.handle(Book("BTCUSDT", ((D("1"), D("1")),), (), int(T0 * 1000)))
+    clock.advance(0.1)
+    assert engine.publish_failures == 1
+    published.refuse = False
+    engine.handle(Book("BTCUSDT", ((D("1"), D("2")),), (), int(T0 * 1000)))
+    clock.advance(0.1)
+    assert published.on("ex:BTCUSDT@depth")[0][0]["data"]["seq"] == 2  # a gap clients see
+
+
+def test_feed_counts_malformed_events_and_keeps_going():
+    events = []
+    feed = FeedInput(events.append)
+    for raw in (b"garbage", b'{"type":"trade"}', b'{"type":"order","uid":1,"data":{}}'):
+        feed.raw(raw, "test")
+    assert (feed.received, feed.malformed, len(events)) == (3, 2, 1)
+
+
+class Lines(Protocol):
+    pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_tcp_udp_and_book_url_feeds_on_real_sockets():
+    class BookSource(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            return json.dumps(
+                [{"symbol": "ETHUSDT", "bids": [["3400.1", "2"]], "asks": [], "ts": 1}]
+            ).encode()
+
+    book_port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+        Site(BookSource())
+    )
+    tcp_port, udp_port = free_port(), free_port()
+    published = Published()
+    service = market_service(
+        published,
+        MarketSettings(),
+        reactor,
+        feed=f"tcp:{tcp_port}:interface=127.0.0.1",
+        feed_udp=f"127.0.0.1:{udp_port}",
+        book_url=f"http://127.0.0.1:{book_port.getHost().port}/book",
+        book_interval=0.05,
+    )
+    service.startService()
+    try:
+        engine = TCP4ClientEndpoint(reactor, "127.0.0.1", tcp_port)
+        writer = await engine.connect(_factory(Lines))
+        writer.transport.write(
+            b"not json\n"
+            b'{"type":"order","uid":1001,"data":{"id":1}}\n'
+            + b"x" * (5 * 1024 * 1024)  # an overlong line is skipped ...
+            + b'\n{"type":"order","uid":1001,"data":{"id":2}}\n'  # ... and the feed goes on
+        )
+        sender = DatagramProtocol()
+        udp = reactor.listenUDP(0, sender, interface="127.0.0.1")
+        sender.transport.write(b'{"type":"balance","uid":1002,"data":{}}', ("127.0.0.1", udp_port))
+        sender.transport.write(b"{broken", ("127.0.0.1", udp_port))
+        for _ in range(100):
+            await deferLater(reactor, 0.05, lambda: None)
+            if len(published.on("ex:1001@order")) == 2 and published.on("ex:ETHUSDT@depth"):
+                break
+        assert [m["data"]["id"] for m, _ in published.on("ex:1001@order")] == [1, 2]
+        assert published.on("ex:1002@balance")
+        assert published.on("ex:ETHUSDT@depth")[0][0]["data"]["bids"] == [["3400.1", "2"]]
+        assert service.input.malformed >= 3  # not json, the long line, the broken datagram
+        writer.transport.loseConnection()
+        await udp.stopListening()
+    finally:
+        await service.stopService()
+        await book_port.stopListening()
+
+
+def _factory(protocol):
+    from twisted.internet.protocol import Factory
+
+    return Factory.forProtocol(protocol)
+
+
+class BookKeeper:
+    """The client recipe of docs/market.md: snapshot, then diffs by prevSeq, checksum."""
+
+    def __init__(self):
+        self.seq = 0  # before any snapshot: the empty book; the first diff (prevSeq 0) is whole
+        self.bids, self.asks = {}, {}
+        self.verified = 0
+
+    def apply(self, data):
+        if data["type"] == "snapshot":
+            self.seq = data["seq"]
+            self.bids = dict(map(tuple, data["bids"]))
+            self.asks = dict(map(tuple, data["asks"]))
+        else:
+            if data["seq"] <= self.seq:
+                return  # already in the snapshot
+            assert data["prevSeq"] == self.seq, "gap"
+            self.seq = data["seq"]
+            for side, levels in ((self.bids, data["bids"]), (self.asks, data["asks"])):
+                for price, qty in levels:
+                    if D(qty) == 0:
+                        side.pop(price, None)
+                    else:
+                        side[price] = qty
+        bids = sorted(self.bids.items(), key=lambda level: D(level[0]), reverse=True)
+        asks = sorted(self.asks.items(), key=lambda level: D(level[0]))
+        assert checksum([list(b) for b in bids], [list(a) for a in asks]) == data["checksum"]
+        self.verified += 1
+        return len(bids), len(asks)
+
+
+@pytest_twisted.ensureDeferred
+async def test_demo_keeps_a_consistent_book_for_ten_seconds():
+    running = await start_gateway(GatewayConfig(demo=True))
+    try:
+        client = await running.connect()
+        assert await client.request({"op": "auth", "token": "demo-1003"}) == {"result": True}
+        channels = ["BTCUSDT@depth", "BTCUSDT@trades", "BTCUSDT@ticker", "@order"]
+        assert await client.request({"op": "subscribe", "channels": channels}) == {"result": True}
+        keeper, seen, last_trade = BookKeeper(), set(), 0
+        started = reactor.seconds()
+        while reactor.seconds() - started < 10:
+            message = await client.next()
+            seen.add(message["event"])
+            if message["event"] == "BTCUSDT@depth":
+                levels = keeper.apply(message["data"])
+            elif message["event"] == "BTCUSDT@trades":
+                ids = [trade["id"] for trade in message["data"]]
+                assert ids == sorted(ids) and ids[0] > last_trade
+                last_trade = ids[-1]
+        assert keeper.verified >= 80  # about ten diffs a second, every checksum right
+        assert min(levels) >= 50  # a realistic book: 50+ levels a side
+        assert seen == {"BTCUSDT@depth", "BTCUSDT@trades", "BTCUSDT@ticker", "@order"}
+    finally:
+        await running.stop()
