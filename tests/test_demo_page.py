@@ -257,6 +257,13 @@ def page(gateway, tmp_path_factory):
         devtools = browser.page()
         for domain in ("Page", "Runtime", "Log"):
             devtools.call(f"{domain}.enable")
+        devtools.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=1440,
+            height=900,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         devtools.call("Page.navigate", url=gateway.page_url)
         wait_for(
             lambda: devtools.evaluate("document.readyState === 'complete' && !!window.demoState"),
@@ -365,6 +372,49 @@ def test_demo_page_shows_the_live_market_and_private_events(page, tmp_path):
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     elapsed = time.monotonic() - started
     print(f"demo page ready in {elapsed:.1f} s, {state['checksumsOk']} checksums verified")
+
+
+def test_symbol_and_interval_switches(page):
+    """Another symbol gets its own verified book, trades and ticker; another interval its
+    own bars; the previous channels are unsubscribed."""
+    page.evaluate("document.querySelector('#symbols [data-symbol=ETHUSDT]').click()")
+    page.evaluate("document.querySelector('#intervals [data-interval=\"5m\"]').click()")
+
+    def switched():
+        s = page.evaluate(
+            """(() => ({
+              symbol: demoState.symbol, book: demo.book.symbol,
+              verified: demo.book.stats.checksumsOk, mismatches: demo.book.stats.mismatches,
+              bids: document.querySelectorAll('#bids .book-row:not(.empty)').length,
+              trades: demoState.trades.length,
+              ticker: document.getElementById('t-last').textContent,
+              ethLast: (demoState.tickers.ETHUSDT || {}).last,
+              bars: demoState.bars.map(b => b.interval), channels: demoClient.channels,
+            }))()"""
+        )
+        done = (
+            s["book"] == "ETHUSDT"
+            and s["verified"] >= 5
+            and s["bids"] >= 15
+            and s["trades"] >= 1
+            and s["bars"]
+            and s["ticker"] == s["ethLast"]
+        )
+        return s if done else None
+
+    state = wait_for(switched, DEADLINE, "ETHUSDT with 5m bars")
+    assert state["mismatches"] == 0
+    assert set(state["bars"]) == {"5m"}
+    channels = set(state["channels"])
+    assert {"ETHUSDT@depth", "ETHUSDT@trades", "ETHUSDT@kline_5m"} <= channels
+    assert not {"BTCUSDT@depth", "BTCUSDT@trades", "BTCUSDT@kline_1m"} & channels
+    assert "BTCUSDT@ticker" in channels  # the symbol tabs keep every ticker
+    page.evaluate("demo.setInterval('1m'); demo.setSymbol('BTCUSDT')")
+    wait_for(
+        lambda: page.evaluate("demo.book.symbol === 'BTCUSDT' && demo.book.stats.checksumsOk > 0"),
+        DEADLINE,
+        "BTCUSDT again",
+    )
 
 
 def test_demo_page_reconnects_after_a_gateway_restart(page, gateway):

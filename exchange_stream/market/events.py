@@ -138,17 +138,29 @@ def _positive(raw: dict, key: str) -> Decimal:
 
 
 def _levels(raw: dict, key: str, reverse: bool) -> tuple[Level, ...]:
+    """Book levels: the hot part of parsing (a book is hundreds of decimals), so the checks
+    are inlined rather than one call per number."""
     levels = raw.get(key)
     if not isinstance(levels, list):
         raise MalformedEvent(f'"{key}" must be a list of [price, qty]')
     book: dict[Decimal, Decimal] = {}
-    for level in levels:
-        if not isinstance(level, list) or len(level) != 2:
-            raise MalformedEvent(f'"{key}" must be a list of [price, qty]')
-        price = decimal(level[0], f"{key} price")
-        qty = decimal(level[1], f"{key} qty")
-        if price <= 0 or qty < 0:
-            raise MalformedEvent(f"{key} levels need a positive price and a qty >= 0")
-        if qty > 0:
-            book[price] = qty
+    try:
+        for level in levels:
+            if type(level) is not list:
+                raise ValueError
+            price_text, qty_text = level
+            if type(price_text) is not str or type(qty_text) is not str:
+                raise ValueError
+            if len(price_text) > 64 or len(qty_text) > 64:
+                raise ValueError
+            price, qty = Decimal(price_text), Decimal(qty_text)
+            # NaN fails these comparisons with InvalidOperation; infinities fail is_finite
+            if not (price > 0 and qty >= 0 and price.is_finite() and qty.is_finite()):
+                raise ValueError
+            if qty:
+                book[price] = qty
+    except (ValueError, InvalidOperation):
+        raise MalformedEvent(
+            f'"{key}" must be a list of [price, qty], decimal strings, price > 0, qty >= 0'
+        ) from None
     return tuple(sorted(book.items(), reverse=reverse))

@@ -666,7 +666,8 @@
     const y = (p) => 6 + ((hi - p) / (hi - lo)) * (priceH - 12);
     const places = Math.max(...bars.map((b) => decimals(b.c)));
 
-    // grid and price axis
+    // grid and price axis (no label where the last price's label goes)
+    const lastY = y(Number(bars[bars.length - 1].c));
     const step = niceStep(hi - lo, 6);
     ctx.strokeStyle = LINE;
     ctx.lineWidth = 1;
@@ -678,7 +679,7 @@
       ctx.moveTo(0, yy);
       ctx.lineTo(plotW, yy);
       ctx.stroke();
-      ctx.fillText(fmtFixed(p, places), plotW + 6, yy);
+      if (Math.abs(yy - lastY) > 14) ctx.fillText(fmtFixed(p, places), plotW + 6, yy);
     }
     ctx.beginPath();
     ctx.moveTo(plotW + 0.5, 0);
