@@ -85,6 +85,7 @@ class Gateway(MultiService):
                 http=http,
             )
             self.market.setServiceParent(self)
+            self.metrics.watch_market(self.market)
 
     @property
     def mesh(self) -> IMesh:

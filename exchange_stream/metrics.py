@@ -55,6 +55,27 @@ class _NodeCollector(Collector):
         )
 
 
+class _MarketCollector(Collector):
+    """The market engine running in this process (``--demo``, ``--feed...``)."""
+
+    def __init__(self, market) -> None:
+        self._engine = market.engine
+        self._input = market.input
+
+    def collect(self) -> Iterator:
+        for name, text, value in (
+            ("market_events", "Events read from the matching engine.", self._input.received),
+            ("market_malformed_events", "Malformed events skipped.", self._input.malformed),
+            ("market_published", "Messages the market engine published.", self._engine.published),
+            (
+                "market_publish_failures",
+                "Market engine publishes the mesh refused.",
+                self._engine.publish_failures,
+            ),
+        ):
+            yield CounterMetricFamily(f"exchange_stream_{name}", text, value=value)
+
+
 class GatewayMetrics:
     def __init__(self, hub: Hub, mesh: IMesh, connections: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
@@ -81,6 +102,9 @@ class GatewayMetrics:
             "Time the auth back end took to answer.",
             registry=self.registry,
         )
+
+    def watch_market(self, market) -> None:
+        self.registry.register(_MarketCollector(market))
 
     def record_auth(self, outcome: str, seconds: float) -> None:
         self.auth_results.labels(outcome).inc()

@@ -230,5 +230,10 @@ async def test_demo_keeps_a_consistent_book_for_ten_seconds():
         assert keeper.verified >= 40  # ~10 diffs a second when idle; every checksum right
         assert min(levels) >= 50  # a realistic book: 50+ levels a side
         assert seen == {"BTCUSDT@depth", "BTCUSDT@trades", "BTCUSDT@ticker", "@order"}
+        metrics = {line.split()[0]: float(line.split()[1]) for line in await running.metrics()
+                   if line.startswith("exchange_stream_market")}  # fmt: skip
+        assert metrics["exchange_stream_market_events_total"] > 1000
+        assert metrics["exchange_stream_market_published_total"] > 100
+        assert metrics["exchange_stream_market_malformed_events_total"] == 0
     finally:
         await running.stop()
