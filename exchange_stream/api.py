@@ -147,6 +147,8 @@ class PublishResource(Resource):
         body = request.content.read(self._max_body + 1)
         if len(body) > self._max_body:
             raise ApiError(413, 103, f"body larger than {self._max_body} bytes")
+        if self._gateway.draining:
+            raise ApiError(503, 104, "node shutting down, nothing was sent; publish elsewhere")
         if not self._gateway.mesh.available:
             raise ApiError(503, 104, "mesh unavailable, nothing was sent")
         return parse_publish(body)
@@ -176,9 +178,9 @@ class HealthResource(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         mesh = self._gateway.mesh
-        healthy = bool(mesh.available and mesh.receiving)
+        healthy = bool(mesh.available and mesh.receiving) and not self._gateway.draining
         body = {
-            "status": "ok" if healthy else "unavailable",
+            "status": "ok" if healthy else "draining" if self._gateway.draining else "unavailable",
             "mesh": "up" if healthy else "down",
             "publishing": bool(mesh.available),
             "receiving": bool(mesh.receiving),

@@ -25,6 +25,17 @@ class GatewayConfig:
     max_subscriptions: int = 1024
     max_message_size: int = 64 * 1024
     max_publish_size: int = 1024 * 1024
+    op_rate: float = 10.0
+    op_burst: int = 20
+    max_connections: int = 50_000
+    max_connections_per_ip: int = 1_000
+    real_ip_header: str | None = None
+    handshake_timeout: float = 5.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    allowed_origins: str = "*"
+    max_backlog: int = 2 * 1024 * 1024
+    drain_seconds: float = 5.0
     demo: bool = False
     feed: str | None = None
     feed_udp: str | None = None
@@ -43,13 +54,28 @@ class GatewayConfig:
             "max_subscriptions",
             "max_message_size",
             "max_publish_size",
+            "op_rate",
+            "op_burst",
+            "max_connections",
+            "max_connections_per_ip",
+            "handshake_timeout",
+            "max_backlog",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        for name in ("ping_interval", "ping_timeout", "drain_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (off) or positive")
+        if self.auth_timeout >= self.handshake_timeout:
+            raise ValueError("auth_timeout must be shorter than handshake_timeout")
 
     @classmethod
     def keys(cls) -> list[str]:
         return [field.name for field in fields(cls)]
+
+    @property
+    def origins(self) -> list[str]:
+        return [origin.strip() for origin in self.allowed_origins.split(",") if origin.strip()]
 
     @property
     def runs_market(self) -> bool:

@@ -9,11 +9,13 @@ the application.
 
 from __future__ import annotations
 
+import json
+import random
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
@@ -32,12 +34,13 @@ from exchange_stream.market.simulator import DEMO_TOKENS
 from exchange_stream.mesh import IMesh, open_mesh
 from exchange_stream.metrics import GatewayMetrics
 from exchange_stream.node import Node
+from exchange_stream.protocol import CloseCode
 from exchange_stream.session import IClientConnection, Session
 from exchange_stream.websocket import GatewayFactory
 
 
 class Gateway(MultiService):
-    close_timeout = 2.0
+    close_timeout = 2.0  # after the drain window, for the last closing handshakes
 
     def __init__(
         self,
@@ -55,7 +58,11 @@ class Gateway(MultiService):
             from twisted.internet import reactor
         self.config = config = config or GatewayConfig()
         self.reactor = reactor
-        self.factory = GatewayFactory(self, config.max_message_size)
+        self.factory = GatewayFactory(self, config)
+        self.draining = False
+        self.slow_consumers = 0
+        self._per_address: dict[str, int] = {}
+        self._random = random.Random()
         self.hub = Hub(self.factory.prepareMessage)
         if mesh is None:
             mesh = open_mesh(config.mesh, reactor)
@@ -91,6 +98,24 @@ class Gateway(MultiService):
     def mesh(self) -> IMesh:
         return self.node.mesh
 
+    def admit(self, address: str) -> tuple[int, str] | None:
+        """Take a new connection from ``address``, or say why not (HTTP status, reason)."""
+        if self.draining:
+            return 503, "server shutting down"
+        if sum(self._per_address.values()) >= self.config.max_connections:
+            return 503, "too many connections on this node"
+        if self._per_address.get(address, 0) >= self.config.max_connections_per_ip:
+            return 429, "too many connections from your address"
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        return None
+
+    def release(self, address: str) -> None:
+        left = self._per_address.get(address, 0) - 1
+        if left > 0:
+            self._per_address[address] = left
+        else:
+            self._per_address.pop(address, None)
+
     def open_session(self, connection: IClientConnection) -> Session:
         session = Session(connection, self.node, self.authenticator, self.config, self.reactor)
         self.sessions[session] = connection
@@ -100,17 +125,36 @@ class Gateway(MultiService):
         session.close()
         self.sessions.pop(session, None)
 
-    def stopService(self) -> Deferred:
-        """Tell every client to go away (1001) so it reconnects to another node at once, and
-        give the closing handshakes up to ``close_timeout`` seconds before the mesh stops."""
+    def drain(self, window: float | None = None) -> Deferred:
+        """Shut down politely: refuse new connections and publishes (503), then close every
+        client with 4200 ("reconnect now") at a random moment of the ``window`` (default
+        ``drain_seconds``), each with a notice giving a random reconnect delay of up to a
+        second, so that the clients of a node do not all land on the others at once.
+        Fires when every client is gone, or ``close_timeout`` after the window."""
+        window = self.config.drain_seconds if window is None else window
+        self.draining = True
         closing = []
         for connection in list(self.sessions.values()):
-            connection.close(1001, "server shutting down")
+            delay = self._random.uniform(0, window)
+            self.reactor.callLater(delay, self._send_away, connection)
             closing.append(connection.is_closed)
         everyone = DeferredList(closing, consumeErrors=True)
-        everyone.addTimeout(self.close_timeout, self.reactor)
-        everyone.addErrback(lambda _: None)
-        return everyone.addCallback(lambda _: super(Gateway, self).stopService())
+        everyone.addTimeout(window + self.close_timeout, self.reactor)
+        return everyone.addErrback(lambda _: None)
+
+    def _send_away(self, connection: IClientConnection) -> None:
+        reconnect_in = self._random.randint(0, 1000)
+        notice = {"event": "notice", "data": {"type": "reconnect", "reconnectInMs": reconnect_in}}
+        connection.send_reply(json.dumps(notice, separators=(",", ":")).encode())
+        connection.close(
+            CloseCode.RECONNECT, f"server shutting down; reconnect in {reconnect_in} ms"
+        )
+
+    def stopService(self) -> Deferred:
+        """Drain at once if nobody drained us yet (an embedding application's shutdown),
+        then stop the mesh and the market engine."""
+        drained = succeed(None) if self.draining else self.drain(window=0)
+        return drained.addCallback(lambda _: super(Gateway, self).stopService())
 
     def websocket_resource(self) -> Resource:
         """The WebSocket endpoint, to mount at ``config.path`` of a ``twisted.web`` site."""

@@ -39,6 +39,23 @@ ERROR_MESSAGES = {
     ErrorCode.RATE_LIMITED: "Rate limited",
 }
 
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the gateway uses (docs/protocol.md has the table).
+
+    Application codes follow Pusher's ranges: 4000-4099 do not reconnect, 4100-4199 reconnect
+    with backoff, 4200-4299 reconnect now (after the delay the reason gives, if any).
+    """
+
+    GOING_AWAY = 1001
+    UNSUPPORTED_DATA = 1003  # a binary frame from the client
+    POLICY_VIOLATION = 1008  # ops kept coming far over the rate limit
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TOO_SLOW = 4100  # the client did not read fast enough; back off, then resubscribe
+    RECONNECT = 4200  # the node is shutting down or restarting; reconnect (to another node)
+
+
 OPS = frozenset({"auth", "subscribe", "unsubscribe", "ping", "list"})
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import File
@@ -42,6 +43,9 @@ class QuietSite(Site):
 
     displayTracebacks = False
 
+    def __init__(self, resource: Resource, timeout: float = 60) -> None:
+        super().__init__(resource, timeout=timeout)
+
     def log(self, request: object) -> None:
         pass
 
@@ -53,25 +57,43 @@ def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiS
     The gateway itself is reachable as ``service.getServiceNamed("gateway")``.
     """
     config = options if isinstance(options, GatewayConfig) else options.config
-    service = MultiService()
     gateway = Gateway(config, **gateway_args)
     gateway.setName("gateway")
-    gateway.setServiceParent(service)
+    websocket = strports.service(config.ws, websocket_site(gateway))
+    api = strports.service(config.api, api_site(gateway))
+    return GatewayService(gateway, websocket, api)
 
-    strports.service(config.ws, websocket_site(gateway)).setServiceParent(service)
-    strports.service(config.api, api_site(gateway)).setServiceParent(service)
-    return service
+
+class GatewayService(MultiService):
+    """Starts the gateway, then its listeners; stops in the order a drain needs: no new
+    clients, then the drain (publishes refused with 503 meanwhile), then the API, then the
+    gateway's mesh and market engine. ``twistd`` waits for it on SIGTERM."""
+
+    def __init__(self, gateway: Gateway, websocket, api) -> None:
+        super().__init__()
+        self.gateway, self.websocket, self.api = gateway, websocket, api
+        for child in (gateway, websocket, api):
+            child.setServiceParent(self)
+
+    def stopService(self) -> Deferred:
+        self.running = 0
+        stopping = maybeDeferred(self.websocket.stopService)
+        stopping.addCallback(lambda _: self.gateway.drain())
+        stopping.addCallback(lambda _: self.api.stopService())
+        stopping.addCallback(lambda _: self.gateway.stopService())
+        return stopping
 
 
 def websocket_site(gateway: Gateway) -> Site:
     """The site for the WebSocket port: the gateway's resource at ``config.path``, and with
     ``--demo`` the demo page and the browser client at ``/``."""
     path = gateway.config.path
+    timeout = gateway.config.handshake_timeout  # an idle HTTP connection before the upgrade
     if not path.strip("/"):
-        return QuietSite(gateway.websocket_resource())
+        return QuietSite(gateway.websocket_resource(), timeout)
     root = File(STATIC) if gateway.config.demo else Resource()
     mount(root, path, gateway.websocket_resource())
-    return QuietSite(root)
+    return QuietSite(root, timeout)
 
 
 def api_site(gateway: Gateway) -> Site:

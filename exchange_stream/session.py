@@ -16,6 +16,7 @@ from exchange_stream.auth import AuthFailed, AuthUnavailable, IAuthenticator
 from exchange_stream.config import GatewayConfig
 from exchange_stream.node import Node
 from exchange_stream.protocol import (
+    CloseCode,
     ErrorCode,
     OpError,
     Request,
@@ -24,9 +25,7 @@ from exchange_stream.protocol import (
     encode_result,
     parse_request,
 )
-
-# Closing codes used by the session itself (the full table is in docs/protocol.md).
-CLOSE_INTERNAL_ERROR = 1011
+from exchange_stream.ratelimit import TokenBucket
 
 
 class IClientConnection(Interface):
@@ -68,14 +67,27 @@ class Session:
         self._queue: Deferred = succeed(None)
         self._pending = 0
         self._closed = False
+        self._bucket = TokenBucket(config.op_rate, config.op_burst, clock.seconds())
+        self._refused_in_a_row = 0
+        self._abuse_limit = 2 * config.op_burst
 
     def receive(self, text: bytes) -> None:
-        """Handle one text frame from the client."""
+        """Handle one text frame from the client.
+
+        Over the op rate, or with too many ops waiting behind a slow one, an op is refused at
+        once with code 8 (its answer comes before those of the ops still waiting). A client
+        that goes on sending twice its burst of refused ops in a row is closed with 1008.
+        """
         if self._closed:
             return
-        if self._pending >= self.max_pending_ops:
-            self._connection.send_reply(encode_error(OpError(ErrorCode.RATE_LIMITED)))
+        if not self._bucket.take(self._clock.seconds()) or self._pending >= self.max_pending_ops:
+            self._refused_in_a_row += 1
+            if self._refused_in_a_row > self._abuse_limit:
+                self._connection.close(CloseCode.POLICY_VIOLATION, "rate limit")
+            else:
+                self._connection.send_reply(encode_error(OpError(ErrorCode.RATE_LIMITED)))
             return
+        self._refused_in_a_row = 0
         self._pending += 1
         self._queue.addCallback(self._process, text)
 
@@ -103,7 +115,7 @@ class Session:
     def _internal_error(self, failure) -> None:
         self.log.failure("unexpected error while handling an op", failure)
         if not self._closed:
-            self._connection.close(CLOSE_INTERNAL_ERROR, "internal error")
+            self._connection.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def _answer(self, text: bytes) -> Deferred | bytes | None:
         try:

@@ -1,7 +1,9 @@
 """The Autobahn adapter: WebSocket frames in, session calls; replies and pushes out.
 
 Everything the client protocol means lives in ``session`` and ``protocol``; this module only
-translates, and enforces what belongs to the WebSocket layer (text frames only, frame size).
+translates, and enforces what belongs to the WebSocket layer: admission (connections per node
+and per address), text frames only, frame size, heartbeats, and a bound on what a slow client
+may leave unsent.
 """
 
 from __future__ import annotations
@@ -10,36 +12,80 @@ from typing import TYPE_CHECKING
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from exchange_stream.config import GatewayConfig
+from exchange_stream.protocol import CloseCode
 from exchange_stream.session import IClientConnection, Session
 
 if TYPE_CHECKING:
     from exchange_stream.gateway import Gateway
 
 
-@implementer(IClientConnection)
+@implementer(IClientConnection, IPushProducer)
 class GatewayProtocol(WebSocketServerProtocol):
+    """One client connection.
+
+    It is also the push producer of its transport: the transport pauses it when its write
+    buffer is full (the client reads slower than we write). Bytes written while paused are the
+    backlog; past ``max_backlog`` the connection is closed with 4100 and its buffers freed.
+    """
+
     session: Session | None = None
+    address: str | None = None
+    _paused = False
+    _backlog = 0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # twisted.web's HTTPChannel registered itself for the handshake; the connection is
+        # ours now, so is its flow control.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self, True)
+
+    def onConnect(self, request) -> None:
+        gateway = self.factory.gateway
+        address = request.peer.split(":")[1] if ":" in request.peer else request.peer
+        header = gateway.config.real_ip_header
+        if header and request.headers.get(header.lower()):
+            address = request.headers[header.lower()].split(",")[-1].strip()
+        refusal = gateway.admit(address)
+        if refusal is not None:
+            raise ConnectionDeny(*refusal)
+        self.address = address
 
     def onOpen(self) -> None:
         self.session = self.factory.gateway.open_session(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
-            self.close(WebSocketProtocol.CLOSE_STATUS_CODE_UNSUPPORTED_DATA, "text frames only")
+            self.close(CloseCode.UNSUPPORTED_DATA, "text frames only")
             return
         if self.session is not None:
             self.session.receive(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        gateway = self.factory.gateway
         if self.session is not None:
-            self.factory.gateway.close_session(self.session)
+            gateway.close_session(self.session)
             self.session = None
+        if self.address is not None:
+            gateway.release(self.address)
+            self.address = None
+
+    # -- IClientConnection --------------------------------------------------------------
 
     def send_reply(self, reply: bytes) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
+            self._count(len(reply))
             self.sendMessage(reply)
+
+    def sendPreparedMessage(self, prepared) -> None:
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self._count(len(prepared.payloadHybi))
+            super().sendPreparedMessage(prepared)
 
     def close(self, code: int, reason: str) -> None:
         # sendCloseFrame, unlike sendClose, accepts the protocol-level codes (1001, 1003,
@@ -47,20 +93,53 @@ class GatewayProtocol(WebSocketServerProtocol):
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendCloseFrame(code, reason.encode()[:123], isReply=False)
 
+    # -- IPushProducer: the transport's flow control ------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._backlog = 0
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+    def _count(self, size: int) -> None:
+        if not self._paused:
+            return
+        self._backlog += size
+        if self._backlog > self.factory.max_backlog:
+            self._too_slow()
+
+    def _too_slow(self) -> None:
+        """Close with 4100. The close frame queues behind the backlog and nothing more is
+        written; Autobahn's close-handshake timeout (1 s) then drops the connection if the
+        client has not read up to it, which frees the buffer."""
+        self.factory.gateway.slow_consumers += 1
+        self.close(CloseCode.TOO_SLOW, "too slow: reconnect with backoff")
+
 
 class GatewayFactory(WebSocketServerFactory):
     protocol = GatewayProtocol
 
-    def __init__(self, gateway: Gateway, max_message_size: int) -> None:
+    def __init__(self, gateway: Gateway, config: GatewayConfig) -> None:
         super().__init__(server="exchange-stream")
         self.gateway = gateway
+        self.max_backlog = config.max_backlog
+        origins = config.origins
         self.setProtocolOptions(
             # Oversize frames are closed with 1009 and binary ones with 1003: that needs a
             # closing handshake instead of Autobahn's default of dropping the TCP connection.
             failByDrop=False,
-            maxFramePayloadSize=max_message_size,
-            maxMessagePayloadSize=max_message_size,
+            maxFramePayloadSize=config.max_message_size,
+            maxMessagePayloadSize=config.max_message_size,
             webStatus=False,
+            openHandshakeTimeout=config.handshake_timeout,
+            autoPingInterval=config.ping_interval,
+            autoPingTimeout=config.ping_timeout,
+            allowedOrigins=origins,
             # Given explicitly: every setProtocolOptions call resets it to False otherwise.
-            allowNullOrigin=True,
+            # Pages opened from a file send Origin "null"; allowed only when any origin is.
+            allowNullOrigin=origins == ["*"],
         )

@@ -93,7 +93,7 @@ def test_two_auths_in_flight_do_not_interleave():
 
 def test_queue_behind_a_slow_op_is_bounded():
     auth = ManualAuth()
-    session, connection, _ = make_session(auth)
+    session, connection, _ = make_session(auth, op_burst=1000)
     send(session, {"op": "auth", "token": "t"})
     for index in range(Session.max_pending_ops + 5):
         send(session, {"op": "ping", "id": index})
@@ -192,3 +192,26 @@ def test_an_unexpected_error_closes_with_1011_not_silence():
     session, connection, _ = make_session(Broken())
     send(session, {"op": "auth", "token": "t"})
     assert connection.closed_with == 1011
+
+
+def test_op_rate_is_a_token_bucket():
+    clock = Clock()
+    session, connection, _ = make_session(clock=clock, op_rate=10, op_burst=20)
+    for index in range(25):
+        send(session, {"op": "ping", "id": index})
+    codes = [reply.get("code") for reply in connection.replies]
+    assert codes.count(None) == 20 and codes.count(8) == 5
+    clock.advance(0.5)  # five tokens back
+    for index in range(6):
+        send(session, {"op": "ping", "id": index})
+    assert [reply.get("code") for reply in connection.replies[25:]] == [None] * 5 + [8]
+    assert connection.closed_with is None
+
+
+def test_a_client_that_keeps_flooding_is_closed_with_1008():
+    session, connection, _ = make_session(op_rate=10, op_burst=20)
+    for index in range(20 + 40):
+        send(session, {"op": "ping", "id": index})
+    assert connection.closed_with is None  # 40 refused in a row: still answered
+    send(session, {"op": "ping"})
+    assert connection.closed_with == 1008
