@@ -75,7 +75,16 @@ class GatewayConfig:
 
     @property
     def origins(self) -> list[str]:
-        return [origin.strip() for origin in self.allowed_origins.split(",") if origin.strip()]
+        """Origin patterns for Autobahn, which matches ``scheme://host:port`` (the port
+        always written): a pattern without a port gets ``:*``, so ``https://app.example.com``
+        means what an operator expects."""
+        patterns = []
+        for origin in (part.strip() for part in self.allowed_origins.split(",")):
+            if origin and "://" in origin and ":" not in origin.split("://", 1)[1]:
+                origin += ":*"
+            if origin:
+                patterns.append(origin)
+        return patterns
 
     @property
     def runs_market(self) -> bool:
