@@ -48,6 +48,13 @@ class _NodeCollector(Collector):
             "1 while the mesh can publish and this node receives its channels.",
             value=int(bool(self._mesh.available and self._mesh.receiving)),
         )
+        self_check = getattr(self._mesh, "self_check", None)
+        if self_check is not None:
+            yield CounterMetricFamily(
+                "exchange_stream_mesh_deaf",
+                "Times the node did not hear its own heartbeat back and resubscribed.",
+                value=self_check.deaf_events,
+            )
         yield CounterMetricFamily(
             "exchange_stream_mesh_reconnects",
             "Times the mesh had to reconnect.",

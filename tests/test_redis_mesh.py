@@ -280,3 +280,30 @@ async def test_password_protected_redis(auth_backend):
         await wrong.stop()
         await right.stop()
         server.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deaf_node_notices_and_heals(redis_server, auth_backend):
+    """Redis cuts the node's subscriber connection for its output buffer limit while the
+    node is not reading (so it does not see the cut): the node stops hearing its heartbeat,
+    reports unhealthy, resubscribes, and delivers again."""
+    node = await start_node(redis_server, auth_backend)
+    try:
+        client = await subscribed_client(node, "BTCUSDT@depth")
+        direct = redis_server.client()
+        direct.config_set("client-output-buffer-limit", "pubsub 64kb 32kb 1")
+        mesh = node.gateway.mesh
+        mesh._subscriber.transport.pauseProducing()
+        for _ in range(64):
+            direct.publish("ex:BTCUSDT@depth", json.dumps({"pad": "x" * 16_000}))
+        await until(lambda: not mesh.receiving, timeout=15)
+        assert (await node.health())[0] == 503
+        await until(lambda: mesh.receiving, timeout=15)
+        assert mesh.self_check.deaf_events == 1
+        while client.received.pending:  # whatever got through before the cut
+            await client.next_raw()
+        await node.publish("ex:BTCUSDT@depth", '{"after":"heal"}')
+        assert await client.next() == {"after": "heal"}
+        assert (await node.health())[0] == 200
+    finally:
+        await node.stop()

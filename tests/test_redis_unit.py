@@ -81,9 +81,13 @@ class Receiver:
 
 @pytest.fixture
 def setup():
+    """A started mesh whose self-check heartbeat subscription is confirmed and out of the way."""
     clock, endpoint = Clock(), FakeEndpoint()
     mesh = RedisMesh("redis://127.0.0.1:6399/0", reactor=clock, endpoint=endpoint)
     mesh.startService()
+    subscriber = endpoint.latest(subscriber=True)
+    assert subscriber.written() == bulk("SUBSCRIBE", mesh.self_check.channel)
+    subscriber.protocol.dataReceived(bulk("subscribe", mesh.self_check.channel, 1))
     yield mesh, clock, endpoint
     mesh.stopService()
 
@@ -132,10 +136,11 @@ def test_reconnects_with_backoff_and_resubscribes_everything_once(setup):
         clock.advance(1)
     new = endpoint.latest(subscriber=True)
     assert new is not old and not mesh.receiving  # connected, not yet confirmed
-    assert new.written() == bulk("SUBSCRIBE", "ex:a", "ex:c")
-    new.protocol.dataReceived(bulk("subscribe", "ex:a", 1))
+    heartbeat = mesh.self_check.channel
+    assert new.written() == bulk("SUBSCRIBE", heartbeat, "ex:a", "ex:c")
+    new.protocol.dataReceived(bulk("subscribe", heartbeat, 1) + bulk("subscribe", "ex:a", 2))
     assert not mesh.receiving
-    new.protocol.dataReceived(bulk("subscribe", "ex:c", 2))
+    new.protocol.dataReceived(bulk("subscribe", "ex:c", 3))
     assert mesh.receiving
     for _ in range(20):
         clock.advance(1)
@@ -239,3 +244,29 @@ def test_bad_redis_urls(url):
 
 def test_password_never_shows_in_repr():
     assert "secret" not in repr(RedisAddress.from_url("redis://:secret@host/0"))
+
+
+def test_a_node_that_does_not_hear_its_heartbeat_is_deaf_and_resubscribes(setup):
+    mesh, clock, endpoint = setup
+    commands, subscriber = endpoint.latest(subscriber=False), endpoint.latest(subscriber=True)
+    heartbeat = mesh.self_check.channel
+    clock.advance(2)  # first beat
+    assert commands.written() == bulk("PUBLISH", heartbeat, "1")
+    commands.protocol.dataReceived(b":1\r\n")
+    subscriber.protocol.dataReceived(bulk("message", heartbeat, "1"))  # heard: healthy
+    for sequence in (2, 3, 4, 5):  # accepted by Redis, never heard back
+        clock.advance(2)
+        commands.protocol.dataReceived(b":1\r\n")
+        assert mesh.receiving, sequence
+    clock.advance(2)  # beat 2 is now more than 6 s old
+    assert not mesh.receiving and mesh.self_check.deaf_events == 1
+    assert subscriber.transport.disconnecting  # dropped, to resubscribe from scratch
+
+
+def test_no_deafness_claimed_while_heartbeats_cannot_be_published(setup):
+    mesh, clock, endpoint = setup
+    endpoint.refuse = True
+    endpoint.latest(subscriber=False).lose()
+    for _ in range(10):
+        clock.advance(2)
+    assert mesh.self_check.deaf_events == 0

@@ -35,6 +35,7 @@ from txredisapi import RedisProtocol, SubscriberProtocol
 from zope.interface import implementer
 
 from exchange_stream.mesh.interface import IMesh, IMeshReceiver, MeshUnavailable, Publication
+from exchange_stream.mesh.selfcheck import SelfCheck
 
 SNAPSHOT_KEY_PREFIX = "es:snapshot:"
 
@@ -203,6 +204,7 @@ class RedisMesh(MultiService):
         self._waiting: dict[tuple[bytes, bytes], list[Deferred]] = {}
         self._resubscribed = True
         self.connects = 0
+        self.self_check = SelfCheck(self, self.restart_subscriber, reactor)
         for protocol, ready in (
             (RedisProtocol, self._commands_ready),
             (_Subscriber, self._subscriber_ready),
@@ -211,6 +213,7 @@ class RedisMesh(MultiService):
             ClientService(endpoint, factory, retryPolicy=policy, clock=reactor).setServiceParent(
                 self
             )
+        self.self_check.setServiceParent(self)
 
     # -- state --------------------------------------------------------------------------
 
@@ -223,12 +226,17 @@ class RedisMesh(MultiService):
     def receiving(self) -> bool:
         """This node receives its channels: the subscriber connection is up and Redis has
         confirmed the (re)subscription of every channel wanted when it came up."""
-        return self._subscriber is not None and self._resubscribed
+        return self._subscriber is not None and self._resubscribed and not self.self_check.deaf
 
     @property
     def reconnects(self) -> int:
         """Connections made after the first two (one per connection kind)."""
         return max(0, self.connects - 2)
+
+    def restart_subscriber(self) -> None:
+        """Drop the subscriber connection; the reconnect subscribes everything afresh."""
+        if self._subscriber is not None:
+            self._subscriber.transport.abortConnection()
 
     def _commands_ready(self, connection: RedisProtocol) -> None:
         self._commands = connection
