@@ -20,6 +20,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, UnsupportedMethod
 
+from exchange_stream.channels import normalize_uid
+from exchange_stream.control import CONTROL_CHANNEL, RESERVED_PREFIX
 from exchange_stream.mesh import MeshUnavailable, Publication
 
 if TYPE_CHECKING:
@@ -77,6 +79,8 @@ def parse_publish(body: bytes) -> PublishRequest:
         raise _invalid('"c" must be a non-empty channel name')
     if not channel.isprintable() or " " in channel:
         raise _invalid('"c" must not contain spaces or control characters')
+    if channel.startswith(RESERVED_PREFIX):
+        raise _invalid(f'channels starting with "{RESERVED_PREFIX}" are the gateway\'s own')
     publication = _parse_data(message.get("d"), message.get("t", "text"))
     retain = message.get("retain", False)
     snapshot = message.get("snapshot")
@@ -105,9 +109,13 @@ def _parse_data(data: object, kind: object) -> Publication:
 
 
 class PublishResource(Resource):
-    """``POST /v1/mesh/publish``; any other method is 405, any path below it 404."""
+    """``POST /v1/mesh/publish``; any other method is 405, any path below it 404.
+
+    ``parse`` turns a body into what to publish; :class:`KickResource` reuses all the rest.
+    """
 
     isLeaf = True
+    parse = staticmethod(parse_publish)
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
@@ -151,7 +159,7 @@ class PublishResource(Resource):
             raise ApiError(503, 104, "node shutting down, nothing was sent; publish elsewhere")
         if not self._gateway.mesh.available:
             raise ApiError(503, 104, "mesh unavailable, nothing was sent")
-        return parse_publish(body)
+        return self.parse(body)
 
     def _accepted(self, nodes: int, request: Request, hung_up: list[bool]) -> None:
         self._gateway.metrics.published.inc()
@@ -167,6 +175,25 @@ class PublishResource(Resource):
         self._gateway.metrics.publish_errors.labels(str(error.code)).inc()
         if not hung_up:
             _finish(request, error.status, _error_body(error))
+
+
+def parse_kick(body: bytes) -> PublishRequest:
+    """``{"uid": ...}``: end that user's login on every node (a control message)."""
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        raise _invalid("body is not JSON") from None
+    uid = normalize_uid(message.get("uid")) if isinstance(message, dict) else None
+    if uid is None:
+        raise _invalid('"uid" must be a positive integer or [A-Za-z0-9_-]{1,64}')
+    return PublishRequest(CONTROL_CHANNEL, Publication(json.dumps({"kick": uid}).encode()))
+
+
+class KickResource(PublishResource):
+    """``POST /v1/mesh/kick {"uid": 1001}``: every node ends that user's private
+    subscriptions and login; ``s`` in the answer is the number of nodes reached."""
+
+    parse = staticmethod(parse_kick)
 
 
 class HealthResource(Resource):
@@ -208,6 +235,7 @@ def build_api(gateway: Gateway) -> Resource:
     root.putChild(b"v1", v1)
     v1.putChild(b"mesh", mesh)
     mesh.putChild(b"publish", PublishResource(gateway))
+    mesh.putChild(b"kick", KickResource(gateway))
     root.putChild(b"healthz", HealthResource(gateway))
     root.putChild(b"metrics", MetricsResource(gateway))
     return root

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import treq
@@ -29,12 +30,21 @@ class AuthUnavailable(Exception):
     """The back end timed out or failed; the client may retry (client error code 6)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a token belongs to: the uid (checked by ``normalize_uid``) and, if the back end
+    said so, when the login ends (seconds since the epoch)."""
+
+    uid: str
+    expires: float | None = None
+
+
 class IAuthenticator(Interface):
-    """Token → uid."""
+    """Token → :class:`Identity`."""
 
     def authenticate(token: str) -> Deferred:
-        """Fire with the uid as text (already checked by ``normalize_uid``), or fail with
-        :class:`AuthFailed` or :class:`AuthUnavailable`; never with anything else."""
+        """Fire with an :class:`Identity`, or fail with :class:`AuthFailed` or
+        :class:`AuthUnavailable`; never with anything else."""
 
 
 @implementer(IAuthenticator)
@@ -51,12 +61,13 @@ class StaticAuthenticator:
 
     def authenticate(self, token: str) -> Deferred:
         uid = self._tokens.get(token)
-        return succeed(uid) if uid is not None else fail(AuthFailed())
+        return succeed(Identity(uid)) if uid is not None else fail(AuthFailed())
 
 
 @implementer(IAuthenticator)
 class HttpAuthenticator:
-    """POST ``{"token": ...}`` to the exchange's endpoint, expect 200 ``{"uid": ...}``.
+    """POST ``{"token": ...}`` to the exchange's endpoint, expect 200 ``{"uid": ...}``, with
+    an optional ``"exp"``: when the login ends, in seconds since the epoch (as in a JWT).
 
     A 4xx answer or a 200 without a valid uid is a rejection; a timeout, a refused connection
     or a 5xx answer means the back end is unavailable and the client may try again.
@@ -111,7 +122,14 @@ class HttpAuthenticator:
         uid = normalize_uid(answer.get("uid")) if isinstance(answer, dict) else None
         if uid is None:
             raise AuthFailed("auth back end answered with no valid uid")
-        return uid
+        expires = answer.get("exp")
+        if expires is None:
+            return Identity(uid)
+        if isinstance(expires, bool) or not isinstance(expires, int | float):
+            raise AuthFailed("auth back end answered with an exp that is not a number")
+        if expires <= self._reactor.seconds():
+            raise AuthFailed("the login has expired already")
+        return Identity(uid, float(expires))
 
     def _classify_failure(self, failure):
         if failure.check(AuthFailed, AuthUnavailable):

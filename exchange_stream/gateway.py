@@ -27,6 +27,7 @@ from exchange_stream.auth import (
     StaticAuthenticator,
 )
 from exchange_stream.config import GatewayConfig
+from exchange_stream.control import CONTROL_CHANNEL, ControlReceiver
 from exchange_stream.hub import Hub
 from exchange_stream.market.engine import MarketSettings
 from exchange_stream.market.service import market_service
@@ -70,6 +71,7 @@ class Gateway(MultiService):
             mesh.setServiceParent(self)  # a mesh with connections starts and stops with us
         self.node = Node(self.hub, mesh)
         self.sessions: dict[Session, IClientConnection] = {}
+        self._control = ControlReceiver(lambda: self.sessions)
         self.metrics = GatewayMetrics(self.hub, mesh, lambda: len(self.sessions))
         if authenticator is None and config.demo:
             authenticator = StaticAuthenticator(DEMO_TOKENS)
@@ -97,6 +99,10 @@ class Gateway(MultiService):
     @property
     def mesh(self) -> IMesh:
         return self.node.mesh
+
+    def startService(self) -> None:
+        super().startService()
+        self.mesh.subscribe(CONTROL_CHANNEL, self._control)
 
     def admit(self, address: str) -> tuple[int, str] | None:
         """Take a new connection from ``address``, or say why not (HTTP status, reason)."""
@@ -154,6 +160,7 @@ class Gateway(MultiService):
         """Drain at once if nobody drained us yet (an embedding application's shutdown),
         then stop the mesh and the market engine."""
         drained = succeed(None) if self.draining else self.drain(window=0)
+        drained.addCallback(lambda _: self.mesh.unsubscribe(CONTROL_CHANNEL, self._control))
         return drained.addCallback(lambda _: super(Gateway, self).stopService())
 
     def websocket_resource(self) -> Resource:

@@ -7,6 +7,8 @@ ops waiting behind a slow one is bounded; past the bound an op is refused at onc
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -70,6 +72,7 @@ class Session:
         self._bucket = TokenBucket(config.op_rate, config.op_burst, clock.seconds())
         self._refused_in_a_row = 0
         self._abuse_limit = 2 * config.op_burst
+        self._expiry = None
 
     def receive(self, text: bytes) -> None:
         """Handle one text frame from the client.
@@ -93,6 +96,7 @@ class Session:
 
     def close(self) -> None:
         """The connection is gone: give back every subscription."""
+        self._expire_at(None)
         self._closed = True
         self.subscriptions.clear()
         self._node.drop(self._connection)
@@ -131,17 +135,38 @@ class Session:
     @inlineCallbacks
     def _op_auth(self, request: Request):
         try:
-            uid = yield self._authenticator.authenticate(request.token or "")
+            identity = yield self._authenticator.authenticate(request.token or "")
         except AuthFailed:
             raise OpError(ErrorCode.AUTH_FAILED, request.id) from None
         except AuthUnavailable:
             raise OpError(ErrorCode.AUTH_UNAVAILABLE, request.id) from None
         if self._closed:
             return None
-        if uid != self.uid:
+        if identity.uid != self.uid:
             self._drop_private_subscriptions()
-        self.uid = uid
+        self.uid = identity.uid
+        self._expire_at(identity.expires)
         return encode_result(request.id)
+
+    def _expire_at(self, expires: float | None) -> None:
+        """(Re)schedule the end of the login; a new auth in band replaces the old one."""
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        if expires is not None:
+            delay = max(0.0, expires - self._clock.seconds())
+            self._expiry = self._clock.callLater(delay, self.log_out, "auth_expired")
+
+    def log_out(self, why: str) -> None:
+        """End the login (it expired, or the user was kicked): private subscriptions end
+        and the client is told which, with a notice ``{"event":"notice","data":{...}}``."""
+        if self._closed or self.uid is None:
+            return
+        dropped = self._drop_private_subscriptions()
+        self.uid = None
+        self._expire_at(None)
+        notice = {"event": "notice", "data": {"type": why, "channels": dropped}}
+        self._send(json.dumps(notice, separators=(",", ":")).encode())
 
     def _op_subscribe(self, request: Request) -> Deferred:
         self._require_auth(request)
@@ -181,12 +206,15 @@ class Session:
         if self.uid is None and any(name.private for name in request.channels):
             raise OpError(ErrorCode.NOT_AUTH, request.id)
 
-    def _drop_private_subscriptions(self) -> None:
+    def _drop_private_subscriptions(self) -> list[str]:
         """A new uid must not keep receiving the previous user's private channels."""
+        dropped = []
         for name, internal in list(self.subscriptions.items()):
             if name.startswith("@"):
                 del self.subscriptions[name]
                 self._node.unsubscribe(self._connection, internal)
+                dropped.append(name)
+        return dropped
 
 
 def _encode_op_error(failure):

@@ -102,11 +102,13 @@ def http_client():
     return _http
 
 
-async def publish(api_port: int, body: object, headers: dict | None = None) -> tuple[int, dict]:
-    """POST to the publish API; return (HTTP status, decoded JSON answer)."""
+async def publish(
+    api_port: int, body: object, headers: dict | None = None, path: str = "/v1/mesh/publish"
+) -> tuple[int, dict]:
+    """POST to the publish API (or ``path``); return (HTTP status, decoded JSON answer)."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     response = await http_client().post(
-        f"http://127.0.0.1:{api_port}/v1/mesh/publish", data=raw, headers=headers or {}
+        f"http://127.0.0.1:{api_port}{path}", data=raw, headers=headers or {}
     )
     return response.code, json.loads(await treq.content(response))
 

@@ -195,3 +195,20 @@ def test_retain_and_snapshot_are_kept_for_new_subscribers():
     subscribe_live(gateway.node, depth, "ex:A@depth")
     assert [frame.payload for frame in ticker.frames] == [b'{"last":"1"}']
     assert [frame.payload for frame in depth.frames] == [b'{"book":2}']
+
+
+@pytest.mark.parametrize(
+    "body", [{"c": "es:control", "d": "{}"}, {"c": "es:heartbeat:x", "d": "1"}]
+)
+def test_the_gateways_own_channels_are_refused(body):
+    _, client = api()
+    assert publish(client, body)[0] == 400
+
+
+def test_kick_validates_the_uid():
+    _, client = api()
+    for body in ({}, {"uid": "1002@balance"}, {"uid": True}, [1]):
+        status, answer = call(client, "POST", "http://api/v1/mesh/kick", json=body)[0], None
+        assert status == 400, body
+    status, _, answer = call(client, "POST", "http://api/v1/mesh/kick", json={"uid": 1001})
+    assert (status, json.loads(answer)) == (200, {"E": None, "r": {"s": 0, "f": 0}})

@@ -14,6 +14,7 @@ from exchange_stream.auth import (
     AuthUnavailable,
     HttpAuthenticator,
     IAuthenticator,
+    Identity,
     MeteredAuthenticator,
     StaticAuthenticator,
 )
@@ -50,7 +51,8 @@ def outcome(deferred):
     if hasattr(result, "trap"):
         result.trap(AuthFailed, AuthUnavailable)  # nothing else may come out
         return result.type
-    return result
+    assert isinstance(result, Identity)
+    return result.uid if result.expires is None else (result.uid, result.expires)
 
 
 def test_implementations_provide_the_interface():
@@ -124,3 +126,14 @@ def test_metered_authenticator_records_outcomes():
     assert outcome(metered.authenticate("ok")) == "1"
     assert outcome(metered.authenticate("no")) == AuthFailed
     assert records == [("ok", 0.5), ("failed", 0.25)]
+
+
+def test_expiry_from_the_back_end():
+    clock = Clock()
+    clock.advance(1_000)
+    assert outcome(authenticate(Backend(body=b'{"uid":7,"exp":1060}'), clock=clock)) == (
+        "7",
+        1060.0,
+    )
+    for body in (b'{"uid":7,"exp":999}', b'{"uid":7,"exp":"soon"}', b'{"uid":7,"exp":true}'):
+        assert outcome(authenticate(Backend(body=body), clock=clock)) == AuthFailed, body

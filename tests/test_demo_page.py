@@ -442,6 +442,10 @@ def test_demo_page_reconnects_after_a_gateway_restart(page, gateway):
 
     state = wait_for(recovered, 30, "the page to recover after the restart")
     assert state["mismatches"] == 0, state["problems"]
+    # The gateway drains on SIGTERM: a "reconnect" notice, then close code 4200.
+    closes = page.evaluate("demoState.closes.map(c => c.code)")
+    notices = page.evaluate("demoState.notices.map(n => n.type)")
+    assert closes[-1] == 4200 and "reconnect" in notices, (closes, notices)
     assert page.evaluate("demoClient.authenticated") is True
     assert page.evaluate("demoClient.token") == "demo-1002"
     channels = set(page.evaluate("demoClient.channels"))

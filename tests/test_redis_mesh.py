@@ -307,3 +307,22 @@ async def test_a_deaf_node_notices_and_heals(redis_server, auth_backend):
         assert (await node.health())[0] == 200
     finally:
         await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_kick_ends_a_users_private_subscriptions_on_every_node(nodes):
+    a, b, c = nodes
+    on_b = await subscribed_client(b, "@balance", "BTCUSDT@trades", token="token-1001")
+    on_c = await subscribed_client(c, "@order", token="token-1001")
+    other = await subscribed_client(c, "@order", token="token-1002")
+    status, answer = await publish(a.api_port, {"uid": 1001}, path="/v1/mesh/kick")
+    assert (status, answer["r"]["s"]) == (200, 3)  # every node listens to control messages
+    assert await on_b.next() == {
+        "event": "notice",
+        "data": {"type": "kicked", "channels": ["@balance"]},
+    }
+    assert (await on_c.next())["data"] == {"type": "kicked", "channels": ["@order"]}
+    assert await on_b.request({"op": "list"}) == {"result": ["BTCUSDT@trades"]}
+    assert (await on_b.request({"op": "subscribe", "channel": "@balance"}))["code"] == 1
+    await a.publish("ex:1002@order", '{"still":"here"}')
+    assert await other.next() == {"still": "here"}

@@ -10,7 +10,13 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from exchange_stream.auth import AuthFailed, AuthUnavailable, HttpAuthenticator, IAuthenticator
+from exchange_stream.auth import (
+    AuthFailed,
+    AuthUnavailable,
+    HttpAuthenticator,
+    IAuthenticator,
+    Identity,
+)
 from exchange_stream.config import GatewayConfig
 from exchange_stream.hub import Hub
 from exchange_stream.mesh import MemoryMesh, Publication
@@ -44,8 +50,10 @@ class ManualAuth:
         self.calls = []
 
     def authenticate(self, token):
+        """The test fires the Deferred with a uid (or an Identity, for an expiry)."""
         self.calls.append((token, Deferred()))
-        return self.calls[-1][1]
+        fired = self.calls[-1][1]
+        return fired.addCallback(lambda who: who if isinstance(who, Identity) else Identity(who))
 
 
 def make_session(authenticator=None, clock=None, **config):
@@ -215,3 +223,37 @@ def test_a_client_that_keeps_flooding_is_closed_with_1008():
     assert connection.closed_with is None  # 40 refused in a row: still answered
     send(session, {"op": "ping"})
     assert connection.closed_with == 1008
+
+
+def test_login_expiry_ends_private_subscriptions_with_a_notice():
+    clock = Clock()
+    auth = ManualAuth()
+    session, connection, node = make_session(auth, clock)
+    send(session, {"op": "auth", "token": "t"})
+    auth.calls[-1][1].callback(Identity("1001", expires=60.0))
+    send(session, {"op": "subscribe", "channels": ["@order", "BTCUSDT@depth"]})
+    clock.advance(59)
+    assert session.uid == "1001"
+    clock.advance(1)
+    assert connection.replies[-1] == {
+        "event": "notice",
+        "data": {"type": "auth_expired", "channels": ["@order"]},
+    }
+    assert session.uid is None and list(session.subscriptions) == ["BTCUSDT@depth"]
+    assert not node.hub.has_subscribers("ex:1001@order")
+
+
+def test_reauth_in_band_moves_the_expiry():
+    clock = Clock()
+    auth = ManualAuth()
+    session, connection, _ = make_session(auth, clock)
+    send(session, {"op": "auth", "token": "t"})
+    auth.calls[-1][1].callback(Identity("1001", expires=60.0))
+    clock.advance(50)
+    send(session, {"op": "auth", "token": "fresh"})
+    auth.calls[-1][1].callback(Identity("1001", expires=200.0))
+    clock.advance(100)
+    assert session.uid == "1001"
+    clock.advance(50)
+    assert session.uid is None
+    assert connection.replies[-1]["data"]["type"] == "auth_expired"

@@ -16,8 +16,18 @@
   "use strict";
 
   const PRIVATE_TYPES = ["balance", "order", "position", "account"];
-  // Close codes the protocol calls client bugs: reconnecting would only repeat them.
-  const FATAL_CLOSE_CODES = new Set([1003, 1007, 1009]);
+
+  /**
+   * What a close code asks of the client: "never" (a client bug, or 4000-4099: reconnecting
+   * would only repeat it), "now" (4200-4299: the node is going away, come back at once, after
+   * the delay its notice gives) or "backoff" (everything else, 4100-4199 included).
+   */
+  function closePolicy(code) {
+    if (code === 1003 || code === 1007 || code === 1009) return "never";
+    if (code >= 4000 && code <= 4099) return "never";
+    if (code >= 4200 && code <= 4299) return "now";
+    return "backoff";
+  }
 
   /* ---------------------------------------------------------------- CRC32 (IEEE) */
 
@@ -130,6 +140,9 @@
       this.maxBackoff = opts.maxBackoff ?? 30000;
       this.stableAfter = opts.stableAfter ?? 10000;
       this.maxInFlight = opts.maxInFlight ?? 16;
+      // Below the gateway's default op rate (10/s, burst 20), so that no op is refused.
+      this.opRate = opts.opRate ?? 8;
+      this.opBurst = opts.opBurst ?? 10;
       this.WebSocket = opts.WebSocket || (typeof WebSocket !== "undefined" ? WebSocket : null);
 
       this.status = "idle"; // idle | connecting | open | ready | reconnecting | closed | failed
@@ -146,7 +159,12 @@
 
       this._nextId = 1;
       this._pending = new Map(); // id -> {resolve, reject, ws}
-      this._queue = []; // requests waiting for an in-flight slot
+      this._queue = []; // requests waiting for an in-flight slot or the op rate
+      this._tokens = 0; // op-rate token bucket
+      this._tokensAt = 0;
+      this._pumpTimer = null;
+      this._refused = 0; // code 8 answers without an id not yet matched to a request
+      this._reconnectNowIn = null; // from a "reconnect" notice
 
       this._token = null; // desired login
       this._authed = null; // token the current connection is logged in with
@@ -266,6 +284,8 @@
       ws.onopen = () => {
         if (ws !== this._ws) return;
         this._openedAt = Date.now();
+        this._tokens = this.opBurst;
+        this._tokensAt = this._openedAt;
         if (this.stats.connects++) this.stats.reconnects++;
         this._setStatus("open");
         this._emit("open");
@@ -284,18 +304,31 @@
       };
     }
 
-    _lost(code, reason) {
+    /** The connection ended (`policy`: as closePolicy(code) unless the client decided). */
+    _lost(code, reason, policy) {
       const stable = this._openedAt && Date.now() - this._openedAt >= this.stableAfter;
+      const noticeDelay = this._reconnectNowIn;
+      this._reconnectNowIn = null;
       this._teardown(new ConnectionClosed(`connection closed (${code})`));
       this._emit("close", { code, reason });
       if (!this._wanted) {
         this._setStatus("closed");
         return;
       }
-      if (FATAL_CLOSE_CODES.has(code)) {
+      const what = policy || closePolicy(code);
+      if (what === "never") {
         this.lastError = new Error(`gateway closed with ${code} ${reason || ""}: not reconnecting`);
         this._emit("error", this.lastError);
         this._setStatus("failed");
+        return;
+      }
+      if (what === "now") {
+        // "reconnect in N ms" from the notice, or the close reason; else within a second.
+        const said = /reconnect in (\d+) ms/.exec(reason || "");
+        let delay = noticeDelay ?? (said ? Number(said[1]) : Math.random() * 1000);
+        delay = Math.min(Math.max(0, delay), this.maxBackoff);
+        this._attempt = 0;
+        this._scheduleReconnect(delay);
         return;
       }
       if (stable) this._attempt = 0;
@@ -309,9 +342,9 @@
       return Math.random() * cap;
     }
 
-    _scheduleReconnect() {
+    _scheduleReconnect(fixedDelay) {
       if (!this._wanted) return;
-      const delay = this.nextBackoff();
+      const delay = fixedDelay ?? this.nextBackoff();
       this._setStatus("reconnecting");
       this._emit("reconnecting", delay);
       this._reconnectTimer = setTimeout(() => this._open(), delay);
@@ -329,7 +362,10 @@
       this._authed = null;
       this._confirmed.clear();
       this._inflight.clear();
-      const pending = Array.from(this._pending.values());
+      clearTimeout(this._pumpTimer);
+      this._pumpTimer = null;
+      this._refused = 0;
+      const pending = Array.from(this._pending.values()).concat(this._queue);
       this._pending.clear();
       this._queue = [];
       for (const p of pending) p.reject(error);
@@ -352,19 +388,28 @@
           this._pongTimer = null;
           if (ws === this._ws) {
             this._emit("error", new Error("no pong: reconnecting"));
-            this._lost(4000, "pong timeout");
-            ws.close(4000, "pong timeout");
+            this._lost(4100, "pong timeout", "backoff");
+            ws.close(1000, "pong timeout");
           }
         }, this.pongTimeout);
       }
-      return this.request({ op: "ping" }).then((answer) => {
+      const answered = () => {
         clearTimeout(this._pongTimer);
         this._pongTimer = null;
-        this.stats.pongs++;
-        this.stats.rtt = Date.now() - sent;
-        this._emit("pong", answer, this.stats.rtt);
-        return this.stats.rtt;
-      });
+      };
+      return this.request({ op: "ping" }).then(
+        (answer) => {
+          answered();
+          this.stats.pongs++;
+          this.stats.rtt = Date.now() - sent;
+          this._emit("pong", answer, this.stats.rtt);
+          return this.stats.rtt;
+        },
+        (err) => {
+          if (err instanceof ProtocolError) answered(); // refused, but the gateway is there
+          throw err;
+        },
+      );
     }
 
     /* ---- requests */
@@ -380,15 +425,51 @@
       }
       return new Promise((resolve, reject) => {
         const id = this._nextId++;
-        const entry = { id, op: Object.assign({}, op, { id }), resolve, reject, ws };
-        if (this._pending.size >= this.maxInFlight) this._queue.push(entry);
-        else this._transmit(entry);
+        this._queue.push({ id, op: Object.assign({}, op, { id }), resolve, reject, ws });
+        this._pump();
       });
     }
 
-    _transmit(entry) {
-      this._pending.set(entry.id, entry);
-      entry.ws.send(JSON.stringify(entry.op));
+    /** Send queued ops while in-flight slots and op-rate tokens allow; else wait for one. */
+    _pump() {
+      while (this._queue.length && this._pending.size < this.maxInFlight) {
+        const now = Date.now();
+        this._tokens = Math.min(
+          this.opBurst,
+          this._tokens + ((now - this._tokensAt) * this.opRate) / 1000,
+        );
+        this._tokensAt = now;
+        if (this._tokens < 1) {
+          if (!this._pumpTimer) {
+            const wait = Math.ceil(((1 - this._tokens) * 1000) / this.opRate);
+            this._pumpTimer = setTimeout(() => {
+              this._pumpTimer = null;
+              this._pump();
+            }, wait);
+          }
+          return;
+        }
+        this._tokens -= 1;
+        const entry = this._queue.shift();
+        this._pending.set(entry.id, entry);
+        entry.ws.send(JSON.stringify(entry.op));
+      }
+    }
+
+    /**
+     * Answers come in request order, and a refused op (code 8) is answered at once without
+     * its id: so when the answer to `id` arrives, every op sent before it and still waiting
+     * was refused; and once only refused ops are waiting, all of them were.
+     */
+    _settleRefused(answeredId) {
+      const refused = new ProtocolError({ code: 8, msg: "Rate limited" });
+      for (const [id, entry] of Array.from(this._pending)) {
+        if (answeredId !== undefined && id >= answeredId) break;
+        if (answeredId === undefined && this._pending.size > this._refused) break;
+        this._pending.delete(id);
+        this._refused = Math.max(0, this._refused - 1);
+        entry.reject(refused);
+      }
     }
 
     _receive(text) {
@@ -405,6 +486,10 @@
         return;
       }
       this._emit("message", message);
+      if (message.event === "notice") {
+        this._notice(message.data || {});
+        return;
+      }
       if (typeof message.event === "string") {
         this._dispatch(message);
         return;
@@ -412,19 +497,54 @@
       if ("id" in message && this._pending.has(message.id)) {
         const entry = this._pending.get(message.id);
         this._pending.delete(message.id);
-        if (this._queue.length) this._transmit(this._queue.shift());
+        if (this._refused) {
+          this._settleRefused(message.id);
+          this._settleRefused();
+        }
         if ("code" in message) entry.reject(new ProtocolError(message));
         else entry.resolve(message);
+        this._pump();
         return;
       }
       if ("code" in message) {
-        // e.g. code 8 (Rate limited) carries no id: it cannot be matched to a request.
+        // No id: code 8 (an op refused over the rate limit) or 2 (an id of a wrong type).
         const err = new ProtocolError(message);
         this.lastError = err;
+        if (message.code === 8) {
+          this._refused++;
+          this._settleRefused();
+          this._pump();
+        }
         this._emit("error", err);
         return;
       }
       this._malformed("answer to no pending request", text);
+    }
+
+    /**
+     * {"event":"notice","data":{"type":...}} from the gateway itself:
+     * "reconnect" (the node is going away; a 4200 close follows) → reconnect after
+     * `reconnectInMs`; any other type with `channels` (the login ended, e.g. "auth_expired")
+     * → those private channels are gone: forget the token and them, emit "loggedout".
+     */
+    _notice(data) {
+      this._emit("notice", data);
+      if (data.type === "reconnect") {
+        if (typeof data.reconnectInMs === "number") this._reconnectNowIn = data.reconnectInMs;
+        return;
+      }
+      if (Array.isArray(data.channels)) {
+        const token = this._token;
+        this._token = null;
+        this._authed = null;
+        for (const ch of data.channels) this._confirmed.delete(ch);
+        const gone = Array.from(this._desired).filter(isPrivate);
+        const err = new Error(`logged out by the gateway (${data.type})`);
+        this._settleAuth(null, err);
+        this._rejectChannels(gone, err);
+        for (const ch of gone) this._confirmed.delete(ch);
+        this._emit("loggedout", data, token);
+      }
     }
 
     _malformed(why, text) {
@@ -498,8 +618,8 @@
               // Back end unavailable: keep the token, retry on a fresh connection later.
               this._settleAuth(token, err);
               this._emit("authfailed", err);
-              this._lost(4001, "auth unavailable");
-              ws.close(4001, "auth unavailable");
+              this._lost(4100, "auth unavailable", "backoff");
+              ws.close(1000, "auth unavailable");
               return false;
             }
             this._token = null;
@@ -882,5 +1002,6 @@
     compareDecimal,
     isZero,
     PRIVATE_TYPES,
+    closePolicy,
   };
 });

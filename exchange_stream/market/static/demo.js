@@ -58,6 +58,8 @@
     privateEvents: [], // newest first
     errors: [],
     malformed: [],
+    closes: [], // {code, reason, ts} of each lost connection
+    notices: [], // the gateway's own notices
   };
   window.demoState = state;
 
@@ -173,6 +175,10 @@
     state.connected = client.connected;
     state.reconnects = client.stats.reconnects;
     invalidate("status");
+  });
+  client.on("close", (close) => {
+    state.closes.push({ code: close.code, reason: close.reason, ts: Date.now() });
+    if (state.closes.length > 20) state.closes.shift();
   });
   client.on("reconnecting", (delay) => {
     state.reconnectIn = Math.round(delay);
@@ -826,6 +832,18 @@
     $("logout-btn").disabled = true;
     invalidate("private");
   }
+
+  client.on("notice", (data) => {
+    state.notices.push(data);
+    onPrivate("notice", data);
+  });
+  client.on("loggedout", (data) => {
+    state.loggedIn = false;
+    state.token = null;
+    $("account-state").textContent = `logged out by the gateway: ${data.type}`;
+    $("account-state").className = "down";
+    $("logout-btn").disabled = true;
+  });
 
   client.on("authfailed", (err) => {
     if (err.code === 5) {
