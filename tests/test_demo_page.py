@@ -106,6 +106,7 @@ class Gateway:
                 str(TWISTD), "-n", "--pidfile=", "exchange-stream", "--demo",
                 "--ws", f"tcp:{self.ws_port}:interface=127.0.0.1",
                 "--api", f"tcp:{self.api_port}:interface=127.0.0.1",
+                "--drain-seconds", "1",
             ],
             cwd=self.cwd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -298,7 +299,7 @@ PAGE_STATE = """(() => {
     loggedIn: s.loggedIn,
     privateShown: document.querySelectorAll('#private .entry').length,
     privateEvents: s.privateEvents.length,
-    malformed: s.malformed, errors: s.errors,
+    malformed: s.malformed, errors: s.errors, closes: s.closes,
   };
 })()"""
 
@@ -440,12 +441,12 @@ def test_demo_page_reconnects_after_a_gateway_restart(page, gateway):
         )
         return s if fresh else None
 
-    state = wait_for(recovered, 30, "the page to recover after the restart")
+    state = wait_for(recovered, 45, "the page to recover after the restart")
     assert state["mismatches"] == 0, state["problems"]
     # The gateway drains on SIGTERM: a "reconnect" notice, then close code 4200.
-    closes = page.evaluate("demoState.closes.map(c => c.code)")
+    closes = page.evaluate("demoState.closes.map(c => c.code)")[len(before["closes"]) :]
     notices = page.evaluate("demoState.notices.map(n => n.type)")
-    assert closes[-1] == 4200 and "reconnect" in notices, (closes, notices)
+    assert closes[0] == 4200 and "reconnect" in notices, (closes, notices)
     assert page.evaluate("demoClient.authenticated") is True
     assert page.evaluate("demoClient.token") == "demo-1002"
     channels = set(page.evaluate("demoClient.channels"))

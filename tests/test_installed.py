@@ -66,7 +66,13 @@ def http(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
 
 
 @pytest.fixture
-def gateway(tmp_path, auth_url):
+def gateway_args() -> list[str]:
+    """More command-line options for the ``gateway`` fixture (a test module may override)."""
+    return []
+
+
+@pytest.fixture
+def gateway(tmp_path, auth_url, gateway_args):
     """``twistd -n exchange-stream`` in a scratch directory, on free ports."""
     ws_port, api_port = free_port(), free_port()
     log = tmp_path / "twistd.log"
@@ -76,6 +82,7 @@ def gateway(tmp_path, auth_url):
             "--ws", f"tcp:{ws_port}:interface=127.0.0.1",
             "--api", f"tcp:{api_port}:interface=127.0.0.1",
             "--auth-url", auth_url,
+            *gateway_args,
         ],
         cwd=tmp_path, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
