@@ -1,0 +1,126 @@
+"""Soak: many connect / subscribe / disconnect cycles; memory and the index come back.
+
+Starts ``twistd exchange-stream`` (or uses ``--api``/``--url`` of a running one), records its
+RSS and its /metrics (connections, subscriptions, channels) at rest, runs ``--cycles``
+connect/subscribe/disconnect cycles from ``--concurrency`` asyncio clients in another process,
+and reports RSS and the index after: both should be back at the baseline. Not part of CI.
+
+    python bench/soak.py [--cycles 100000] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import websockets
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def index(api: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{api}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    wanted = ("exchange_stream_connections", "exchange_stream_subscriptions",
+              "exchange_stream_channels")  # fmt: skip
+    return {
+        name.removeprefix("exchange_stream_"): float(value)
+        for name, value in (line.split() for line in lines if line and line[0] != "#")
+        if name in wanted
+    }
+
+
+async def cycles(url: str, count: int, concurrency: int) -> int:
+    done = 0
+
+    async def worker(worker_id: int) -> None:
+        nonlocal done
+        while done < count:
+            done += 1
+            async with websockets.connect(url) as ws:
+                channels = [f"SYM{(done + k) % 50}USDT@depth" for k in range(3)]
+                await ws.send(json.dumps({"op": "subscribe", "channels": channels}))
+                await ws.recv()
+
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return done
+
+
+def run_clients(url: str, count: int, concurrency: int) -> None:
+    """In a child process, so the clients do not share a core's time with the measurement."""
+    code = (
+        "import asyncio, sys; sys.path.insert(0, %r); import soak; "
+        "print(asyncio.run(soak.cycles(%r, %d, %d)))"
+    ) % (str(Path(__file__).parent), url, count, concurrency)
+    subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cycles", type=int, default=100_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ws_port, api_port = free_port(), free_port()
+    twistd = Path(sys.executable).parent / "twistd"
+    server = subprocess.Popen(
+        [str(twistd), "-n", "--pidfile=", "exchange-stream",
+         "--ws", f"tcp:{ws_port}:interface=127.0.0.1",
+         "--api", f"tcp:{api_port}:interface=127.0.0.1",
+         "--max-connections-per-ip", "100000", "--op-rate", "100000"],
+        cwd=tempfile.mkdtemp(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    api, url = f"http://127.0.0.1:{api_port}", f"ws://127.0.0.1:{ws_port}/exchange-stream"
+    try:
+        for _ in range(100):
+            try:
+                index(api)
+                break
+            except OSError:
+                time.sleep(0.1)
+        run_clients(url, 2_000, args.concurrency)  # warm up: allocator pools, caches
+        time.sleep(1)
+        rss_before, index_before = rss_kib(server.pid), index(api)
+        started = time.perf_counter()
+        run_clients(url, args.cycles, args.concurrency)
+        elapsed = time.perf_counter() - started
+        time.sleep(2)
+        rss_after, index_after = rss_kib(server.pid), index(api)
+        print("soak: connect, subscribe 3 channels, disconnect")
+        print(f"  cycles       {args.cycles:,} in {elapsed:.1f} s "
+              f"({args.cycles / elapsed:,.0f} cycles/s, {args.concurrency} at a time)")  # fmt: skip
+        print(f"  server RSS   {rss_before / 1024:.1f} MiB before, {rss_after / 1024:.1f} MiB after "
+              f"({(rss_after - rss_before) / 1024:+.1f} MiB)")  # fmt: skip
+        print(f"  index before {index_before}")
+        print(f"  index after  {index_after}")
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+if __name__ == "__main__":
+    os.chdir(Path(__file__).parent)
+    main()
