@@ -70,10 +70,11 @@ async def cycles(url: str, count: int, concurrency: int) -> int:
 
 def run_clients(url: str, count: int, concurrency: int) -> None:
     """In a child process, so the clients do not share a core's time with the measurement."""
+    here = str(Path(__file__).parent)
     code = (
-        "import asyncio, sys; sys.path.insert(0, %r); import soak; "
-        "print(asyncio.run(soak.cycles(%r, %d, %d)))"
-    ) % (str(Path(__file__).parent), url, count, concurrency)
+        f"import asyncio, sys; sys.path.insert(0, {here!r}); import soak; "
+        f"print(asyncio.run(soak.cycles({url!r}, {count}, {concurrency})))"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL)
 
 
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     ws_port, api_port = free_port(), free_port()
     twistd = Path(sys.executable).parent / "twistd"
@@ -112,8 +113,9 @@ def main() -> None:
         print("soak: connect, subscribe 3 channels, disconnect")
         print(f"  cycles       {args.cycles:,} in {elapsed:.1f} s "
               f"({args.cycles / elapsed:,.0f} cycles/s, {args.concurrency} at a time)")  # fmt: skip
-        print(f"  server RSS   {rss_before / 1024:.1f} MiB before, {rss_after / 1024:.1f} MiB after "
-              f"({(rss_after - rss_before) / 1024:+.1f} MiB)")  # fmt: skip
+        before, after = rss_before / 1024, rss_after / 1024
+        print(f"  server RSS   {before:.1f} MiB before, {after:.1f} MiB after "
+              f"({after - before:+.1f} MiB)")  # fmt: skip
         print(f"  index before {index_before}")
         print(f"  index after  {index_after}")
     finally:
