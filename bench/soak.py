@@ -15,29 +15,14 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import websockets
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+from common import rss_kib, start_gateway
 
 
 def index(api: str) -> dict[str, float]:
@@ -85,23 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    ws_port, api_port = free_port(), free_port()
-    twistd = Path(sys.executable).parent / "twistd"
-    server = subprocess.Popen(
-        [str(twistd), "-n", "--pidfile=", "exchange-stream",
-         "--ws", f"tcp:{ws_port}:interface=127.0.0.1",
-         "--api", f"tcp:{api_port}:interface=127.0.0.1",
-         "--max-connections-per-ip", "100000", "--op-rate", "100000"],
-        cwd=tempfile.mkdtemp(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    api, url = f"http://127.0.0.1:{api_port}", f"ws://127.0.0.1:{ws_port}/exchange-stream"
+    server, url, api = start_gateway("--max-connections-per-ip", "100000", "--op-rate", "100000")
     try:
-        for _ in range(100):
-            try:
-                index(api)
-                break
-            except OSError:
-                time.sleep(0.1)
         run_clients(url, 2_000, args.concurrency)  # warm up: allocator pools, caches
         time.sleep(1)
         rss_before, index_before = rss_kib(server.pid), index(api)

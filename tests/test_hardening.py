@@ -4,7 +4,6 @@ import contextlib
 import json
 import re
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +18,7 @@ from websockets.sync.client import connect as sync_connect
 
 from exchange_stream.config import GatewayConfig
 from tests.support import Client, ClientProtocol, publish, start_gateway
-from tests.test_installed import TWISTD, free_port, http
+from tests.test_installed import http, real_gateway
 from tests.test_redis_mesh import until
 
 
@@ -148,34 +147,10 @@ async def test_a_client_that_stops_reading_is_closed_and_others_keep_up(auth_bac
 
 
 def test_sigterm_drains_clients_and_refuses_publishes(tmp_path):
-    ws_port, api_port = free_port(), free_port()
-    log = tmp_path / "twistd.log"
-    process = subprocess.Popen(
-        [
-            str(TWISTD), "-n", "--pidfile=", "exchange-stream",
-            "--ws", f"tcp:{ws_port}:interface=127.0.0.1",
-            "--api", f"tcp:{api_port}:interface=127.0.0.1",
-            "--drain-seconds", "1.5",
-        ],
-        cwd=tmp_path, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    api = f"http://127.0.0.1:{api_port}"
-    with contextlib.ExitStack() as stack:
-        _drain_real_gateway(process, api, ws_port, log, stack)
-
-
-def _drain_real_gateway(process, api, ws_port, log, stack):
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if http("GET", f"{api}/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        url = f"ws://127.0.0.1:{ws_port}/exchange-stream"
+    with (
+        real_gateway(tmp_path, "--drain-seconds", "1.5") as (process, url, api, log),
+        contextlib.ExitStack() as stack,
+    ):
         clients = [stack.enter_context(sync_connect(url)) for _ in range(20)]
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -200,6 +175,3 @@ def _drain_real_gateway(process, api, ws_port, log, stack):
         assert max(close_times) - min(close_times) > 0.3  # spread over the window
         assert max(close_times) < 5
         assert "Traceback" not in log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()

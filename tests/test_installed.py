@@ -4,6 +4,7 @@ client (the ``websockets`` library, independent of Autobahn) and plain HTTP for 
 These tests are synchronous: the gateway and the auth back end run outside the test's reactor.
 """
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -71,36 +72,47 @@ def gateway_args() -> list[str]:
     return []
 
 
-@pytest.fixture
-def gateway(tmp_path, auth_url, gateway_args):
-    """``twistd -n exchange-stream`` in a scratch directory, on free ports."""
+@contextlib.contextmanager
+def real_gateway(directory: Path, *args: str):
+    """``twistd -n exchange-stream`` in ``directory``, on free ports, healthy: yields
+    (process, WebSocket URL, API base URL, log path); killed at the end if still running."""
     ws_port, api_port = free_port(), free_port()
-    log = tmp_path / "twistd.log"
+    log = directory / "twistd.log"
     process = subprocess.Popen(
         [
             str(TWISTD), "-n", "--pidfile=", "exchange-stream",
             "--ws", f"tcp:{ws_port}:interface=127.0.0.1",
             "--api", f"tcp:{api_port}:interface=127.0.0.1",
-            "--auth-url", auth_url,
-            *gateway_args,
+            *args,
         ],
-        cwd=tmp_path, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        cwd=directory, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     api = f"http://127.0.0.1:{api_port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if http("GET", f"{api}/healthz")[0] == 200:
-                break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"gateway did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    yield f"ws://127.0.0.1:{ws_port}/exchange-stream", api, log
-    process.terminate()
-    process.wait(10)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if http("GET", f"{api}/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"gateway did not start:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield process, f"ws://127.0.0.1:{ws_port}/exchange-stream", api, log
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture
+def gateway(tmp_path, auth_url, gateway_args):
+    with real_gateway(tmp_path, "--auth-url", auth_url, *gateway_args) as (_, url, api, log):
+        yield url, api, log
 
 
 def test_plugin_is_installed_for_twistd_and_twist(tmp_path):

@@ -14,10 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from exchange_stream.market.depth import DepthBook
@@ -27,6 +25,7 @@ from exchange_stream.market.markprice import MarkPrice
 from exchange_stream.market.ticker import RollingTicker
 from exchange_stream.market.trades import TradeBatcher
 from exchange_stream.mesh.interface import MeshUnavailable, Publication
+from exchange_stream.periodic import PeriodicService
 
 Publish = Callable[[str, Publication, Publication | None], Deferred]
 
@@ -64,7 +63,7 @@ def _without_ts(message: dict | None) -> dict | None:
     return None if message is None else {k: v for k, v in message.items() if k != "ts"}
 
 
-class MarketEngine(Service):
+class MarketEngine(PeriodicService):
     log = Logger()
 
     def __init__(
@@ -75,11 +74,10 @@ class MarketEngine(Service):
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
+        super().__init__(clock)
         self._publish = publish
         self.settings = settings or MarketSettings()
-        self._clock = clock
         self._symbols: dict[str, _Symbol] = {}
-        self._loops: list[LoopingCall] = []
         self.events = 0
         self.published = 0
         self.publish_failures = 0
@@ -116,29 +114,12 @@ class MarketEngine(Service):
 
     # -- schedule -------------------------------------------------------------------------
 
-    def startService(self) -> None:
-        super().startService()
-        for interval, tick in (
+    def periodic(self) -> list[tuple[float, Callable[[], object]]]:
+        return [
             (self.settings.push_interval, self.push),
             (self.settings.kline_interval, self.push_klines),
             (1.0, self.push_every_second),
-        ):
-            loop = LoopingCall(self._guarded, tick)
-            loop.clock = self._clock
-            loop.start(interval, now=False)
-            self._loops.append(loop)
-
-    def stopService(self) -> None:
-        for loop in self._loops:
-            loop.stop()
-        self._loops.clear()
-        super().stopService()
-
-    def _guarded(self, tick: Callable[[], None]) -> None:
-        try:
-            tick()
-        except Exception:  # one bad computation must not stop the schedule
-            self.log.failure("market engine tick failed")
+        ]
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from twisted.application.service import Service
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from exchange_stream.market.events import Event, MalformedEvent, parse_event
+from exchange_stream.periodic import PeriodicService
 
 log = Logger()
 
@@ -104,30 +103,25 @@ class DatagramFeed(DatagramProtocol):
         self.feed.raw(datagram, f"udp {address[0]}:{address[1]}")
 
 
-class BookPoller(Service):
+class BookPoller(PeriodicService):
     """``--book-url``: GET book snapshots at an interval.
 
     The URL answers one book event (``{"symbol":..,"bids":..,"asks":..,"ts":..}``, ``"type"``
     optional) or a JSON array of them. A failed or malformed answer is counted and skipped.
     """
 
+    start_now = True
+
     def __init__(self, url: str, feed: FeedInput, http, clock, interval: float = 0.1) -> None:
+        super().__init__(clock)
         self.url = url
         self._feed = feed
         self._http = http
-        self._loop = LoopingCall(self.poll)
-        self._loop.clock = clock
         self._interval = interval
         self.failures = 0
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self._interval, now=True)
-
-    def stopService(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
-        super().stopService()
+    def periodic(self) -> list[tuple[float, Callable[[], object]]]:
+        return [(self._interval, self.poll)]
 
     @inlineCallbacks
     def poll(self):

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 
 from exchange_stream.market.depth import text
 from exchange_stream.market.events import Book, Event, IndexPrice, PrivateEvent, Trade
+from exchange_stream.periodic import PeriodicService
 
 DEMO_UIDS = (1001, 1002, 1003, 1004, 1005)
 DEMO_TOKENS = {f"demo-{uid}": uid for uid in DEMO_UIDS}
@@ -54,7 +53,9 @@ def demo_markets() -> list[Market]:
     ]
 
 
-class Simulator(Service):
+class Simulator(PeriodicService):
+    start_now = True
+
     def __init__(
         self,
         handle: Callable[[Event], None],
@@ -63,28 +64,16 @@ class Simulator(Service):
         rng: random.Random | None = None,
         step: float = 0.05,
     ) -> None:
+        super().__init__(clock)
         self._handle = handle
-        self._clock = clock
         self.markets = markets or demo_markets()
         self._rng = rng or random.Random()
         self._step = step
         self._trade_id = 0
         self._order_id = 0
-        self._loops: list[LoopingCall] = []
 
-    def startService(self) -> None:
-        super().startService()
-        for interval, tick in ((self._step, self.step), (1.0, self.index), (0.3, self.private)):
-            loop = LoopingCall(tick)
-            loop.clock = self._clock
-            loop.start(interval, now=True)
-            self._loops.append(loop)
-
-    def stopService(self) -> None:
-        for loop in self._loops:
-            loop.stop()
-        self._loops.clear()
-        super().stopService()
+    def periodic(self) -> list[tuple[float, Callable[[], object]]]:
+        return [(self._step, self.step), (1.0, self.index), (0.3, self.private)]
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)

@@ -13,18 +13,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from twisted.application.service import Service
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from exchange_stream.mesh.interface import IMesh, IMeshReceiver, Publication
+from exchange_stream.periodic import PeriodicService
 
 log = Logger()
 
 
 @implementer(IMeshReceiver)
-class SelfCheck(Service):
+class SelfCheck(PeriodicService):
     def __init__(
         self,
         mesh: IMesh,
@@ -33,27 +32,25 @@ class SelfCheck(Service):
         interval: float = 2.0,
         timeout: float = 6.0,
     ) -> None:
+        super().__init__(clock)
         self.channel = f"es:heartbeat:{os.urandom(8).hex()}"
         self._mesh = mesh
         self._restart = restart
-        self._clock = clock
         self._interval = interval
         self._timeout = timeout
         self._sequence = 0
         self._sent: dict[int, float] = {}  # accepted heartbeats not heard yet: seq -> time
-        self._loop = LoopingCall(self.beat)
-        self._loop.clock = clock
         self.deaf = False
         self.deaf_events = 0
 
+    def periodic(self) -> list[tuple[float, Callable[[], object]]]:
+        return [(self._interval, self.beat)]
+
     def startService(self) -> None:
-        super().startService()
         self._mesh.subscribe(self.channel, self)
-        self._loop.start(self._interval, now=False)
+        super().startService()
 
     def stopService(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
         self._mesh.unsubscribe(self.channel, self)
         super().stopService()
 

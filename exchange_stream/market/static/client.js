@@ -112,6 +112,14 @@
     }
   }
 
+  /** A subscribe given up before it was confirmed (the channel was unsubscribed meanwhile). */
+  class Cancelled extends Error {
+    constructor(message) {
+      super(message || "cancelled");
+      this.name = "Cancelled";
+    }
+  }
+
   function isPrivate(channel) {
     return channel.charAt(0) === "@";
   }
@@ -673,7 +681,7 @@
       const live = [];
       for (const ch of list) {
         this._desired.delete(ch);
-        this._rejectChannels([ch], new Error(`unsubscribed from ${ch}`));
+        this._rejectChannels([ch], new Cancelled(`unsubscribed from ${ch}`));
         if (this._confirmed.has(ch) || this._inflight.has(ch)) live.push(ch);
         this._confirmed.delete(ch);
         this._inflight.delete(ch);
@@ -737,6 +745,7 @@
             if (!this._desired.has(ch)) continue;
             this._confirmed.add(ch);
             this._resolveChannel(ch);
+            this._emit("subscribed", ch);
           }
         },
         (err) => {
@@ -808,6 +817,8 @@
       this._resyncTimer = null;
       this._handler = (data) => this.handle(data);
       this._offClose = null;
+      this._offSubscribed = null;
+      this._answered = false; // the subscribe was answered: a snapshot, if any, comes next
       this._started = false;
     }
 
@@ -819,8 +830,19 @@
       // A new connection sends a fresh snapshot first; updates until then are not ours.
       this._offClose = this.client.on("close", () => {
         this.seq = null;
+        this._answered = false;
+        this._resyncing = false;
+        clearTimeout(this._resyncTimer); // the reconnect subscribes again anyway
       });
-      return this.client.subscribe(this.channel);
+      this._offSubscribed = this.client.on("subscribed", (channel) => {
+        if (channel !== this.channel) return;
+        this._answered = true;
+        this._resyncing = false; // answered: the snapshot, if the gateway has one, is next
+      });
+      return this.client.subscribe(this.channel).then((answer) => {
+        this._answered = true; // also when the channel was already subscribed
+        return answer;
+      });
     }
 
     stop() {
@@ -829,6 +851,7 @@
       clearTimeout(this._resyncTimer);
       this.client.offEvent(this.channel, this._handler);
       if (this._offClose) this._offClose();
+      if (this._offSubscribed) this._offSubscribed();
       return this.client.unsubscribe(this.channel);
     }
 
@@ -843,9 +866,23 @@
       if (data.type === "snapshot") {
         this._applySnapshot(data);
       } else if (data.type === "update") {
-        if (this.seq === null || this._resyncing) {
-          this.stats.stale++; // before the (new) snapshot
-          return;
+        if (this.seq === null) {
+          // Waiting for a snapshot. Before our subscribe's answer, updates belong to an
+          // earlier subscription; after it, an update first means there was no snapshot.
+          if (!this._answered) {
+            this.stats.stale++;
+            return;
+          }
+          if (data.prevSeq !== 0) {
+            this.stats.gaps++;
+            this._problem("gap", `no snapshot before update seq ${data.seq}`);
+            this.resync();
+            return;
+          }
+          // The book's very first message (the gateway had nothing to send as a snapshot
+          // when we subscribed): a diff from the empty book.
+          this._clear();
+          this.seq = 0;
         }
         if (data.seq <= this.seq) {
           this.stats.stale++; // already included
@@ -872,11 +909,15 @@
       }
     }
 
-    _applySnapshot(data) {
+    _clear() {
       this.bids.clear();
       this.asks.clear();
       this._bidPrices = [];
       this._askPrices = [];
+    }
+
+    _applySnapshot(data) {
+      this._clear();
       this._applyLevels(data.bids, this.bids, this._bidPrices, true);
       this._applyLevels(data.asks, this.asks, this._askPrices, false);
       this.seq = data.seq;
@@ -972,6 +1013,8 @@
     resync() {
       if (this._resyncing) return;
       this._resyncing = true;
+      this.seq = null; // wait for the fresh snapshot; ignore updates until it is asked for
+      this._answered = false;
       this.stats.resyncs++;
       const delay = this._failures ? Math.min(30000, 500 * Math.pow(2, this._failures - 1)) : 0;
       this._failures++;
@@ -997,6 +1040,7 @@
     OrderBook,
     ProtocolError,
     ConnectionClosed,
+    Cancelled,
     crc32,
     bookChecksum,
     compareDecimal,

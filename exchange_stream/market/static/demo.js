@@ -117,6 +117,8 @@
   }
 
   function noteError(kind, detail) {
+    if (detail instanceof ES.Cancelled) return; // unsubscribed before confirmed: on purpose
+    if (detail && detail.message) detail = detail.message;
     state.errors.push({ kind, detail: String(detail).slice(0, 300), ts: Date.now() });
     if (state.errors.length > 50) state.errors.shift();
   }
@@ -177,6 +179,7 @@
     invalidate("status");
   });
   client.on("close", (close) => {
+    lastTradeId = null; // a restarted matching engine may number trades anew
     state.closes.push({ code: close.code, reason: close.reason, ts: Date.now() });
     if (state.closes.length > 20) state.closes.shift();
   });
@@ -311,10 +314,10 @@
         invalidate("book");
       },
     });
-    book.start().catch((err) => noteError("subscribe", err.message));
+    book.start().catch((err) => noteError("subscribe", err));
     client
       .subscribe([`${symbol}@trades`, `${symbol}@markprice`, klineChannel(symbol, state.interval)])
-      .catch((err) => noteError("subscribe", err.message));
+      .catch((err) => noteError("subscribe", err));
     for (const part of ["tabs", "book", "trades", "ticker", "mark", "chart"]) invalidate(part);
   }
 
@@ -324,7 +327,7 @@
     state.interval = interval;
     state.bars = [];
     client.subscribe(klineChannel(state.symbol, interval))
-      .catch((err) => noteError("subscribe", err.message));
+      .catch((err) => noteError("subscribe", err));
     invalidate("tabs");
     invalidate("chart");
   }
@@ -868,7 +871,7 @@
     invalidate("trades");
   }, 1000);
 
-  client.subscribe(SYMBOLS.map((s) => `${s}@ticker`)).catch((err) => noteError("subscribe", err.message));
+  client.subscribe(SYMBOLS.map((s) => `${s}@ticker`)).catch((err) => noteError("subscribe", err));
   setSymbol(firstSymbol);
   client.connect();
   for (const part of Object.keys(RENDERERS)) invalidate(part);
