@@ -83,8 +83,19 @@ class GatewayProtocol(WebSocketServerProtocol):
             self.sendMessage(reply)
 
     def sendPreparedMessage(self, prepared) -> None:
-        if self.state == WebSocketProtocol.STATE_OPEN:
-            self._count(len(prepared.payloadHybi))
+        """The fan-out hot path: the frame prepared once goes straight to the transport.
+
+        Autobahn's own path (``sendData``) does the same ``transport.write`` but formats a
+        debug log line and updates traffic statistics on every send, a third of the cost of a
+        delivery in bench/fanout's profile. Compression or queued synchronous sends still go
+        through Autobahn."""
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        frame = prepared.payloadHybi
+        self._count(len(frame))
+        if self._perMessageCompress is None and not self.send_queue:
+            self.transport.write(frame)
+        else:
             super().sendPreparedMessage(prepared)
 
     def close(self, code: int, reason: str) -> None:
