@@ -113,6 +113,7 @@
 
   function signed(text) {
     const s = String(text);
+    if (Number(s) === 0) return s.replace(/^[-+]/, "");
     return s.startsWith("-") || s.startsWith("+") ? s : `+${s}`;
   }
 
@@ -424,10 +425,12 @@
       const bid = Number(book.bestBid);
       const ask = Number(book.bestAsk);
       const places = Math.max(decimals(book.bestBid), decimals(book.bestAsk));
-      const last = state.tickers[state.symbol];
+      // The last trade (the ticker lags up to a second), else the mid price.
+      const [latest, before] = state.trades;
       const mid = $("mid");
-      mid.textContent = last ? last.last : fmtFixed((bid + ask) / 2, places);
-      mid.className = `num ${prevLast && last && Number(last.last) < Number(prevLast) ? "down" : "up"}`;
+      mid.textContent = latest ? latest.price : fmtFixed((bid + ask) / 2, places);
+      const falling = latest && before && Number(latest.price) < Number(before.price);
+      mid.className = `num ${falling || (latest && latest.side === "sell" && !before) ? "down" : "up"}`;
       const spread = ask - bid;
       $("spread-text").textContent =
         `spread ${fmtFixed(spread, places)} (${((100 * spread) / ask).toFixed(3)}%)`;
