@@ -108,6 +108,18 @@ def parse_request(text: str | bytes) -> Request:
     return Request(op, request_id)
 
 
+def request_id_of(text: str | bytes) -> RequestId:
+    """The ``id`` of a frame that is refused unread (rate limit), so that its answer can
+    still be matched; None when there is no valid one."""
+    try:
+        request_id = json.loads(text).get("id")
+    except (ValueError, RecursionError, AttributeError):
+        return None
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int):
+        return None
+    return request_id
+
+
 def _parse_channels(message: dict, request_id: RequestId) -> tuple[ChannelName, ...]:
     """``channel`` or ``channels``, all validated before any is used (all or nothing)."""
     if "channel" in message and "channels" in message:

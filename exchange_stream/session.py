@@ -26,6 +26,7 @@ from exchange_stream.protocol import (
     encode_pong,
     encode_result,
     parse_request,
+    request_id_of,
 )
 from exchange_stream.ratelimit import TokenBucket
 
@@ -88,7 +89,8 @@ class Session:
             if self._refused_in_a_row > self._abuse_limit:
                 self._connection.close(CloseCode.POLICY_VIOLATION, "rate limit")
             else:
-                self._connection.send_reply(encode_error(OpError(ErrorCode.RATE_LIMITED)))
+                refusal = OpError(ErrorCode.RATE_LIMITED, request_id_of(text))
+                self._connection.send_reply(encode_error(refusal))
             return
         self._refused_in_a_row = 0
         self._pending += 1

@@ -209,6 +209,7 @@ def test_op_rate_is_a_token_bucket():
         send(session, {"op": "ping", "id": index})
     codes = [reply.get("code") for reply in connection.replies]
     assert codes.count(None) == 20 and codes.count(8) == 5
+    assert [r["id"] for r in connection.replies if r.get("code") == 8] == [20, 21, 22, 23, 24]
     clock.advance(0.5)  # five tokens back
     for index in range(6):
         send(session, {"op": "ping", "id": index})

@@ -45,11 +45,12 @@ class Market:
 
 def demo_markets() -> list[Market]:
     return [
-        Market("BTCUSDT", 640_000, Decimal("0.1"), Decimal("0.001")),
-        Market("ETHUSDT", 340_000, Decimal("0.01"), Decimal("0.01")),
-        Market("SOLUSDT", 15_000, Decimal("0.01"), Decimal("0.1")),
-        Market("BNBUSDT", 60_000, Decimal("0.01"), Decimal("0.01")),
-        Market("XRPUSDT", 6_000, Decimal("0.0001"), Decimal("10")),
+        # lots of a few hundred USDT, so that the book holds the mark price's impact notional
+        Market("BTCUSDT", 640_000, Decimal("0.1"), Decimal("0.01")),
+        Market("ETHUSDT", 340_000, Decimal("0.01"), Decimal("0.1")),
+        Market("SOLUSDT", 15_000, Decimal("0.01"), Decimal("1")),
+        Market("BNBUSDT", 60_000, Decimal("0.01"), Decimal("1")),
+        Market("XRPUSDT", 6_000, Decimal("0.0001"), Decimal("1000")),
     ]
 
 
