@@ -7,41 +7,28 @@ nothing accepted is silently dropped, and a 503 means nothing was sent.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import json
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from twisted.logger import Logger
+from twisted.internet.defer import gatherResults
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, UnsupportedMethod
 
-from exchange_stream.channels import normalize_uid
-from exchange_stream.control import CONTROL_CHANNEL, RESERVED_PREFIX
-from exchange_stream.mesh import MeshUnavailable, Publication
+from exchange_stream.publishing import (
+    ApiError,
+    PublishRequest,
+    decode_body,
+    parse_batch,
+    parse_kick,
+    parse_publish,
+)
+from exchange_stream.ws_api import mesh_api_resource
 
 if TYPE_CHECKING:
     from exchange_stream.gateway import Gateway
-
-log = Logger()
-
-
-class ApiError(Exception):
-    """A refused publish: HTTP status, CONNMIX error code, message."""
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(status, code, message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def _invalid(message: str) -> ApiError:
-    return ApiError(400, 101, message)
 
 
 def _write_json(request: Request, status: int, body: dict) -> bytes:
@@ -55,71 +42,18 @@ def _finish(request: Request, status: int, body: dict) -> None:
     request.finish()
 
 
-def _error_body(error: ApiError) -> dict:
-    return {"E": {"c": error.code, "m": error.message}}
-
-
-@dataclass(frozen=True, slots=True)
-class PublishRequest:
-    channel: str
-    publication: Publication
-    snapshot: Publication | None = None
-
-
-def parse_publish(body: bytes) -> PublishRequest:
-    """Validate a publish body; raise :class:`ApiError` (400 / 101) when it is not one."""
-    try:
-        message = json.loads(body)
-    except (ValueError, RecursionError):
-        raise _invalid("body is not JSON") from None
-    if not isinstance(message, dict):
-        raise _invalid("body must be a JSON object")
-    channel = message.get("c")
-    if not isinstance(channel, str) or not channel or len(channel) > 1024:
-        raise _invalid('"c" must be a non-empty channel name')
-    if not channel.isprintable() or " " in channel:
-        raise _invalid('"c" must not contain spaces or control characters')
-    if channel.startswith(RESERVED_PREFIX):
-        raise _invalid(f'channels starting with "{RESERVED_PREFIX}" are the gateway\'s own')
-    publication = _parse_data(message.get("d"), message.get("t", "text"))
-    retain = message.get("retain", False)
-    snapshot = message.get("snapshot")
-    if not isinstance(retain, bool):
-        raise _invalid('"retain" must be true or false')
-    if snapshot is not None and (retain or not isinstance(snapshot, str)):
-        raise _invalid('"snapshot" must be text, and not given with "retain"')
-    if retain:
-        return PublishRequest(channel, publication, publication)
-    if snapshot is not None:
-        return PublishRequest(channel, publication, Publication(snapshot.encode()))
-    return PublishRequest(channel, publication)
-
-
-def _parse_data(data: object, kind: object) -> Publication:
-    if not isinstance(data, str):
-        raise _invalid('"d" must be a string')
-    if kind == "text":
-        return Publication(data.encode())
-    if kind == "binary":
-        try:
-            return Publication(base64.b64decode(data, validate=True), binary=True)
-        except (binascii.Error, ValueError):
-            raise _invalid('"d" must be base64 when "t" is "binary"') from None
-    raise _invalid('"t" must be "text" or "binary"')
-
-
 class PublishResource(Resource):
-    """``POST /v1/mesh/publish``; any other method is 405, any path below it 404.
-
-    ``parse`` turns a body into what to publish; :class:`KickResource` reuses all the rest.
-    """
+    """``POST /v1/mesh/publish``: one publish (a JSON object) or a batch (a JSON array of
+    them, all checked before any is sent). Any other method is 405, any path below it 404.
+    ``parse`` turns one object into a request; :class:`KickResource` reuses all the rest."""
 
     isLeaf = True
     parse = staticmethod(parse_publish)
+    batches = True
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
-        self._gateway = gateway
+        self._publisher = gateway.publisher
         token = gateway.config.api_token
         self._expected_authorization = f"Bearer {token}".encode() if token else None
         self._max_body = gateway.config.max_publish_size
@@ -134,20 +68,19 @@ class PublishResource(Resource):
 
     def render_POST(self, request: Request) -> bytes | int:
         try:
-            publish = self._validate(request)
+            requests, batch = self._read(request)
         except ApiError as error:
-            self._gateway.metrics.publish_errors.labels(str(error.code)).inc()
-            return _write_json(request, error.status, _error_body(error))
+            self._publisher.count_error(error)
+            return _write_json(request, error.status, error.answer())
         hung_up: list[bool] = []
         request.notifyFinish().addErrback(lambda _: hung_up.append(True))
-        accepted = self._gateway.node.publish(
-            publish.channel, publish.publication, publish.snapshot
-        )
-        accepted.addCallback(self._accepted, request, hung_up)
-        accepted.addErrback(self._refused, request, hung_up)
+        answers = [self._publisher.publish(item).addErrback(_as_answer) for item in requests]
+        gathered = gatherResults(answers)
+        gathered.addCallback(self._answer, batch)
+        gathered.addCallback(lambda answer: hung_up or _finish(request, *answer))
         return NOT_DONE_YET
 
-    def _validate(self, request: Request) -> PublishRequest:
+    def _read(self, request: Request) -> tuple[list[PublishRequest], bool]:
         if self._expected_authorization is not None:
             given = request.getHeader(b"Authorization") or b""
             if not hmac.compare_digest(given, self._expected_authorization):
@@ -155,38 +88,31 @@ class PublishResource(Resource):
         body = request.content.read(self._max_body + 1)
         if len(body) > self._max_body:
             raise ApiError(413, 103, f"body larger than {self._max_body} bytes")
-        if self._gateway.draining:
-            raise ApiError(503, 104, "node shutting down, nothing was sent; publish elsewhere")
-        if not self._gateway.mesh.available:
-            raise ApiError(503, 104, "mesh unavailable, nothing was sent")
-        return self.parse(body)
+        refusal = self._publisher.refusal()
+        if refusal is not None:
+            raise refusal
+        message = decode_body(body)
+        if self.batches and isinstance(message, list):
+            return parse_batch(message), True
+        return [self.parse(message)], False
 
-    def _accepted(self, nodes: int, request: Request, hung_up: list[bool]) -> None:
-        self._gateway.metrics.published.inc()
-        if not hung_up:
-            _finish(request, 200, {"E": None, "r": {"s": nodes, "f": 0}})
-
-    def _refused(self, failure: Failure, request: Request, hung_up: list[bool]) -> None:
-        if failure.check(MeshUnavailable):
-            error = ApiError(503, 104, "mesh unavailable, nothing was sent")
-        else:
-            log.failure("publish failed", failure)
-            error = ApiError(500, 100, "internal error")
-        self._gateway.metrics.publish_errors.labels(str(error.code)).inc()
-        if not hung_up:
-            _finish(request, error.status, _error_body(error))
+    @staticmethod
+    def _answer(answers: list[tuple[int, dict]], batch: bool) -> tuple[int, dict]:
+        """One publish: its own answer. A batch: 200 with every item's answer, or the
+        status and error of the first item that failed, with every item's answer."""
+        if not batch:
+            return answers[0]
+        failed = [(status, answer) for status, answer in answers if status != 200]
+        items = [answer["r"] if status == 200 else answer for status, answer in answers]
+        if not failed:
+            return 200, {"E": None, "r": items}
+        status, first = failed[0]
+        return status, {"E": first["E"], "r": items}
 
 
-def parse_kick(body: bytes) -> PublishRequest:
-    """``{"uid": ...}``: end that user's login on every node (a control message)."""
-    try:
-        message = json.loads(body)
-    except (ValueError, RecursionError):
-        raise _invalid("body is not JSON") from None
-    uid = normalize_uid(message.get("uid")) if isinstance(message, dict) else None
-    if uid is None:
-        raise _invalid('"uid" must be a positive integer or [A-Za-z0-9_-]{1,64}')
-    return PublishRequest(CONTROL_CHANNEL, Publication(json.dumps({"kick": uid}).encode()))
+def _as_answer(failure: Failure) -> tuple[int, dict]:
+    failure.trap(ApiError)
+    return failure.value.status, failure.value.answer()
 
 
 class KickResource(PublishResource):
@@ -194,6 +120,7 @@ class KickResource(PublishResource):
     subscriptions and login; ``s`` in the answer is the number of nodes reached."""
 
     parse = staticmethod(parse_kick)
+    batches = False
 
 
 class HealthResource(Resource):
@@ -236,6 +163,9 @@ def build_api(gateway: Gateway) -> Resource:
     v1.putChild(b"mesh", mesh)
     mesh.putChild(b"publish", PublishResource(gateway))
     mesh.putChild(b"kick", KickResource(gateway))
+    websocket = Resource()
+    root.putChild(b"ws", websocket)
+    websocket.putChild(b"v1", mesh_api_resource(gateway))
     root.putChild(b"healthz", HealthResource(gateway))
     root.putChild(b"metrics", MetricsResource(gateway))
     return root

@@ -36,6 +36,7 @@ from exchange_stream.mesh import IMesh, open_mesh
 from exchange_stream.metrics import GatewayMetrics
 from exchange_stream.node import Node
 from exchange_stream.protocol import CloseCode
+from exchange_stream.publishing import Publisher
 from exchange_stream.session import IClientConnection, Session
 from exchange_stream.websocket import GatewayFactory
 
@@ -80,6 +81,7 @@ class Gateway(MultiService):
                 config.auth_url, config.auth_timeout, http=http, reactor=reactor
             )
         self.authenticator = MeteredAuthenticator(authenticator, self.metrics.record_auth)
+        self.publisher = Publisher(self)
         self.market = None
         if config.runs_market:
             self.market = market_service(

@@ -212,3 +212,39 @@ def test_kick_validates_the_uid():
         assert status == 400, body
     status, _, answer = call(client, "POST", "http://api/v1/mesh/kick", json={"uid": 1001})
     assert (status, json.loads(answer)) == (200, {"E": None, "r": {"s": 0, "f": 0}})
+
+
+def test_a_batch_publishes_every_item_in_order():
+    gateway, client = api()
+    recorder = Recorder()
+    subscribe_live(gateway.node, recorder, "ex:A@trades")
+    status, answer = publish(
+        client,
+        [
+            {"c": "ex:A@trades", "d": "[1]"},
+            {"c": "ex:B@trades", "d": "[2]"},
+            {"c": "ex:A@trades", "d": "[3]", "retain": True},
+        ],
+    )
+    assert (status, answer) == (
+        200,
+        {"E": None, "r": [{"s": 1, "f": 0}, {"s": 0, "f": 0}, {"s": 1, "f": 0}]},
+    )
+    assert [frame.payload for frame in recorder.frames] == [b"[1]", b"[3]"]
+
+
+def test_a_batch_with_one_bad_item_sends_nothing():
+    gateway, client = api()
+    recorder = Recorder()
+    subscribe_live(gateway.node, recorder, "ex:A@trades")
+    status, answer = publish(client, [{"c": "ex:A@trades", "d": "[1]"}, {"c": "ex:A@trades"}])
+    assert status == 400 and answer["E"]["m"].startswith("publish 1:")
+    assert recorder.frames == []
+    assert publish(client, [])[0] == 400
+
+
+def test_a_batch_refused_by_the_mesh_is_503_for_every_item():
+    _, client = api(mesh=DownMesh(available=True))
+    status, answer = publish(client, [{"c": "ex:A@x", "d": "1"}, {"c": "ex:B@x", "d": "2"}])
+    assert status == 503 and answer["E"]["c"] == 104
+    assert [item["E"]["c"] for item in answer["r"]] == [104, 104]

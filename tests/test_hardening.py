@@ -22,10 +22,12 @@ from tests.test_installed import http, real_gateway
 from tests.test_redis_mesh import until
 
 
-async def handshake(port: int, **factory_args) -> tuple[Client | None, int | None]:
+async def handshake(
+    port: int, path: str = "/exchange-stream", **factory_args
+) -> tuple[Client | None, int | None]:
     """Connect; return (client, None) or (None, the HTTP status that refused us)."""
     client = Client()
-    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/exchange-stream", **factory_args)
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}", **factory_args)
     factory.protocol = ClientProtocol
     factory.client = client
     await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)

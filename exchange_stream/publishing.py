@@ -1,0 +1,163 @@
+"""Publishing for back ends, whatever carries the request (HTTP, the WebSocket API).
+
+CONNMIX's mesh API shapes: a request ``{"c": channel, "d": text}`` (``"t":"binary"`` for
+base64 ``d``; ``"retain"``/``"snapshot"`` to keep the channel's state), an answer
+``{"E":null,"r":{"s":nodes,"f":0}}`` or ``{"E":{"c":code,"m":message}}``. Nothing accepted is
+dropped silently: a refusal says whether anything was sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from exchange_stream.channels import normalize_uid
+from exchange_stream.control import CONTROL_CHANNEL, RESERVED_PREFIX
+from exchange_stream.mesh import MeshUnavailable, Publication
+
+if TYPE_CHECKING:
+    from exchange_stream.gateway import Gateway
+
+log = Logger()
+
+MAX_BATCH = 1000
+
+
+class ApiError(Exception):
+    """A refused request: HTTP status, CONNMIX error code, message."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(status, code, message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def answer(self) -> dict:
+        return {"E": {"c": self.code, "m": self.message}}
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(400, 101, message)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRequest:
+    channel: str
+    publication: Publication
+    snapshot: Publication | None = None
+
+
+def decode_body(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise invalid("body is not JSON") from None
+
+
+def parse_publish(message: object) -> PublishRequest:
+    """One publish request; raise :class:`ApiError` (400 / 101) when it is not one."""
+    if not isinstance(message, dict):
+        raise invalid("a publish must be a JSON object")
+    channel = message.get("c")
+    if not isinstance(channel, str) or not channel or len(channel) > 1024:
+        raise invalid('"c" must be a non-empty channel name')
+    if not channel.isprintable() or " " in channel:
+        raise invalid('"c" must not contain spaces or control characters')
+    if channel.startswith(RESERVED_PREFIX):
+        raise invalid(f'channels starting with "{RESERVED_PREFIX}" are the gateway\'s own')
+    publication = _parse_data(message.get("d"), message.get("t", "text"))
+    retain = message.get("retain", False)
+    snapshot = message.get("snapshot")
+    if not isinstance(retain, bool):
+        raise invalid('"retain" must be true or false')
+    if snapshot is not None and (retain or not isinstance(snapshot, str)):
+        raise invalid('"snapshot" must be text, and not given with "retain"')
+    if retain:
+        return PublishRequest(channel, publication, publication)
+    if snapshot is not None:
+        return PublishRequest(channel, publication, Publication(snapshot.encode()))
+    return PublishRequest(channel, publication)
+
+
+def parse_batch(message: object) -> list[PublishRequest]:
+    """A JSON array of publishes, all checked before any is sent."""
+    if not isinstance(message, list) or not message or len(message) > MAX_BATCH:
+        raise invalid(f"a batch is a JSON array of 1 to {MAX_BATCH} publishes")
+    requests = []
+    for index, item in enumerate(message):
+        try:
+            requests.append(parse_publish(item))
+        except ApiError as error:
+            raise invalid(f"publish {index}: {error.message}") from None
+    return requests
+
+
+def parse_kick(message: object) -> PublishRequest:
+    """``{"uid": ...}``: end that user's login on every node (a control message)."""
+    uid = normalize_uid(message.get("uid")) if isinstance(message, dict) else None
+    if uid is None:
+        raise invalid('"uid" must be a positive integer or [A-Za-z0-9_-]{1,64}')
+    return PublishRequest(CONTROL_CHANNEL, Publication(json.dumps({"kick": uid}).encode()))
+
+
+def _parse_data(data: object, kind: object) -> Publication:
+    if not isinstance(data, str):
+        raise invalid('"d" must be a string')
+    if kind == "text":
+        return Publication(data.encode())
+    if kind == "binary":
+        try:
+            return Publication(base64.b64decode(data, validate=True), binary=True)
+        except (binascii.Error, ValueError):
+            raise invalid('"d" must be base64 when "t" is "binary"') from None
+    raise invalid('"t" must be "text" or "binary"')
+
+
+class Publisher:
+    """Sends checked requests into the gateway's node and answers in CONNMIX's shape."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def refusal(self) -> ApiError | None:
+        """Why nothing can be published now, if so (checked before reading a request)."""
+        if self._gateway.draining:
+            return ApiError(503, 104, "node shutting down, nothing was sent; publish elsewhere")
+        if not self._gateway.mesh.available:
+            return ApiError(503, 104, "mesh unavailable, nothing was sent")
+        return None
+
+    def publish(self, request: PublishRequest) -> Deferred:
+        """Fires with (200, ``{"E":null,"r":{...}}``) once the mesh accepted the message;
+        fails with :class:`ApiError` otherwise."""
+        refusal = self.refusal()
+        if refusal is not None:
+            self.count_error(refusal)
+            return fail(refusal)
+        accepted = self._gateway.node.publish(
+            request.channel, request.publication, request.snapshot
+        )
+        return accepted.addCallbacks(self._accepted, self._refused)
+
+    def count_error(self, error: ApiError) -> None:
+        self._gateway.metrics.publish_errors.labels(str(error.code)).inc()
+
+    def _accepted(self, nodes: int) -> tuple[int, dict]:
+        self._gateway.metrics.published.inc()
+        return 200, {"E": None, "r": {"s": nodes, "f": 0}}
+
+    def _refused(self, failure: Failure) -> Failure:
+        if failure.check(MeshUnavailable):
+            error = ApiError(503, 104, "mesh unavailable, nothing was sent")
+        else:
+            log.failure("publish failed", failure)
+            error = ApiError(500, 100, "internal error")
+        self.count_error(error)
+        raise error
