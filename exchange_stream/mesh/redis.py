@@ -203,6 +203,7 @@ class RedisMesh(MultiService):
         self._receivers: dict[str, list[IMeshReceiver]] = {}
         self._waiting: dict[tuple[bytes, bytes], list[Deferred]] = {}
         self._resubscribed = True
+        self._stopping = False
         self.connects = 0
         self.self_check = SelfCheck(self, self.restart_subscriber, reactor)
         for protocol, ready in (
@@ -233,6 +234,10 @@ class RedisMesh(MultiService):
         """Connections made after the first two (one per connection kind)."""
         return max(0, self.connects - 2)
 
+    def stopService(self):
+        self._stopping = True  # connections closing now are not news
+        return super().stopService()
+
     def restart_subscriber(self) -> None:
         """Drop the subscriber connection; the reconnect subscribes everything afresh."""
         if self._subscriber is not None:
@@ -247,7 +252,8 @@ class RedisMesh(MultiService):
     def _commands_lost(self, connection: RedisProtocol) -> None:
         if self._commands is connection:
             self._commands = None
-            log.warn("Redis mesh: command connection lost; publishing refused until back")
+            if not self._stopping:
+                log.warn("Redis mesh: command connection lost; publishing refused until back")
 
     def _subscriber_ready(self, connection: _Subscriber) -> None:
         self._subscriber = connection
@@ -272,7 +278,8 @@ class RedisMesh(MultiService):
         if self._subscriber is not connection:
             return
         self._subscriber = None
-        log.warn("Redis mesh: subscriber connection lost; resubscribing after reconnect")
+        if not self._stopping:
+            log.warn("Redis mesh: subscriber connection lost; resubscribing after reconnect")
         waiting, self._waiting = self._waiting, {}
         for deferreds in waiting.values():
             for deferred in deferreds:
