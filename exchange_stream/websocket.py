@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from exchange_stream.config import GatewayConfig
+from exchange_stream.fastwrite import write_now
 from exchange_stream.protocol import CloseCode
 from exchange_stream.session import IClientConnection, Session
 
@@ -94,7 +95,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         frame = prepared.payloadHybi
         self._count(len(frame))
         if self._perMessageCompress is None and not self.send_queue:
-            self.transport.write(frame)
+            write_now(self.transport, frame)
         else:
             super().sendPreparedMessage(prepared)
 
