@@ -135,7 +135,7 @@ class HealthResource(Resource):
         healthy = bool(mesh.available and mesh.receiving) and not self._gateway.draining
         body = {
             "status": "ok" if healthy else "draining" if self._gateway.draining else "unavailable",
-            "mesh": "up" if healthy else "down",
+            "mesh": "up" if mesh.available and mesh.receiving else "down",
             "publishing": bool(mesh.available),
             "receiving": bool(mesh.receiving),
             "connections": len(self._gateway.sessions),

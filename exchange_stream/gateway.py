@@ -64,6 +64,7 @@ class Gateway(MultiService):
         self.draining = False
         self.slow_consumers = 0
         self._per_address: dict[str, int] = {}
+        self._admitted = 0
         self._random = random.Random()
         self.hub = Hub(self.factory.prepareMessage)
         if mesh is None:
@@ -73,7 +74,9 @@ class Gateway(MultiService):
         self.node = Node(self.hub, mesh)
         self.sessions: dict[Session, IClientConnection] = {}
         self._control = ControlReceiver(lambda: self.sessions)
-        self.metrics = GatewayMetrics(self.hub, mesh, lambda: len(self.sessions))
+        self.metrics = GatewayMetrics(
+            self.hub, mesh, lambda: len(self.sessions), lambda: self.slow_consumers
+        )
         if authenticator is None and config.demo:
             authenticator = StaticAuthenticator(DEMO_TOKENS)
         if authenticator is None:
@@ -110,14 +113,16 @@ class Gateway(MultiService):
         """Take a new connection from ``address``, or say why not (HTTP status, reason)."""
         if self.draining:
             return 503, "server shutting down"
-        if sum(self._per_address.values()) >= self.config.max_connections:
+        if self._admitted >= self.config.max_connections:
             return 503, "too many connections on this node"
         if self._per_address.get(address, 0) >= self.config.max_connections_per_ip:
             return 429, "too many connections from your address"
         self._per_address[address] = self._per_address.get(address, 0) + 1
+        self._admitted += 1
         return None
 
     def release(self, address: str) -> None:
+        self._admitted -= 1
         left = self._per_address.get(address, 0) - 1
         if left > 0:
             self._per_address[address] = left

@@ -17,10 +17,17 @@ from exchange_stream.mesh import IMesh
 
 
 class _NodeCollector(Collector):
-    def __init__(self, hub: Hub, mesh: IMesh, connections: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        mesh: IMesh,
+        connections: Callable[[], int],
+        slow_consumers: Callable[[], int],
+    ) -> None:
         self._hub = hub
         self._mesh = mesh
         self._connections = connections
+        self._slow_consumers = slow_consumers
 
     def collect(self) -> Iterator:
         yield GaugeMetricFamily(
@@ -42,6 +49,11 @@ class _NodeCollector(Collector):
             "exchange_stream_messages_delivered",
             "Messages written to client connections.",
             value=self._hub.messages_delivered,
+        )
+        yield CounterMetricFamily(
+            "exchange_stream_slow_consumers",
+            "Clients closed with 4100 for leaving too much unsent.",
+            value=self._slow_consumers(),
         )
         yield GaugeMetricFamily(
             "exchange_stream_mesh_up",
@@ -84,9 +96,15 @@ class _MarketCollector(Collector):
 
 
 class GatewayMetrics:
-    def __init__(self, hub: Hub, mesh: IMesh, connections: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        mesh: IMesh,
+        connections: Callable[[], int],
+        slow_consumers: Callable[[], int],
+    ) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_NodeCollector(hub, mesh, connections))
+        self.registry.register(_NodeCollector(hub, mesh, connections, slow_consumers))
         self.published = Counter(
             "exchange_stream_messages_published",
             "Publications accepted by the mesh through this node's API.",

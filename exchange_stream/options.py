@@ -25,7 +25,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("max-message-size", int, "largest client frame in bytes (larger: close 1009)"),
     ("max-publish-size", int, "largest publish request body in bytes (larger: 413)"),
     ("op-rate", float, "ops a connection may send per second (over: code 8)"),
-    ("op-burst", int, "ops a connection may send at once above the rate"),
+    ("op-burst", int, "ops a connection may send in one burst (the bucket's size)"),
     ("max-connections", int, "client connections on this node (over: HTTP 503)"),
     ("max-connections-per-ip", int, "client connections from one address (over: HTTP 429)"),
     ("real-ip-header", str, "take the client address from this header (behind a proxy)"),

@@ -47,7 +47,6 @@ class CloseCode(IntEnum):
     with backoff, 4200-4299 reconnect now (after the delay the reason gives, if any).
     """
 
-    GOING_AWAY = 1001
     UNSUPPORTED_DATA = 1003  # a binary frame from the client
     POLICY_VIOLATION = 1008  # ops kept coming far over the rate limit
     MESSAGE_TOO_BIG = 1009

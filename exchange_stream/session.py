@@ -84,7 +84,7 @@ class Session:
         """
         if self._closed:
             return
-        if not self._bucket.take(self._clock.seconds()) or self._pending >= self.max_pending_ops:
+        if self._pending >= self.max_pending_ops or not self._bucket.take(self._clock.seconds()):
             self._refused_in_a_row += 1
             if self._refused_in_a_row > self._abuse_limit:
                 self._connection.close(CloseCode.POLICY_VIOLATION, "rate limit")

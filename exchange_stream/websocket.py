@@ -14,6 +14,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from exchange_stream.config import GatewayConfig
@@ -23,6 +24,8 @@ from exchange_stream.session import IClientConnection, Session
 
 if TYPE_CHECKING:
     from exchange_stream.gateway import Gateway
+
+log = Logger()
 
 
 @implementer(IClientConnection, IPushProducer)
@@ -48,7 +51,7 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request) -> None:
         gateway = self.factory.gateway
-        address = request.peer.split(":")[1] if ":" in request.peer else request.peer
+        address = self.transport.getPeer().host  # IPv4 or IPv6 alike
         header = gateway.config.real_ip_header
         if header and request.headers.get(header.lower()):
             address = request.headers[header.lower()].split(",")[-1].strip()
@@ -129,6 +132,8 @@ class GatewayProtocol(WebSocketServerProtocol):
         written; Autobahn's close-handshake timeout (1 s) then drops the connection if the
         client has not read up to it, which frees the buffer."""
         self.factory.gateway.slow_consumers += 1
+        log.info("closing a slow client ({peer}): {backlog} bytes unsent", peer=self.peer,
+                 backlog=self._backlog)  # fmt: skip
         self.close(CloseCode.TOO_SLOW, "too slow: reconnect with backoff")
 
 

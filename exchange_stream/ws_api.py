@@ -63,7 +63,8 @@ class MeshApiProtocol(WebSocketServerProtocol):
 
     def _answer(self, answer: dict, request_id) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendMessage(json.dumps({**answer, "i": request_id}).encode())
+            answer = {**answer, "i": request_id}
+            self.sendMessage(json.dumps(answer, separators=(",", ":")).encode())
 
 
 class MeshApiFactory(WebSocketServerFactory):
