@@ -9,15 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import pytest_twisted
+import treq
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as sync_connect
 
 from exchange_stream.config import GatewayConfig
-from tests.support import Client, ClientProtocol, publish, start_gateway
+from tests.support import Client, ClientProtocol, http_client, publish, start_gateway
 from tests.test_installed import http, real_gateway
 from tests.test_redis_mesh import until
 
@@ -177,3 +179,72 @@ def test_sigterm_drains_clients_and_refuses_publishes(tmp_path):
         assert max(close_times) - min(close_times) > 0.3  # spread over the window
         assert max(close_times) < 5
         assert "Traceback" not in log.read_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_op_flood_gets_code_8_then_1008(auth_backend):
+    running = await start_gateway(GatewayConfig(auth_url=auth_backend.url, op_rate=5, op_burst=10))
+    try:
+        client = await running.connect()
+        for index in range(10 + 21):
+            client.send({"op": "ping", "id": index})
+        answers = [await client.next() for _ in range(10 + 20)]
+        assert [a.get("op") for a in answers[:10]] == ["pong"] * 10
+        assert {a["code"] for a in answers[10:]} == {8}
+        assert [a["id"] for a in answers[10:]] == list(range(10, 30))
+        code, reason = await client.closed  # the 21st refusal in a row
+        assert (code, reason) == (1008, "rate limit")
+    finally:
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscription_limit_is_code_7(auth_backend):
+    running = await start_gateway(GatewayConfig(auth_url=auth_backend.url, max_subscriptions=2))
+    try:
+        client = await running.connect()
+        await client.request({"op": "subscribe", "channels": ["A@depth", "B@depth"]})
+        answer = await client.request({"op": "subscribe", "channel": "C@depth", "id": 3})
+        assert answer == {"code": 7, "msg": "Too many subscriptions", "id": 3}
+    finally:
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_that_never_handshakes_is_closed(auth_backend):
+    running = await start_gateway(
+        GatewayConfig(auth_url=auth_backend.url, auth_timeout=0.2, handshake_timeout=0.5)
+    )
+    try:
+        closed = Deferred()
+
+        class Silent(Protocol):
+            def connectionLost(self, reason):
+                closed.callback(reactor.seconds())
+
+        opened = reactor.seconds()
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", running.ws_port).connect(
+            Factory.forProtocol(Silent)
+        )
+        assert await closed.addTimeout(5, reactor) - opened < 2
+    finally:
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_http_gets_no_status_page(running):
+    response = await http_client().get(f"http://127.0.0.1:{running.ws_port}/exchange-stream")
+    body = await treq.content(response)
+    assert response.code >= 400 and b"Autobahn" not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_expiry_from_the_auth_back_end_end_to_end(running, auth_backend):
+    expires = reactor.seconds() + 0.5
+    auth_backend.answers["short"] = (200, json.dumps({"uid": 1001, "exp": expires}).encode())
+    client = await running.connect()
+    assert await client.request({"op": "auth", "token": "short"}) == {"result": True}
+    await client.request({"op": "subscribe", "channels": ["@order", "BTCUSDT@depth"]})
+    notice = await client.next(timeout=3)
+    assert notice == {"event": "notice", "data": {"type": "auth_expired", "channels": ["@order"]}}
+    assert await client.request({"op": "list"}) == {"result": ["BTCUSDT@depth"]}
