@@ -74,9 +74,7 @@ class Gateway(MultiService):
         self.node = Node(self.hub, mesh)
         self.sessions: dict[Session, IClientConnection] = {}
         self._control = ControlReceiver(lambda: self.sessions)
-        self.metrics = GatewayMetrics(
-            self.hub, mesh, lambda: len(self.sessions), lambda: self.slow_consumers
-        )
+        self.metrics = GatewayMetrics(self)
         if authenticator is None and config.demo:
             authenticator = StaticAuthenticator(DEMO_TOKENS)
         if authenticator is None:

@@ -6,61 +6,55 @@ so the hot path never takes a metrics lock; rare events (auth, publish) use clie
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exchange_stream.hub import Hub
-from exchange_stream.mesh import IMesh
+if TYPE_CHECKING:
+    from exchange_stream.gateway import Gateway
 
 
 class _NodeCollector(Collector):
-    def __init__(
-        self,
-        hub: Hub,
-        mesh: IMesh,
-        connections: Callable[[], int],
-        slow_consumers: Callable[[], int],
-    ) -> None:
-        self._hub = hub
-        self._mesh = mesh
-        self._connections = connections
-        self._slow_consumers = slow_consumers
+    """Reads the gateway's counters at scrape time."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
 
     def collect(self) -> Iterator:
         yield GaugeMetricFamily(
             "exchange_stream_connections",
             "Open client WebSocket connections.",
-            value=self._connections(),
+            value=len(self._gateway.sessions),
         )
         yield GaugeMetricFamily(
             "exchange_stream_subscriptions",
             "Client subscriptions on this node.",
-            value=self._hub.subscription_count,
+            value=self._gateway.hub.subscription_count,
         )
         yield GaugeMetricFamily(
             "exchange_stream_channels",
             "Channels with at least one local subscriber.",
-            value=self._hub.channel_count,
+            value=self._gateway.hub.channel_count,
         )
         yield CounterMetricFamily(
             "exchange_stream_messages_delivered",
             "Messages written to client connections.",
-            value=self._hub.messages_delivered,
+            value=self._gateway.hub.messages_delivered,
         )
         yield CounterMetricFamily(
             "exchange_stream_slow_consumers",
             "Clients closed with 4100 for leaving too much unsent.",
-            value=self._slow_consumers(),
+            value=self._gateway.slow_consumers,
         )
         yield GaugeMetricFamily(
             "exchange_stream_mesh_up",
             "1 while the mesh can publish and this node receives its channels.",
-            value=int(bool(self._mesh.available and self._mesh.receiving)),
+            value=int(bool(self._gateway.mesh.available and self._gateway.mesh.receiving)),
         )
-        self_check = getattr(self._mesh, "self_check", None)
+        self_check = getattr(self._gateway.mesh, "self_check", None)
         if self_check is not None:
             yield CounterMetricFamily(
                 "exchange_stream_mesh_deaf",
@@ -70,7 +64,7 @@ class _NodeCollector(Collector):
         yield CounterMetricFamily(
             "exchange_stream_mesh_reconnects",
             "Times the mesh had to reconnect.",
-            value=self._mesh.reconnects,
+            value=self._gateway.mesh.reconnects,
         )
 
 
@@ -96,15 +90,9 @@ class _MarketCollector(Collector):
 
 
 class GatewayMetrics:
-    def __init__(
-        self,
-        hub: Hub,
-        mesh: IMesh,
-        connections: Callable[[], int],
-        slow_consumers: Callable[[], int],
-    ) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_NodeCollector(hub, mesh, connections, slow_consumers))
+        self.registry.register(_NodeCollector(gateway))
         self.published = Counter(
             "exchange_stream_messages_published",
             "Publications accepted by the mesh through this node's API.",
