@@ -49,6 +49,24 @@ class IClientConnection(Interface):
 class Session:
     log = Logger()
     max_pending_ops = 32
+    # One per connection: slots keep an idle connection's memory down (bench/idle.py).
+    __slots__ = (
+        "_abuse_limit",
+        "_authenticator",
+        "_bucket",
+        "_clock",
+        "_closed",
+        "_connection",
+        "_expiry",
+        "_max_subscriptions",
+        "_node",
+        "_pending",
+        "_prefix",
+        "_queue",
+        "_refused_in_a_row",
+        "subscriptions",
+        "uid",
+    )
 
     def __init__(
         self,

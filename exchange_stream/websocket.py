@@ -61,6 +61,8 @@ class GatewayProtocol(WebSocketServerProtocol):
         self.address = address
 
     def onOpen(self) -> None:
+        # What only the handshake needed is a couple of KiB per idle connection otherwise.
+        self.http_headers = self.http_request_data = self.http_response_data = None
         self.session = self.factory.gateway.open_session(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
