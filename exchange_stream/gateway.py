@@ -28,6 +28,7 @@ from exchange_stream.auth import (
 )
 from exchange_stream.config import GatewayConfig
 from exchange_stream.control import CONTROL_CHANNEL, ControlReceiver
+from exchange_stream.heartbeat import Heartbeat
 from exchange_stream.hub import Hub
 from exchange_stream.market.engine import MarketSettings
 from exchange_stream.market.service import market_service
@@ -83,6 +84,11 @@ class Gateway(MultiService):
             )
         self.authenticator = MeteredAuthenticator(authenticator, self.metrics.record_auth)
         self.publisher = Publisher(self)
+        if config.ping_interval:
+            self.heartbeat = Heartbeat(
+                self.sessions.values, reactor, config.ping_interval, config.ping_timeout
+            )
+            self.heartbeat.setServiceParent(self)
         self.market = None
         if config.runs_market:
             self.market = market_service(

@@ -39,6 +39,7 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     session: Session | None = None
     address: str | None = None
+    last_heard = 0.0  # when the client last sent anything (see heartbeat.py)
     _paused = False
     _backlog = 0
 
@@ -59,6 +60,10 @@ class GatewayProtocol(WebSocketServerProtocol):
         if refusal is not None:
             raise ConnectionDeny(*refusal)
         self.address = address
+
+    def dataReceived(self, data: bytes) -> None:
+        self.last_heard = self.factory.clock.seconds()
+        super().dataReceived(data)
 
     def onOpen(self) -> None:
         # What only the handshake needed is a couple of KiB per idle connection otherwise.
@@ -104,6 +109,15 @@ class GatewayProtocol(WebSocketServerProtocol):
         else:
             super().sendPreparedMessage(prepared)
 
+    def send_ping(self, frame: bytes) -> None:
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            write_now(self.transport, frame)
+
+    def drop_dead(self) -> None:
+        """Heard nothing for too long: the peer is gone, or its network is."""
+        self.wasClean = False
+        self.dropConnection(abort=True)
+
     def close(self, code: int, reason: str) -> None:
         # sendCloseFrame, unlike sendClose, accepts the protocol-level codes (1001, 1003,
         # 1011) and starts the closing handshake without logging a warning per connection.
@@ -145,6 +159,7 @@ class GatewayFactory(WebSocketServerFactory):
     def __init__(self, gateway: Gateway, config: GatewayConfig) -> None:
         super().__init__(server="exchange-stream")
         self.gateway = gateway
+        self.clock = gateway.reactor
         self.max_backlog = config.max_backlog
         origins = config.origins
         self.setProtocolOptions(
@@ -155,8 +170,7 @@ class GatewayFactory(WebSocketServerFactory):
             maxMessagePayloadSize=config.max_message_size,
             webStatus=False,
             openHandshakeTimeout=config.handshake_timeout,
-            autoPingInterval=config.ping_interval,
-            autoPingTimeout=config.ping_timeout,
+            autoPingInterval=0,  # heartbeat.py pings every connection from one timer
             allowedOrigins=origins,
             # Given explicitly: every setProtocolOptions call resets it to False otherwise.
             # Pages opened from a file send Origin "null"; allowed only when any origin is.
