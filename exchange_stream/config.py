@@ -36,6 +36,7 @@ class GatewayConfig:
     allowed_origins: str = "*"
     max_backlog: int = 2 * 1024 * 1024
     drain_seconds: float = 5.0
+    workers: int = 1
     demo: bool = False
     feed: str | None = None
     feed_udp: str | None = None
@@ -60,12 +61,15 @@ class GatewayConfig:
             "max_connections_per_ip",
             "handshake_timeout",
             "max_backlog",
+            "workers",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("ping_interval", "ping_timeout", "drain_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 (off) or positive")
+        if self.workers > 1 and self.mesh.startswith("memory"):
+            raise ValueError("workers > 1 need a mesh they share: --mesh redis://...")
         if self.auth_timeout >= self.handshake_timeout:
             raise ValueError("auth_timeout must be shorter than handshake_timeout")
 

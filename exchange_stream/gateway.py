@@ -53,9 +53,11 @@ class Gateway(MultiService):
         mesh: IMesh | None = None,
         authenticator: IAuthenticator | None = None,
         http: Any = None,
+        serves_market: bool = True,
     ) -> None:
         """``mesh``, ``authenticator`` and ``http`` (a treq-like client) override what
-        ``config`` would build; tests and embedding applications inject them."""
+        ``config`` would build; tests and embedding applications inject them. A ``--workers``
+        worker passes ``serves_market=False``: only the first process runs the engine."""
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
@@ -90,7 +92,7 @@ class Gateway(MultiService):
             )
             self.heartbeat.setServiceParent(self)
         self.market = None
-        if config.runs_market:
+        if config.runs_market and serves_market:
             self.market = market_service(
                 self.node.publish,
                 MarketSettings(prefix=config.prefix),

@@ -35,6 +35,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("allowed-origins", str, "comma-separated Origin patterns browsers may connect from"),
     ("max-backlog", int, "bytes a slow client may have waiting before it is closed (4100)"),
     ("drain-seconds", float, "on shutdown, spread client closes over this many seconds"),
+    ("workers", int, "processes accepting on the WebSocket port (needs a redis:// mesh)"),
     ("feed", str, "run the market engine on JSON lines from this listening endpoint"),
     ("feed-udp", str, "run the market engine on JSON datagrams at [interface:]port"),
     ("book-url", str, "run the market engine on book snapshots polled from this URL"),

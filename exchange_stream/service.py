@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import File
@@ -18,6 +20,7 @@ from twisted.web.static import File
 from exchange_stream.config import GatewayConfig
 from exchange_stream.gateway import Gateway
 from exchange_stream.options import Options
+from exchange_stream.workers import WorkerPool
 
 STATIC = str(Path(__file__).parent / "market" / "static")
 
@@ -59,15 +62,43 @@ def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiS
     config = options if isinstance(options, GatewayConfig) else options.config
     gateway = Gateway(config, **gateway_args)
     gateway.setName("gateway")
-    websocket = strports.service(config.ws, websocket_site(gateway))
+    reactor = gateway.reactor
+    websocket = SharedListener(serverFromString(reactor, config.ws), websocket_site(gateway))
     api = strports.service(config.api, api_site(gateway))
-    return GatewayService(gateway, websocket, api)
+    service = GatewayService(gateway, websocket, api)
+    if config.workers > 1:
+        service.workers = WorkerPool(config, config.workers, websocket.listening, reactor)
+        service.workers.setServiceParent(service)
+    return service
+
+
+class SharedListener(StreamServerEndpointService):
+    """The WebSocket listener; ``listening`` fires with its port, which ``--workers`` share.
+
+    Twisted keeps the port's Deferred as ``_waitingForPort`` and offers no public way to it."""
+
+    _raiseSynchronously = True  # as strports.service: a port in use stops twistd at start
+
+    def __init__(self, endpoint, factory) -> None:
+        super().__init__(endpoint, factory)
+        self.listening: Deferred = Deferred()
+
+    def privilegedStartService(self) -> None:
+        # twistd calls this before startService; startService calls it when nobody did.
+        super().privilegedStartService()
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port):
+        self.listening.callback(port)
+        return port
 
 
 class GatewayService(MultiService):
     """Starts the gateway, then its listeners; stops in the order a drain needs: no new
     clients, then the drain (publishes refused with 503 meanwhile), then the API, then the
     gateway's mesh and market engine. ``twistd`` waits for it on SIGTERM."""
+
+    workers: WorkerPool | None = None
 
     def __init__(self, gateway: Gateway, websocket, api) -> None:
         super().__init__()
@@ -77,8 +108,12 @@ class GatewayService(MultiService):
 
     def stopService(self) -> Deferred:
         self.running = 0
+        # The workers drain at the same time as this process (they got SIGTERM too).
+        workers = self.workers.stopService() if self.workers is not None else None
         stopping = maybeDeferred(self.websocket.stopService)
         stopping.addCallback(lambda _: self.gateway.drain())
+        if workers is not None:
+            stopping.addCallback(lambda _: workers)
         stopping.addCallback(lambda _: self.api.stopService())
         stopping.addCallback(lambda _: self.gateway.stopService())
         return stopping

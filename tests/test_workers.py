@@ -1,0 +1,71 @@
+"""--workers: several processes accept on one port, joined through a real Redis."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests.redis_server import RedisServer
+from tests.test_installed import http, real_gateway
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.close()
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(line) for line in out.stdout.split()]
+
+
+def test_two_workers_share_the_port_and_drain_together(tmp_path, redis_server):
+    options = ("--workers", "2", "--mesh", redis_server.url, "--drain-seconds", "1")
+    with (
+        real_gateway(tmp_path, *options) as (process, url, api, log),
+        contextlib.ExitStack() as stack,
+    ):
+        port = url.split(":")[2].split("/")[0]
+        deadline = time.monotonic() + 20
+        while log.read_text().count(f"starting on {port}") < 2:  # the worker listens too
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        (worker,) = children_of(process.pid)
+        clients = []
+        for _ in range(40):
+            client = stack.enter_context(connect(url))
+            client.send('{"op":"subscribe","channel":"BTCUSDT@trades"}')
+            assert json.loads(client.recv(5)) == {"result": True}
+            clients.append(client)
+        # the kernel spread the connections over both processes: both subscribed in Redis
+        assert redis_server.numsub("ex:BTCUSDT@trades") == {"ex:BTCUSDT@trades": 2}
+        body = json.dumps({"c": "ex:BTCUSDT@trades", "d": '[{"id":1}]'}).encode()
+        status, answer = http("POST", f"{api}/v1/mesh/publish", body)
+        assert (status, json.loads(answer)["r"]["s"]) == (200, 2)  # both processes listen
+        assert all(json.loads(client.recv(5)) == [{"id": 1}] for client in clients)
+
+        process.send_signal(signal.SIGTERM)
+
+        def sent_away(client) -> int:
+            assert json.loads(client.recv(5))["data"]["type"] == "reconnect"
+            with pytest.raises(ConnectionClosed) as closed:
+                client.recv(5)
+            return closed.value.rcvd.code
+
+        with ThreadPoolExecutor(len(clients)) as pool:
+            assert set(pool.map(sent_away, clients)) == {4200}
+        process.wait(15)
+        with pytest.raises(ProcessLookupError):
+            for _ in range(50):
+                time.sleep(0.1)
+                os.kill(worker, 0)  # gone once it drained
+        assert "Traceback" not in log.read_text()
