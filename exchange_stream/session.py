@@ -121,7 +121,10 @@ class Session:
         self.subscriptions.clear()
         self._node.drop(self._connection)
 
-    def _process(self, _: object, text: bytes) -> Deferred:
+    def _process(self, _: object, text: bytes) -> Deferred | None:
+        if self._closed:  # queued behind a slow op, and the client left meanwhile
+            self._pending -= 1
+            return None
         answered = maybeDeferred(self._answer, text)
         answered.addErrback(self._internal_error)
         answered.addCallback(self._reply)

@@ -47,7 +47,8 @@ class GatewayProtocol(WebSocketServerProtocol):
         super().connectionMade()
         # twisted.web's HTTPChannel registered itself for the handshake; the connection is
         # ours now, so is its flow control.
-        self.transport.unregisterProducer()
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
         self.transport.registerProducer(self, True)
 
     def onConnect(self, request) -> None:
@@ -89,8 +90,7 @@ class GatewayProtocol(WebSocketServerProtocol):
     # -- IClientConnection --------------------------------------------------------------
 
     def send_reply(self, reply: bytes) -> None:
-        if self.state == WebSocketProtocol.STATE_OPEN:
-            self._count(len(reply))
+        if self.state == WebSocketProtocol.STATE_OPEN and self._count(len(reply)):
             self.sendMessage(reply)
 
     def sendPreparedMessage(self, prepared) -> None:
@@ -100,10 +100,9 @@ class GatewayProtocol(WebSocketServerProtocol):
         debug log line and updates traffic statistics on every send, a third of the cost of a
         delivery in bench/fanout's profile. Compression or queued synchronous sends still go
         through Autobahn."""
-        if self.state != WebSocketProtocol.STATE_OPEN:
-            return
         frame = prepared.payloadHybi
-        self._count(len(frame))
+        if self.state != WebSocketProtocol.STATE_OPEN or not self._count(len(frame)):
+            return
         if self._perMessageCompress is None and not self.send_queue:
             write_now(self.transport, frame)
         else:
@@ -136,12 +135,16 @@ class GatewayProtocol(WebSocketServerProtocol):
     def stopProducing(self) -> None:
         self._paused = True
 
-    def _count(self, size: int) -> None:
+    def _count(self, size: int) -> bool:
+        """Account for ``size`` bytes about to be written; False when they must not be,
+        because this write is the one that made the client too slow (it is being closed)."""
         if not self._paused:
-            return
+            return True
         self._backlog += size
         if self._backlog > self.factory.max_backlog:
             self._too_slow()
+            return False
+        return True
 
     def _too_slow(self) -> None:
         """Close with 4100. The close frame queues behind the backlog and nothing more is

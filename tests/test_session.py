@@ -151,14 +151,18 @@ def test_auth_back_end_timeout_answers_code_6_and_other_ops_continue():
 
 
 def test_closing_during_auth_leaves_nothing_behind():
+    """Ops queued behind a slow auth do not run once the client has gone."""
     auth = ManualAuth()
     session, connection, node = make_session(auth)
     send(session, {"op": "subscribe", "channel": "BTCUSDT@depth"})
     send(session, {"op": "auth", "token": "t"})
     send(session, {"op": "subscribe", "channel": "@order"})
+    send(session, {"op": "subscribe", "channel": "ETHUSDT@trades"})
+    send(session, {"op": "auth", "token": "again"})
     session.close()
     auth.calls[0][1].callback("1001")
     assert connection.replies == [{"result": True}]
+    assert len(auth.calls) == 1  # the queued auth never reached the back end
     assert node.hub.channel_count == 0
     assert node.mesh.subscribed_channels() == []
 

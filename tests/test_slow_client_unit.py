@@ -1,0 +1,48 @@
+"""The write that makes a client too slow closes it, and nothing is written after the close."""
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from exchange_stream.auth import StaticAuthenticator
+from exchange_stream.config import GatewayConfig
+from exchange_stream.gateway import Gateway
+
+
+def open_paused_connection(max_backlog=100):
+    gateway = Gateway(
+        GatewayConfig(max_backlog=max_backlog),
+        reactor=Clock(),
+        authenticator=StaticAuthenticator({}),
+    )
+    protocol = gateway.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.state = WebSocketProtocol.STATE_OPEN  # as after a handshake
+    protocol.websocket_version = 13
+    transport.clear()
+    protocol.pauseProducing()  # the client stopped reading
+    return gateway, protocol, transport
+
+
+def test_a_reply_over_the_backlog_closes_with_4100_and_raises_nothing():
+    gateway, protocol, transport = open_paused_connection()
+    protocol.send_reply(b"x" * 60)
+    assert transport.value()[2:] == b"x" * 60  # under the bound: written
+    transport.clear()
+    protocol.send_reply(b"y" * 60)  # over it: not written, the connection is closed instead
+    assert transport.value()[:1] == b"\x88"  # a close frame ...
+    assert int.from_bytes(transport.value()[2:4], "big") == 4100  # ... with 4100
+    assert gateway.slow_consumers == 1
+
+
+def test_no_data_frame_follows_the_close_frame():
+    _, protocol, transport = open_paused_connection()
+    prepared = protocol.factory.prepareMessage(b"z" * 150)
+    protocol.sendPreparedMessage(prepared)
+    written = transport.value()
+    assert written[:1] == b"\x88" and b"z" not in written
+    transport.clear()
+    protocol.sendPreparedMessage(prepared)  # closing: nothing more
+    assert transport.value() == b""
