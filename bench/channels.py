@@ -81,18 +81,9 @@ def publish_http(api: str, channels: int, messages: int, batch: int) -> None:
 
 
 def child(code: str, core: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            str(core),
-            sys.executable,
-            "-c",
-            f"import sys; sys.path.insert(0, {str(HERE)!r}); import asyncio, channels; {code}",
-        ],  # fmt: skip
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    program = f"import sys; sys.path.insert(0, {str(HERE)!r}); import asyncio, channels; {code}"
+    command = ["taskset", "-c", str(core), sys.executable, "-c", program]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
 
 def main() -> None:
