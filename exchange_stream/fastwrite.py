@@ -14,6 +14,7 @@ it falls back to ``transport.write``.
 
 from __future__ import annotations
 
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import tcp
 
 
@@ -33,3 +34,24 @@ def write_now(transport, data: bytes) -> None:
         transport.write(data)
     elif sent < len(data):
         transport.write(data[sent:])
+
+
+class FastSendProtocol(WebSocketServerProtocol):
+    """An Autobahn server protocol whose prepared frames go straight to the transport.
+
+    Autobahn's own path (``sendData``) does the same ``transport.write`` but formats a debug
+    log line and updates traffic statistics on every send: a third of the cost of a delivery in
+    bench/fanout's profile. Compression or queued synchronous sends still go through Autobahn.
+    """
+
+    def sendPreparedMessage(self, prepared) -> None:
+        if self.state != self.STATE_OPEN:
+            return
+        if self._perMessageCompress is None and not self.send_queue:
+            write_now(self.transport, prepared.payloadHybi)
+        else:
+            super().sendPreparedMessage(prepared)
+
+    def send_text(self, payload: bytes) -> None:
+        """``sendMessage`` for a text message, through the same fast path."""
+        self.sendPreparedMessage(self.factory.prepareMessage(payload))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from exchange_stream.config import GatewayConfig
-from exchange_stream.fastwrite import write_now
+from exchange_stream.fastwrite import FastSendProtocol, write_now
 from exchange_stream.protocol import CloseCode
 from exchange_stream.session import IClientConnection, Session
 
@@ -29,7 +29,7 @@ log = Logger()
 
 
 @implementer(IClientConnection, IPushProducer)
-class GatewayProtocol(WebSocketServerProtocol):
+class GatewayProtocol(FastSendProtocol):
     """One client connection.
 
     It is also the push producer of its transport: the transport pauses it when its write
@@ -94,18 +94,8 @@ class GatewayProtocol(WebSocketServerProtocol):
             self.sendMessage(reply)
 
     def sendPreparedMessage(self, prepared) -> None:
-        """The fan-out hot path: the frame prepared once goes straight to the transport.
-
-        Autobahn's own path (``sendData``) does the same ``transport.write`` but formats a
-        debug log line and updates traffic statistics on every send, a third of the cost of a
-        delivery in bench/fanout's profile. Compression or queued synchronous sends still go
-        through Autobahn."""
-        frame = prepared.payloadHybi
-        if self.state != WebSocketProtocol.STATE_OPEN or not self._count(len(frame)):
-            return
-        if self._perMessageCompress is None and not self.send_queue:
-            write_now(self.transport, frame)
-        else:
+        """The fan-out hot path (see ``FastSendProtocol``), within the backlog bound."""
+        if self.state == WebSocketProtocol.STATE_OPEN and self._count(len(prepared.payloadHybi)):
             super().sendPreparedMessage(prepared)
 
     def send_ping(self, frame: bytes) -> None:

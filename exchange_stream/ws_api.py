@@ -17,9 +17,10 @@ import json
 from typing import TYPE_CHECKING
 
 from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
 
+from exchange_stream.fastwrite import FastSendProtocol
 from exchange_stream.publishing import ApiError, decode_body, invalid, parse_kick, parse_publish
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 METHODS = {"mesh.publish": parse_publish, "mesh.kick": parse_kick}
 
 
-class MeshApiProtocol(WebSocketServerProtocol):
+class MeshApiProtocol(FastSendProtocol):
     def onConnect(self, request) -> None:
         expected = self.factory.expected_authorization
         if expected is not None:
@@ -64,7 +65,7 @@ class MeshApiProtocol(WebSocketServerProtocol):
     def _answer(self, answer: dict, request_id) -> None:
         if self.state == self.STATE_OPEN:
             answer = {**answer, "i": request_id}
-            self.sendMessage(json.dumps(answer, separators=(",", ":")).encode())
+            self.send_text(json.dumps(answer, separators=(",", ":")).encode())
 
 
 class MeshApiFactory(WebSocketServerFactory):
