@@ -70,6 +70,7 @@ class RedisServer:
             except redis.ConnectionError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.02)
 
