@@ -6,10 +6,17 @@ embedding application builds it directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from exchange_stream.market.service import check_udp
 from exchange_stream.mesh import check_mesh_url
+
+
+def check_udp(value: str) -> str:
+    """``--feed-udp`` takes ``[interface:]port``."""
+    _, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--feed-udp takes [interface:]port, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -72,10 +79,6 @@ class GatewayConfig:
             raise ValueError("workers > 1 need a mesh they share: --mesh redis://...")
         if self.auth_timeout >= self.handshake_timeout:
             raise ValueError("auth_timeout must be shorter than handshake_timeout")
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [field.name for field in fields(cls)]
 
     @property
     def origins(self) -> list[str]:

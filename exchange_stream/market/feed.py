@@ -31,12 +31,17 @@ class FeedInput:
         self.malformed = 0
 
     def raw(self, data: bytes | str, source: str) -> None:
-        self.received += 1
         try:
             event = parse_event(data)
         except MalformedEvent as error:
+            self.received += 1
             self._bad(error, source)
             return
+        self.event(event)
+
+    def event(self, event: Event) -> None:
+        """An event that needs no parsing (the simulator's), counted like the others."""
+        self.received += 1
         self._handle(event)
 
     def _bad(self, error: Exception, source: str) -> None:

@@ -10,6 +10,7 @@ from twisted.application import internet, strports
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from exchange_stream.config import check_udp
 from exchange_stream.market.engine import MarketEngine, MarketSettings, Publish
 from exchange_stream.market.feed import BookPoller, DatagramFeed, FeedInput, LineFeedFactory
 from exchange_stream.market.simulator import Simulator
@@ -48,28 +49,10 @@ def market_service(
             http = quiet_http_client(clock)
         BookPoller(book_url, source, http, clock, book_interval).setServiceParent(service)
     if simulate:
-        Simulator(source_handle(source), clock).setServiceParent(service)
+        Simulator(source.event, clock).setServiceParent(service)
     service.engine = engine
     service.input = source
     return service
-
-
-def source_handle(source: FeedInput):
-    """The simulator's events skip parsing but are counted like any other input."""
-
-    def handle(event) -> None:
-        source.received += 1
-        source._handle(event)
-
-    return handle
-
-
-def check_udp(value: str) -> str:
-    """``[interface:]port``"""
-    _, _, port = value.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--feed-udp takes [interface:]port, not {value!r}")
-    return value
 
 
 class Options(usage.Options):
