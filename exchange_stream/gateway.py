@@ -28,6 +28,7 @@ from exchange_stream.auth import (
 )
 from exchange_stream.config import GatewayConfig
 from exchange_stream.control import CONTROL_CHANNEL, ControlReceiver
+from exchange_stream.fastwrite import TurnWriter
 from exchange_stream.heartbeat import Heartbeat
 from exchange_stream.hub import Hub
 from exchange_stream.market.engine import MarketSettings
@@ -63,6 +64,7 @@ class Gateway(MultiService):
             from twisted.internet import reactor
         self.config = config = config or GatewayConfig()
         self.reactor = reactor
+        self.turn_writer = TurnWriter(reactor)  # every connection's frames, clients' and API's
         self.factory = GatewayFactory(self, config)
         self.draining = False
         self.slow_consumers = 0

@@ -153,6 +153,7 @@ class GatewayFactory(WebSocketServerFactory):
         super().__init__(server="exchange-stream")
         self.gateway = gateway
         self.clock = gateway.reactor
+        self.turn_writer = gateway.turn_writer
         self.max_backlog = config.max_backlog
         origins = config.origins
         self.setProtocolOptions(

@@ -74,6 +74,7 @@ class MeshApiFactory(WebSocketServerFactory):
     def __init__(self, gateway: Gateway) -> None:
         super().__init__(server="exchange-stream")
         self.publisher = gateway.publisher
+        self.turn_writer = gateway.turn_writer
         token = gateway.config.api_token
         self.expected_authorization = f"Bearer {token}".encode() if token else None
         size = gateway.config.max_publish_size

@@ -1,12 +1,20 @@
-"""Writing at once when a TCP transport's queue is empty: same bytes, same order."""
+"""Writing at once when a TCP transport's queue is empty, and once per connection per reactor
+turn: same bytes, same order."""
 
 import pytest_twisted
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
-from exchange_stream.fastwrite import write_now
+from exchange_stream.auth import StaticAuthenticator
+from exchange_stream.config import GatewayConfig
+from exchange_stream.fastwrite import TurnWriter, write_now
+from exchange_stream.gateway import Gateway
 
 
 class Sink(Protocol):
@@ -48,3 +56,75 @@ async def test_small_writes_leave_nothing_queued_and_big_ones_keep_their_order()
     finally:
         transport.loseConnection()
         await port.stopListening()
+
+
+class CountingTransport(StringTransport):
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        super().write(data)
+
+
+def test_a_turns_writes_to_one_transport_leave_in_one_write_in_order_at_its_end():
+    clock = Clock()
+    turn = TurnWriter(clock)
+    first, second = CountingTransport(), CountingTransport()
+    turn.write(first, b"a")
+    turn.write(second, b"1")
+    turn.write(first, b"b")
+    turn.write(first, b"c")
+    assert first.value() == b"" and len(clock.getDelayedCalls()) == 1  # one call per turn
+    clock.advance(0)
+    assert (first.value(), first.writes) == (b"abc", 1)
+    assert (second.value(), second.writes) == (b"1", 1)
+    turn.write(first, b"d")  # a new turn schedules again
+    clock.advance(0)
+    assert first.value() == b"abcd"
+
+
+def test_flush_one_sends_that_transports_pending_bytes_now_and_no_others():
+    clock = Clock()
+    turn = TurnWriter(clock)
+    first, second = CountingTransport(), CountingTransport()
+    turn.write(first, b"a")
+    turn.write(second, b"1")
+    turn.flush_one(first)
+    assert (first.value(), second.value()) == (b"a", b"")
+    clock.advance(0)
+    assert (first.value(), second.value()) == (b"a", b"1")
+
+
+def test_a_reply_pushes_and_the_close_frame_leave_together_and_in_order():
+    gateway = Gateway(GatewayConfig(), reactor=Clock(), authenticator=StaticAuthenticator({}))
+    protocol = gateway.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+    transport = CountingTransport()
+    protocol.makeConnection(transport)
+    protocol.state = WebSocketProtocol.STATE_OPEN  # as after a handshake
+    protocol.websocket_version = 13
+    transport.clear()
+    transport.writes = 0
+    protocol.send_reply(b'{"result":true}')
+    protocol.sendPreparedMessage(protocol.factory.prepareMessage(b"push"))
+    protocol.close(4200, "bye")
+    assert transport.value() == b""
+    gateway.reactor.advance(0)
+    written = transport.value()
+    assert transport.writes == 1
+    assert written.index(b'{"result":true}') < written.index(b"push") < written.index(b"bye")
+    assert written[-7:-5] == b"\x88\x05"  # the close frame last
+
+
+def test_closing_the_tcp_connection_sends_the_pending_bytes_first():
+    gateway = Gateway(GatewayConfig(), reactor=Clock(), authenticator=StaticAuthenticator({}))
+    protocol = gateway.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+    transport = CountingTransport()
+    protocol.makeConnection(transport)
+    protocol.state = WebSocketProtocol.STATE_OPEN
+    protocol.websocket_version = 13
+    transport.clear()
+    protocol.sendPreparedMessage(protocol.factory.prepareMessage(b"last words"))
+    protocol.dropConnection(abort=False)
+    assert b"last words" in transport.value() and transport.disconnecting

@@ -26,23 +26,30 @@ def open_paused_connection(max_backlog=100):
     return gateway, protocol, transport
 
 
+def sent(gateway, transport) -> bytes:
+    """What reached the transport once the reactor turn ended (frames leave per turn)."""
+    gateway.reactor.advance(0)
+    return transport.value()
+
+
 def test_a_reply_over_the_backlog_closes_with_4100_and_raises_nothing():
     gateway, protocol, transport = open_paused_connection()
     protocol.send_reply(b"x" * 60)
-    assert transport.value()[2:] == b"x" * 60  # under the bound: written
+    assert sent(gateway, transport)[2:] == b"x" * 60  # under the bound: written
     transport.clear()
     protocol.send_reply(b"y" * 60)  # over it: not written, the connection is closed instead
-    assert transport.value()[:1] == b"\x88"  # a close frame ...
-    assert int.from_bytes(transport.value()[2:4], "big") == 4100  # ... with 4100
+    written = sent(gateway, transport)
+    assert written[:1] == b"\x88"  # a close frame ...
+    assert int.from_bytes(written[2:4], "big") == 4100  # ... with 4100
     assert gateway.slow_consumers == 1
 
 
 def test_no_data_frame_follows_the_close_frame():
-    _, protocol, transport = open_paused_connection()
+    gateway, protocol, transport = open_paused_connection()
     prepared = protocol.factory.prepareMessage(b"z" * 150)
     protocol.sendPreparedMessage(prepared)
-    written = transport.value()
+    written = sent(gateway, transport)
     assert written[:1] == b"\x88" and b"z" not in written
     transport.clear()
     protocol.sendPreparedMessage(prepared)  # closing: nothing more
-    assert transport.value() == b""
+    assert sent(gateway, transport) == b""
