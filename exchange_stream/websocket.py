@@ -8,6 +8,7 @@ may leave unsent.
 
 from __future__ import annotations
 
+from types import FunctionType
 from typing import TYPE_CHECKING
 
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -170,3 +171,21 @@ class GatewayFactory(WebSocketServerFactory):
             # Pages opened from a file send Origin "null"; allowed only when any origin is.
             allowNullOrigin=origins == ["*"],
         )
+        self.protocol = options_on_the_class(self)
+
+
+def options_on_the_class(factory: WebSocketServerFactory) -> type:
+    """A subclass of ``factory.protocol`` that holds the factory's protocol options.
+
+    Autobahn copies each of its ~35 options from the factory into every new connection's
+    ``__dict__`` unless the protocol class has it already. Kept on the class, they cost nothing
+    per connection: an idle connection's attribute dict drops from 89 keys (3.3 KiB) to 54
+    (1.6 KiB). Options set on the factory after this call would not reach new connections.
+    Functions (``perMessageCompressionAccept``) are wrapped so that they stay unbound.
+    """
+    base = factory.protocol
+    options = {}
+    for name in base.CONFIG_ATTRS:
+        value = getattr(factory, name)
+        options[name] = staticmethod(value) if isinstance(value, FunctionType) else value
+    return type(base.__name__, (base,), {**options, "__module__": base.__module__})
