@@ -12,8 +12,6 @@ import json
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from twisted.internet.defer import gatherResults
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, UnsupportedMethod
 
@@ -74,10 +72,8 @@ class PublishResource(Resource):
             return _write_json(request, error.status, error.answer())
         hung_up: list[bool] = []
         request.notifyFinish().addErrback(lambda _: hung_up.append(True))
-        answers = [self._publisher.publish(item).addErrback(_as_answer) for item in requests]
-        gathered = gatherResults(answers)
-        gathered.addCallback(self._answer, batch)
-        gathered.addCallback(lambda answer: hung_up or _finish(request, *answer))
+        answered = self._publisher.publish_all(requests, batch)
+        answered.addCallback(lambda answer: hung_up or _finish(request, *answer))
         return NOT_DONE_YET
 
     def _read(self, request: Request) -> tuple[list[PublishRequest], bool]:
@@ -95,24 +91,6 @@ class PublishResource(Resource):
         if self.batches and isinstance(message, list):
             return parse_batch(message), True
         return [self.parse(message)], False
-
-    @staticmethod
-    def _answer(answers: list[tuple[int, dict]], batch: bool) -> tuple[int, dict]:
-        """One publish: its own answer. A batch: 200 with every item's answer, or the
-        status and error of the first item that failed, with every item's answer."""
-        if not batch:
-            return answers[0]
-        failed = [(status, answer) for status, answer in answers if status != 200]
-        items = [answer["r"] if status == 200 else answer for status, answer in answers]
-        if not failed:
-            return 200, {"E": None, "r": items}
-        status, first = failed[0]
-        return status, {"E": first["E"], "r": items}
-
-
-def _as_answer(failure: Failure) -> tuple[int, dict]:
-    failure.trap(ApiError)
-    return failure.value.status, failure.value.answer()
 
 
 class KickResource(PublishResource):

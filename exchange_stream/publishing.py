@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -146,6 +146,15 @@ class Publisher:
         )
         return accepted.addCallbacks(self._accepted, self._refused)
 
+    def publish_all(self, requests: list[PublishRequest], batch: bool) -> Deferred:
+        """Publish one request, or a batch in order; fires with ``(status, answer)`` and never
+        fails. A batch answers 200 with every item's ``r``, or the status and ``E`` of its
+        first failed item beside every item's answer (so the back end retries only those)."""
+        answers = [self.publish(item).addErrback(_as_answer) for item in requests]
+        if not batch:
+            return answers[0]
+        return gatherResults(answers).addCallback(_batch_answer)
+
     def count_error(self, error: ApiError) -> None:
         self._gateway.metrics.publish_errors.labels(str(error.code)).inc()
 
@@ -161,3 +170,17 @@ class Publisher:
             error = ApiError(500, 100, "internal error")
         self.count_error(error)
         raise error
+
+
+def _as_answer(failure: Failure) -> tuple[int, dict]:
+    failure.trap(ApiError)
+    return failure.value.status, failure.value.answer()
+
+
+def _batch_answer(answers: list[tuple[int, dict]]) -> tuple[int, dict]:
+    failed = [(status, answer) for status, answer in answers if status != 200]
+    items = [answer["r"] if status == 200 else answer for status, answer in answers]
+    if not failed:
+        return 200, {"E": None, "r": items}
+    status, first = failed[0]
+    return status, {"E": first["E"], "r": items}

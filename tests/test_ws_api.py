@@ -51,3 +51,30 @@ async def test_the_api_token_guards_the_websocket_api(auth_backend):
         assert (await client.request(message))["E"] is None
     finally:
         await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_over_the_websocket_api_is_answered_like_the_http_batch(running):
+    subscriber = await running.connect()
+    await subscriber.request({"op": "subscribe", "channels": ["BTCUSDT@trades", "ETHUSDT@trades"]})
+    api = await connect(running.api_port, "/ws/v1")
+    batch = [
+        {"c": "ex:BTCUSDT@trades", "d": "1"},
+        {"c": "ex:ETHUSDT@trades", "d": "2"},
+        {"c": "ex:SOLUSDT@trades", "d": "3"},
+    ]
+    answer = await api.request({"m": "mesh.publish", "p": batch, "i": 3})
+    assert answer == {
+        "E": None,
+        "r": [{"s": 1, "f": 0}, {"s": 1, "f": 0}, {"s": 0, "f": 0}],
+        "i": 3,
+    }
+    assert [await subscriber.next(), await subscriber.next()] == [1, 2]
+    refused = await api.request({"m": "mesh.publish", "p": [batch[0], {"c": "ex:x"}], "i": 4})
+    assert refused == {"E": {"c": 101, "m": 'publish 1: "d" must be a string'}, "i": 4}
+    empty = await api.request({"m": "mesh.publish", "p": [], "i": 5})
+    assert empty["E"]["c"] == 101 and empty["i"] == 5
+    kick = await api.request({"m": "mesh.kick", "p": [{"uid": 1001}], "i": 6})  # no kick batches
+    assert kick["E"]["c"] == 101 and kick["i"] == 6
+    api.send({"m": "mesh.publish", "p": {"c": "ex:BTCUSDT@trades", "d": "4"}, "i": 7})
+    assert await subscriber.next() == 4  # the refused batch sent nothing
