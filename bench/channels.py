@@ -3,10 +3,11 @@
 Starts ``twistd exchange-stream`` pinned to CPU 0, connects ``--channels`` clients (each
 subscribed to its own channel) from a process on CPU 1, and publishes ``--messages``
 round-robin over the channels from a third process, through the persistent WebSocket publish
-API (``/ws/v1``, ``--window`` requests in flight) or HTTP batches (``--batch N``). Prints
-publishes/s (until every delivery arrived) and the gateway's CPU per publish.
+API (``/ws/v1``, ``--window`` requests in flight, ``--batch N`` publishes a request) or HTTP
+batches (``--http --batch N``). Prints publishes/s (until every delivery arrived) and the
+gateway's CPU per publish.
 
-    python bench/channels.py [--channels 1000] [--messages 100000] [--batch 0]
+    python bench/channels.py [--channels 1000] [--messages 100000] [--batch 0] [--http]
 """
 
 from __future__ import annotations
@@ -46,7 +47,14 @@ async def receive(url: str, channels: int, messages: int) -> None:
     print(f"done {time.time()}", flush=True)
 
 
-async def publish_ws(api_ws: str, channels: int, messages: int, window: int) -> None:
+def publish_item(n: int, channels: int) -> dict:
+    channel = f"ex:C{n % channels}USDT@trades"
+    return {"c": channel, "d": json.dumps({"event": "trades", "data": [{"id": n}]})}
+
+
+async def publish_ws(api_ws: str, channels: int, messages: int, window: int, batch: int) -> None:
+    """``window`` requests in flight, each one publish (``batch`` 0) or ``batch`` of them."""
+    per_request = batch or 1
     async with websockets.connect(api_ws, max_size=None) as ws:
         sent = answered = 0
 
@@ -55,26 +63,22 @@ async def publish_ws(api_ws: str, channels: int, messages: int, window: int) -> 
             while answered < messages:
                 reply = json.loads(await ws.recv())
                 assert reply["E"] is None, reply
-                answered += 1
+                answered += per_request
 
         reader = asyncio.create_task(answers())
         while sent < messages:
-            while sent - answered < window and sent < messages:
-                channel = f"ex:C{sent % channels}USDT@trades"
-                payload = json.dumps({"event": "trades", "data": [{"id": sent}]})
-                request = {"m": "mesh.publish", "p": {"c": channel, "d": payload}, "i": sent}
+            while sent - answered < window * per_request and sent < messages:
+                items = [publish_item(n, channels) for n in range(sent, sent + per_request)]
+                request = {"m": "mesh.publish", "p": items if batch else items[0], "i": sent}
                 await ws.send(json.dumps(request))
-                sent += 1
+                sent += per_request
             await asyncio.sleep(0)
         await reader
 
 
 def publish_http(api: str, channels: int, messages: int, batch: int) -> None:
     for start in range(0, messages, batch):
-        items = [
-            {"c": f"ex:C{n % channels}USDT@trades", "d": json.dumps({"data": [{"id": n}]})}
-            for n in range(start, min(messages, start + batch))
-        ]
+        items = [publish_item(n, channels) for n in range(start, min(messages, start + batch))]
         request = urllib.request.Request(f"{api}/v1/mesh/publish", json.dumps(items).encode())
         with urllib.request.urlopen(request, timeout=30) as answer:
             assert answer.status == 200
@@ -91,9 +95,12 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--window", type=int, default=500, help="/ws/v1 requests in flight")
-    parser.add_argument("--batch", type=int, default=0, help="publish over HTTP, N a request")
+    parser.add_argument("--batch", type=int, default=0, help="N publishes a request")
+    parser.add_argument("--http", action="store_true", help="HTTP batches instead of /ws/v1")
     args = parser.parse_args()
-    messages = args.messages - args.messages % args.channels
+    if args.http and not args.batch:
+        parser.error("--http needs --batch N")
+    messages = args.messages - args.messages % (args.channels * (args.batch or 1))
     server, url, api = start_gateway("--max-connections-per-ip", "100000")
     os.sched_setaffinity(server.pid, {0})
     processes = [server]
@@ -102,18 +109,22 @@ def main() -> None:
         processes.append(clients)
         assert clients.stdout.readline().strip() == "ready"
         cpu_before, started = cpu_seconds(server.pid), time.time()
-        if args.batch:
+        if args.http:
             code = f"channels.publish_http({api!r}, {args.channels}, {messages}, {args.batch})"
         else:
             api_ws = api.replace("http://", "ws://") + "/ws/v1"
             code = (f"asyncio.run(channels.publish_ws({api_ws!r}, {args.channels}, "
-                    f"{messages}, {args.window}))")  # fmt: skip
+                    f"{messages}, {args.window}, {args.batch}))")  # fmt: skip
         publisher = child(code, 1)
         processes.append(publisher)
         finished = float(clients.stdout.readline().split()[1])
         publisher.wait(120)
         elapsed, cpu = finished - started, cpu_seconds(server.pid) - cpu_before
-        how = f"HTTP batches of {args.batch}" if args.batch else f"/ws/v1, {args.window} in flight"
+        how = f"/ws/v1, {args.window} requests in flight"
+        if args.http:
+            how = f"HTTP batches of {args.batch}"
+        elif args.batch:
+            how += f", batches of {args.batch}"
         print(f"channels ({os.cpu_count()} CPUs; gateway on CPU 0, load on CPU 1)")
         print(
             f"  load         {args.channels:,} channels x 1 client, {messages:,} publishes, {how}"

@@ -276,7 +276,8 @@ class GatewayProcess:
         # twistd's own profiler: "python -m cProfile" would lose the stats, because twistd
         # ends itself with the signal that stopped it.
         profile = ["--profiler=cprofile", "--savestats", f"--profile={self.profile}"]
-        mesh = ["--mesh", self.mesh] if self.mesh else []
+        # One process per node: with a Redis mesh a gateway starts one per core by default.
+        mesh = ["--mesh", self.mesh, "--workers", "1"] if self.mesh else []
         return [
             program,
             "-n",

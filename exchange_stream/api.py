@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, UnsupportedMethod
 
+from exchange_stream.metrics import node_processes
 from exchange_stream.publishing import (
     ApiError,
     PublishRequest,
@@ -109,15 +110,24 @@ class HealthResource(Resource):
         self._gateway = gateway
 
     def render_GET(self, request: Request) -> bytes:
-        mesh = self._gateway.mesh
-        healthy = bool(mesh.available and mesh.receiving) and not self._gateway.draining
+        """Healthy while the mesh publishes and every process that reports receives. A worker
+        that is being restarted does not make the node unhealthy (its clients went to the
+        others); one that reports a deaf mesh does (its clients would miss messages)."""
+        gateway = self._gateway
+        mesh = gateway.mesh
+        processes = node_processes(gateway)
+        reporting = [figures for figures in processes if figures is not None]
+        receiving = all(figures["mesh_up"] for figures in reporting)
+        healthy = bool(mesh.available) and receiving and not gateway.draining
         body = {
-            "status": "ok" if healthy else "draining" if self._gateway.draining else "unavailable",
-            "mesh": "up" if mesh.available and mesh.receiving else "down",
+            "status": "ok" if healthy else "draining" if gateway.draining else "unavailable",
+            "mesh": "up" if mesh.available and receiving else "down",
             "publishing": bool(mesh.available),
-            "receiving": bool(mesh.receiving),
-            "connections": len(self._gateway.sessions),
+            "receiving": receiving,
+            "connections": sum(figures["connections"] for figures in reporting),
         }
+        if len(processes) > 1:
+            body["processes"] = {"expected": len(processes), "reporting": len(reporting)}
         return _write_json(request, 200 if healthy else 503, body)
 
 

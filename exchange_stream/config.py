@@ -6,6 +6,7 @@ embedding application builds it directly.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from exchange_stream.mesh import check_mesh_url
@@ -43,7 +44,7 @@ class GatewayConfig:
     allowed_origins: str = "*"
     max_backlog: int = 2 * 1024 * 1024
     drain_seconds: float = 5.0
-    workers: int = 1
+    workers: int | None = None  # None: one per core with a shared mesh, else 1 (processes)
     demo: bool = False
     feed: str | None = None
     feed_udp: str | None = None
@@ -68,14 +69,15 @@ class GatewayConfig:
             "max_connections_per_ip",
             "handshake_timeout",
             "max_backlog",
-            "workers",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("ping_interval", "ping_timeout", "drain_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 (off) or positive")
-        if self.workers > 1 and self.mesh.startswith("memory"):
+        if self.workers is not None and self.workers <= 0:
+            raise ValueError("workers must be positive")
+        if self.workers is not None and self.workers > 1 and self.mesh.startswith("memory"):
             raise ValueError("workers > 1 need a mesh they share: --mesh redis://...")
         if self.auth_timeout >= self.handshake_timeout:
             raise ValueError("auth_timeout must be shorter than handshake_timeout")
@@ -92,6 +94,20 @@ class GatewayConfig:
             if origin:
                 patterns.append(origin)
         return patterns
+
+    @property
+    def processes(self) -> int:
+        """How many processes accept on the WebSocket port: ``workers`` if given; otherwise one
+        per core this process may run on when the mesh is shared (Redis), else one."""
+        if self.workers is not None:
+            return self.workers
+        if self.mesh.startswith("memory"):
+            return 1
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
 
     @property
     def runs_market(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import IService, MultiService
@@ -42,6 +42,9 @@ from exchange_stream.publishing import Publisher
 from exchange_stream.session import IClientConnection, Session
 from exchange_stream.websocket import GatewayFactory
 
+if TYPE_CHECKING:
+    from exchange_stream.workers import WorkerPool
+
 
 class Gateway(MultiService):
     close_timeout = 2.0  # after the drain window, for the last closing handshakes
@@ -67,6 +70,7 @@ class Gateway(MultiService):
         self.turn_writer = TurnWriter(reactor)  # every connection's frames, clients' and API's
         self.factory = GatewayFactory(self, config)
         self.draining = False
+        self.workers: WorkerPool | None = None  # the node's other processes (--workers)
         self.slow_consumers = 0
         self._per_address: dict[str, int] = {}
         self._admitted = 0

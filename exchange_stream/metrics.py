@@ -2,6 +2,9 @@
 
 Per-message figures (deliveries) are plain integers kept by the hub and read at scrape time,
 so the hot path never takes a metrics lock; rare events (auth, publish) use client objects.
+With ``--workers`` the node-wide figures add up every process's (each worker reports its
+``process_figures`` to the first process every second), and ``exchange_stream_process_*``
+give each process's own, labelled ``process`` (0 is the first).
 """
 
 from __future__ import annotations
@@ -17,43 +20,71 @@ if TYPE_CHECKING:
     from exchange_stream.gateway import Gateway
 
 
+def process_figures(gateway: Gateway) -> dict[str, int]:
+    """What one process of a node counts; a worker sends these to the first process."""
+    mesh = gateway.mesh
+    return {
+        "connections": len(gateway.sessions),
+        "subscriptions": gateway.hub.subscription_count,
+        "channels": gateway.hub.channel_count,
+        "messages_delivered": gateway.hub.messages_delivered,
+        "slow_consumers": gateway.slow_consumers,
+        "mesh_up": int(bool(mesh.available and mesh.receiving)),
+    }
+
+
+def node_processes(gateway: Gateway) -> list[dict[str, int] | None]:
+    """Every process's figures, the first process's first; None for a worker not reporting
+    (exited and being restarted, or stuck)."""
+    reports = gateway.workers.reports() if gateway.workers is not None else []
+    return [process_figures(gateway), *reports]
+
+
 class _NodeCollector(Collector):
-    """Reads the gateway's counters at scrape time."""
+    """Reads the gateway's counters (and its workers' last reports) at scrape time."""
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
 
     def collect(self) -> Iterator:
+        processes = node_processes(self._gateway)
+        reporting = [figures for figures in processes if figures is not None]
+
+        def total(name: str) -> int:
+            return sum(figures[name] for figures in reporting)
+
         yield GaugeMetricFamily(
             "exchange_stream_connections",
             "Open client WebSocket connections.",
-            value=len(self._gateway.sessions),
+            value=total("connections"),
         )
         yield GaugeMetricFamily(
             "exchange_stream_subscriptions",
             "Client subscriptions on this node.",
-            value=self._gateway.hub.subscription_count,
+            value=total("subscriptions"),
         )
         yield GaugeMetricFamily(
             "exchange_stream_channels",
-            "Channels with at least one local subscriber.",
-            value=self._gateway.hub.channel_count,
+            "Channels with at least one local subscriber (per process, added up).",
+            value=total("channels"),
         )
         yield CounterMetricFamily(
             "exchange_stream_messages_delivered",
             "Messages written to client connections.",
-            value=self._gateway.hub.messages_delivered,
+            value=total("messages_delivered"),
         )
         yield CounterMetricFamily(
             "exchange_stream_slow_consumers",
             "Clients closed with 4100 for leaving too much unsent.",
-            value=self._gateway.slow_consumers,
+            value=total("slow_consumers"),
         )
         yield GaugeMetricFamily(
             "exchange_stream_mesh_up",
-            "1 while the mesh can publish and this node receives its channels.",
-            value=int(bool(self._gateway.mesh.available and self._gateway.mesh.receiving)),
+            "1 while the mesh can publish and every process receives its channels.",
+            value=int(all(figures is not None and figures["mesh_up"] for figures in processes)),
         )
+        if len(processes) > 1:
+            yield from _per_process(processes)
         self_check = getattr(self._gateway.mesh, "self_check", None)
         if self_check is not None:
             yield CounterMetricFamily(
@@ -66,6 +97,25 @@ class _NodeCollector(Collector):
             "Times the mesh had to reconnect.",
             value=self._gateway.mesh.reconnects,
         )
+
+
+def _per_process(processes: list[dict[str, int] | None]) -> Iterator:
+    up = GaugeMetricFamily(
+        "exchange_stream_process_up", "1 while the process reports.", labels=["process"]
+    )
+    connections = GaugeMetricFamily(
+        "exchange_stream_process_connections", "Open connections.", labels=["process"]
+    )
+    mesh_up = GaugeMetricFamily(
+        "exchange_stream_process_mesh_up", "1 while it receives its channels.", labels=["process"]
+    )
+    for number, figures in enumerate(processes):
+        label = [str(number)]
+        up.add_metric(label, int(figures is not None))
+        if figures is not None:
+            connections.add_metric(label, figures["connections"])
+            mesh_up.add_metric(label, figures["mesh_up"])
+    yield from (up, connections, mesh_up)
 
 
 class _MarketCollector(Collector):

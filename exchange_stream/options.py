@@ -35,7 +35,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("allowed-origins", str, "comma-separated Origin patterns browsers may connect from"),
     ("max-backlog", int, "bytes a slow client may have waiting before it is closed (4100)"),
     ("drain-seconds", float, "on shutdown, spread client closes over this many seconds"),
-    ("workers", int, "processes accepting on the WebSocket port (needs a redis:// mesh)"),
+    ("workers", int, "processes accepting on the WebSocket port (more than 1: redis:// mesh)"),
     ("feed", str, "run the market engine on JSON lines from this listening endpoint"),
     ("feed-udp", str, "run the market engine on JSON datagrams at [interface:]port"),
     ("book-url", str, "run the market engine on book snapshots polled from this URL"),
@@ -50,8 +50,12 @@ def _attribute(option: str) -> str:
     return option.replace("-", "_")
 
 
+# Defaults that depend on other options.
+_DERIVED_DEFAULTS = {"workers": "one per core with a redis:// mesh, else 1"}
+
+
 def _help(option: str, text: str) -> str:
-    default = getattr(_DEFAULTS, _attribute(option))
+    default = _DERIVED_DEFAULTS.get(option, getattr(_DEFAULTS, _attribute(option)))
     return f"{text} [default: {default if default is not None else 'none'}]"
 
 

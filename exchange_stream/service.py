@@ -66,9 +66,10 @@ def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiS
     websocket = SharedListener(serverFromString(reactor, config.ws), websocket_site(gateway))
     api = strports.service(config.api, api_site(gateway))
     service = GatewayService(gateway, websocket, api)
-    if config.workers > 1:
-        service.workers = WorkerPool(config, config.workers, websocket.listening, reactor)
+    if config.processes > 1:
+        service.workers = WorkerPool(config, config.processes, websocket.listening, reactor)
         service.workers.setServiceParent(service)
+        gateway.workers = service.workers
     return service
 
 

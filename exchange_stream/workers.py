@@ -9,6 +9,11 @@ reaches every process that has subscribers, like separate nodes.
 A worker reads its standard input, a pipe from the first process: when that closes (the first
 process stopped or died) the worker drains and exits. On SIGTERM the first process sends
 SIGTERM to the workers and waits for their drains as well as its own.
+
+Every second a worker writes its figures (connections, subscriptions, deliveries, mesh state;
+see ``metrics.process_figures``) as a JSON line to another pipe, so that the first process's
+``/metrics`` and ``/healthz`` speak for the whole node. A worker that exits while the pool
+runs is started again after a second: its clients reconnect to the other processes meanwhile.
 """
 
 from __future__ import annotations
@@ -26,20 +31,45 @@ from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from exchange_stream.config import GatewayConfig
+from exchange_stream.metrics import process_figures
 
 CONFIG_ENVIRONMENT = "EXCHANGE_STREAM_WORKER_CONFIG"
 LISTENING_FD = 3
+REPORT_FD = 4
+REPORT_INTERVAL = 1.0
+RESTART_DELAY = 1.0
 
 log = Logger()
 
 
 class _Worker(ProcessProtocol):
-    def __init__(self, number: int) -> None:
+    """One worker process, as the first process sees it: its last report and its end."""
+
+    def __init__(self, number: int, clock) -> None:
         self.number = number
         self.ended: Deferred = Deferred()
+        self.figures: dict[str, int] | None = None
+        self._clock = clock
+        self._heard = 0.0
+        self._partial = b""
+
+    @property
+    def reporting(self) -> bool:
+        """Alive and heard from lately (a worker whose reactor is stuck stops reporting)."""
+        recent = self._clock.seconds() - self._heard < 3 * REPORT_INTERVAL
+        return not self.ended.called and self.figures is not None and recent
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD != REPORT_FD:
+            return
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        if lines:
+            self.figures = json.loads(lines[-1])
+            self._heard = self._clock.seconds()
 
     def processEnded(self, reason) -> None:
         log.info("worker {number} exited ({why})", number=self.number,
@@ -55,36 +85,61 @@ class WorkerPool(Service):
         self._count = count
         self._listening = listening  # fires with the IListeningPort to share
         self._reactor = reactor
-        self._workers: list[tuple[_Worker, object]] = []
+        self._port = None
+        self._workers: dict[int, tuple[_Worker, object]] = {}
+
+    @property
+    def expected(self) -> int:
+        """Workers the pool runs (the first process not counted)."""
+        return self._count - 1
+
+    def reports(self) -> list[dict[str, int] | None]:
+        """Each worker's last figures, or None for one that is not reporting."""
+        return [
+            worker.figures if worker.reporting else None
+            for worker, _ in (self._workers[number] for number in sorted(self._workers))
+        ]
 
     def startService(self) -> None:
         super().startService()
-        self._listening.addCallback(self._spawn)
+        self._listening.addCallback(self._spawn_all)
 
-    def _spawn(self, port) -> None:
-        fd = port.fileno()
-        ipv6 = isinstance(port.getHost(), IPv6Address)
+    def _spawn_all(self, port) -> None:
+        self._port = port
+        for number in range(1, self._count):
+            self._spawn(number)
+        log.info("started {count} workers on the shared port", count=self._count - 1)
+
+    def _spawn(self, number: int) -> None:
+        if not self.running:
+            return
+        ipv6 = isinstance(self._port.getHost(), IPv6Address)
         family = socket.AF_INET6 if ipv6 else socket.AF_INET
         environment = dict(os.environ)
         environment[CONFIG_ENVIRONMENT] = json.dumps(dataclasses.asdict(self._config))
-        for number in range(1, self._count):
-            worker = _Worker(number)
-            transport = self._reactor.spawnProcess(
-                worker,
-                sys.executable,
-                [sys.executable, "-m", "exchange_stream.workers", str(int(family))],
-                env=environment,
-                childFDs={0: "w", 1: 1, 2: 2, LISTENING_FD: fd},
-            )
-            self._workers.append((worker, transport))
-        log.info("started {count} workers on the shared port", count=self._count - 1)
+        worker = _Worker(number, self._reactor)
+        transport = self._reactor.spawnProcess(
+            worker,
+            sys.executable,
+            [sys.executable, "-m", "exchange_stream.workers", str(int(family))],
+            env=environment,
+            childFDs={0: "w", 1: 1, 2: 2, LISTENING_FD: self._port.fileno(), REPORT_FD: "r"},
+        )
+        self._workers[number] = (worker, transport)
+        worker.ended.addCallback(lambda _: self._ended(number))
+
+    def _ended(self, number: int) -> None:
+        if self.running:
+            log.warn("restarting worker {number} in {delay} s", number=number,
+                     delay=RESTART_DELAY)  # fmt: skip
+            self._reactor.callLater(RESTART_DELAY, self._spawn, number)
 
     def stopService(self) -> Deferred:
         super().stopService()
-        for worker, transport in self._workers:
+        for worker, transport in self._workers.values():
             if not worker.ended.called:
                 transport.signalProcess("TERM")
-        ended = [worker.ended for worker, _ in self._workers]
+        ended = [worker.ended for worker, _ in self._workers.values()]
         return DeferredList(ended) if ended else succeed(None)
 
 
@@ -122,7 +177,12 @@ def main() -> None:
         return stopping.addCallback(lambda _: gateway.stopService())
 
     reactor.addSystemEventTrigger("before", "shutdown", drain)
-    StandardIO(_WatchParent())
+    parent = _WatchParent()
+    StandardIO(parent, stdin=0, stdout=REPORT_FD)
+    report = LoopingCall(
+        lambda: parent.transport.write(json.dumps(process_figures(gateway)).encode() + b"\n")
+    )
+    report.start(REPORT_INTERVAL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C reaches the first process
     reactor.run()
 

@@ -1,5 +1,7 @@
 """Command line and TOML config: the same keys, the command line wins."""
 
+import os
+
 import pytest
 from twisted.python import usage
 
@@ -72,3 +74,15 @@ def test_bad_mesh_urls_are_usage_errors(url):
 
 def test_redis_mesh_url_is_accepted():
     assert parse("--mesh", "redis://:pw@10.0.0.5:6380/2").mesh == "redis://:pw@10.0.0.5:6380/2"
+
+
+def test_workers_default_to_one_per_core_with_a_shared_mesh_and_to_one_without():
+    cores = len(os.sched_getaffinity(0))
+    assert parse().processes == 1
+    assert parse("--mesh", "redis://127.0.0.1:6379/0").processes == cores
+    assert parse("--mesh", "redis://127.0.0.1:6379/0", "--workers", "1").processes == 1
+    assert parse("--workers", "1").processes == 1
+    with pytest.raises(usage.UsageError, match="workers must be positive"):
+        parse("--workers", "0")
+    with pytest.raises(usage.UsageError, match="need a mesh they share"):
+        parse("--workers", "2")

@@ -69,3 +69,51 @@ def test_two_workers_share_the_port_and_drain_together(tmp_path, redis_server):
                 time.sleep(0.1)
                 os.kill(worker, 0)  # gone once it drained
         assert "Traceback" not in log.read_text()
+
+
+def metric(api: str, name: str) -> float | None:
+    _, text = http("GET", f"{api}/metrics")
+    for line in text.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def eventually(check, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.1)
+    return result
+
+
+def test_workers_report_to_the_first_process_and_one_that_dies_is_restarted(tmp_path, redis_server):
+    options = ("--workers", "2", "--mesh", redis_server.url, "--drain-seconds", "1")
+    with (
+        real_gateway(tmp_path, *options) as (process, url, api, log),
+        contextlib.ExitStack() as stack,
+    ):
+
+        def reporting() -> int:
+            return json.loads(http("GET", f"{api}/healthz")[1])["processes"]["reporting"]
+
+        eventually(lambda: reporting() == 2)  # the worker started and reports
+        clients = [stack.enter_context(connect(url)) for _ in range(30)]
+        # all 30, wherever the kernel put them, in the first process's figures
+        eventually(lambda: metric(api, "exchange_stream_connections") == 30)
+        assert metric(api, 'exchange_stream_process_up{process="1"}') == 1
+        status, body = http("GET", f"{api}/healthz")
+        assert status == 200
+        assert json.loads(body)["processes"] == {"expected": 2, "reporting": 2}
+
+        (worker,) = children_of(process.pid)
+        os.kill(worker, signal.SIGKILL)
+        eventually(lambda: metric(api, 'exchange_stream_process_up{process="1"}') == 0)
+        assert http("GET", f"{api}/healthz")[0] == 200  # the first process still serves
+        (restarted,) = eventually(lambda: [pid for pid in children_of(process.pid)
+                                           if pid != worker])  # fmt: skip
+        eventually(lambda: metric(api, 'exchange_stream_process_up{process="1"}') == 1)
+        assert restarted != worker and "restarting worker 1" in log.read_text()
+        for client in clients:
+            client.close()
+        eventually(lambda: metric(api, "exchange_stream_connections") == 0)
