@@ -71,10 +71,14 @@ class PublishResource(Resource):
         except ApiError as error:
             self._publisher.count_error(error)
             return _write_json(request, error.status, error.answer())
+        answered = self._publisher.publish_all(requests, batch)
+        at_once: list[tuple[int, dict]] = []
+        answered.addCallback(at_once.append)
+        if at_once:  # the mesh answered synchronously (memory:): twisted.web's plain path
+            return _write_json(request, *at_once[0])
         hung_up: list[bool] = []
         request.notifyFinish().addErrback(lambda _: hung_up.append(True))
-        answered = self._publisher.publish_all(requests, batch)
-        answered.addCallback(lambda answer: hung_up or _finish(request, *answer))
+        answered.addCallback(lambda _: hung_up or _finish(request, *at_once[0]))
         return NOT_DONE_YET
 
     def _read(self, request: Request) -> tuple[list[PublishRequest], bool]:
