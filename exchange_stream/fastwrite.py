@@ -80,6 +80,10 @@ class TurnWriter:
         if chunks:
             write_now(transport, b"".join(chunks))
 
+    def discard(self, transport: ITransport) -> None:
+        """Forget what ``transport`` has pending: it is being aborted."""
+        self._pending.pop(transport, None)
+
 
 class FastSendProtocol(WebSocketServerProtocol):
     """An Autobahn server protocol whose frames leave through the factory's ``turn_writer``.
@@ -109,7 +113,9 @@ class FastSendProtocol(WebSocketServerProtocol):
         super().sendData(data, sync, chopsize)
 
     def dropConnection(self, abort: bool = False) -> None:
-        if not abort:
+        if abort:  # nothing more goes out, as with Twisted's own buffer
+            self.factory.turn_writer.discard(self.transport)
+        else:
             self.factory.turn_writer.flush_one(self.transport)
         super().dropConnection(abort)
 

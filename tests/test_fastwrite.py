@@ -128,3 +128,17 @@ def test_closing_the_tcp_connection_sends_the_pending_bytes_first():
     protocol.sendPreparedMessage(protocol.factory.prepareMessage(b"last words"))
     protocol.dropConnection(abort=False)
     assert b"last words" in transport.value() and transport.disconnecting
+
+
+def test_aborting_the_tcp_connection_drops_the_pending_bytes():
+    gateway = Gateway(GatewayConfig(), reactor=Clock(), authenticator=StaticAuthenticator({}))
+    protocol = gateway.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+    transport = CountingTransport()
+    protocol.makeConnection(transport)
+    protocol.state = WebSocketProtocol.STATE_OPEN
+    protocol.websocket_version = 13
+    transport.clear()
+    protocol.sendPreparedMessage(protocol.factory.prepareMessage(b"never sent"))
+    protocol.dropConnection(abort=True)
+    gateway.reactor.advance(0)
+    assert b"never sent" not in transport.value()
