@@ -698,14 +698,15 @@ class LoadClients:
         self._lines: queue.Queue[tuple[int, str | None]] = queue.Queue()
         self.running: list[subprocess.Popen] = []
         self._stderr: list[Path] = []
-        shares = math.ceil(count / per_process)
+        shares, offset = math.ceil(count / per_process), 0
         for index in range(shares):
             share = count // shares + (index < count % shares)
             command = [
                 str(binary), "-p", str(system.ws_port), "-u", system.sub_path,
                 "-n", str(share), "-m", str(messages), "-s", str(size), "-c", "200",
-                "-t", str(timeout), "-C", "60",
+                "-t", str(timeout), "-C", "60", "-o", str(offset),
             ]  # fmt: skip
+            offset += share
             if system.subscribe:
                 command += ["-S", system.subscribe]
             if system.reply:

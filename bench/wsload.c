@@ -20,6 +20,9 @@
  * histogram (64 sub-buckets per power of two of microseconds, so about 1.6 % precision).
  * The receive time is taken once per recv(): every frame in that read had arrived by then.
  *
+ * A "%d" in the path (-u) or the subscribe text (-S) becomes the connection's number, counted
+ * from -o (default 0), so that each connection may take a channel of its own (bench/channels).
+ *
  * Build: gcc -O2 -o wsload wsload.c
  */
 #define _GNU_SOURCE
@@ -63,7 +66,7 @@ struct conn {
 };
 
 /* Options. */
-static int opt_port, opt_conns, opt_conc = 200, opt_size = 280;
+static int opt_port, opt_conns, opt_conc = 200, opt_size = 280, opt_offset;
 static long opt_msgs;
 static const char *opt_path = "/", *opt_sub, *opt_reply;
 static double opt_timeout = 120, opt_connect_timeout = 60;
@@ -285,8 +288,10 @@ static size_t handshake(int i, const unsigned char *buf, size_t len) {
         exit(1);
     }
     if (opt_sub) {
+        char sub[1024];
+        int n = snprintf(sub, sizeof sub, opt_sub, opt_offset + i);
         conns[i].state = SUBSCRIBING;
-        send_frame(i, 0x1, (const unsigned char *)opt_sub, strlen(opt_sub));
+        send_frame(i, 0x1, (const unsigned char *)sub, (size_t)n);
         if (!opt_reply) became_ready(i);
     } else {
         became_ready(i);
@@ -341,12 +346,13 @@ static void writable(int i) {
         socklen_t elen = sizeof err;
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &elen);
         if (err) { errno = err; die("connect", i); }
-        char req[1024];
+        char path[512], req[1024];
+        snprintf(path, sizeof path, opt_path, opt_offset + i);
         int n = snprintf(req, sizeof req,
                          "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
                          "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                          "Sec-WebSocket-Version: 13\r\n\r\n",
-                         opt_path, opt_port, WS_KEY);
+                         path, opt_port, WS_KEY);
         c->state = HANDSHAKE;
         send_bytes(i, req, (size_t)n);
     } else {
@@ -358,13 +364,15 @@ static void usage(void) {
     fprintf(stderr,
             "usage: wsload -p PORT -u PATH -n CONNECTIONS -m MESSAGES [-s SIZE] [-c CONCURRENCY]\n"
             "              [-S SUBSCRIBE_TEXT [-R REPLY_TEXT]] [-t TIMEOUT_S] [-C CONNECT_TIMEOUT_S]\n"
+            "              [-o OFFSET]\n"
+            "  %%d in PATH or SUBSCRIBE_TEXT: the connection's number, from OFFSET\n"
             "  -m 0: hold the connections idle until stdin says stop (or the timeout)\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     int o;
-    while ((o = getopt(argc, argv, "p:u:n:m:s:c:S:R:t:C:")) != -1) {
+    while ((o = getopt(argc, argv, "p:u:n:m:s:c:S:R:t:C:o:")) != -1) {
         switch (o) {
         case 'p': opt_port = atoi(optarg); break;
         case 'u': opt_path = optarg; break;
@@ -376,6 +384,7 @@ int main(int argc, char **argv) {
         case 'R': opt_reply = optarg; break;
         case 't': opt_timeout = atof(optarg); break;
         case 'C': opt_connect_timeout = atof(optarg); break;
+        case 'o': opt_offset = atoi(optarg); break;
         default: usage();
         }
     }
