@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from exchange_stream.hub import Hub, Subscriber
@@ -26,6 +27,8 @@ class Node:
         self.mesh = mesh
         self._meshed: set[str] = set()
         self._locks: dict[str, DeferredLock] = {}
+        # Callers of the alignment that waits behind the running one, per channel.
+        self._queued: dict[str, list[Deferred]] = {}
 
     def receive(self, channel: str, publication: Publication) -> None:
         self.hub.deliver(channel, publication.payload, publication.binary)
@@ -60,19 +63,34 @@ class Node:
             self._reconcile(channel)
 
     def _reconcile(self, channel: str) -> Deferred:
+        """Bring the mesh subscription in line with the hub; fires once it is.
+
+        At most one alignment per channel runs and at most one waits behind it: a change
+        while one waits is seen by that one when it starts, so its callers share it. A
+        queue of one alignment per caller would be released recursively, one nested call
+        per waiter: hundreds of clients subscribing to one channel during one Redis round
+        trip exhausted Python's stack (bench/peers' two-node run).
+        """
         in_step = (channel in self._meshed) == self.hub.has_subscribers(channel)
         if in_step and channel not in self._locks:
             # Nothing to change and nothing in flight: the common case costs no lock.
             return succeed(None)
+        follower: Deferred = Deferred()
+        queued = self._queued.get(channel)
+        if queued is not None:
+            queued.append(follower)
+            return follower
         lock = self._locks.get(channel)
         if lock is None:
             lock = self._locks[channel] = DeferredLock()
+        followers = self._queued[channel] = [follower]  # until it starts (see _align)
         done = lock.run(self._align, channel)
-        done.addBoth(self._release_lock, channel, lock)
-        return done
+        done.addBoth(self._aligned, channel, lock, followers)
+        return follower
 
     @inlineCallbacks
     def _align(self, channel: str):
+        self._queued.pop(channel, None)  # started: later changes need another alignment
         wanted = self.hub.has_subscribers(channel)
         if wanted and channel not in self._meshed:
             yield self.mesh.subscribe(channel, self)
@@ -81,7 +99,11 @@ class Node:
             self._meshed.discard(channel)
             yield self.mesh.unsubscribe(channel, self)
 
-    def _release_lock(self, result, channel: str, lock: DeferredLock):
+    def _aligned(self, result, channel: str, lock: DeferredLock, followers: list[Deferred]):
         if not lock.locked and not lock.waiting and self._locks.get(channel) is lock:
             del self._locks[channel]
-        return result
+        for follower in followers:
+            if isinstance(result, Failure):
+                follower.errback(result)
+            else:
+                follower.callback(None)

@@ -5,6 +5,7 @@ import json
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
 from exchange_stream.config import GatewayConfig
@@ -326,3 +327,30 @@ async def test_kick_ends_a_users_private_subscriptions_on_every_node(nodes):
     assert (await on_b.request({"op": "subscribe", "channel": "@balance"}))["code"] == 1
     await a.publish("ex:1002@order", '{"still":"here"}')
     assert await other.next() == {"still": "here"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_hundreds_subscribing_to_one_channel_during_the_subscribe_round_trip(
+    redis_server, auth_backend
+):
+    # They all wait for the one SUBSCRIBE; they used to queue one alignment each, released
+    # recursively, and past ~100 of them the stack ran out and their answers never came.
+    node = await start_gateway(
+        GatewayConfig(mesh=redis_server.url, auth_url=auth_backend.url, max_connections_per_ip=1000)
+    )
+    try:
+        mesh = node.gateway.mesh
+        await until(lambda: mesh.available and mesh.receiving)
+        clients = await gatherResults([Deferred.fromCoroutine(node.connect()) for _ in range(300)])
+        for client in clients:
+            client.send({"op": "subscribe", "channel": "BTCUSDT@depth"})
+        assert [await client.next() for client in clients] == [{"result": True}] * 300
+        status, answer = await node.publish("ex:BTCUSDT@depth", '{"seq":1}')
+        assert (status, answer["r"]["s"]) == (200, 1)
+        assert [await client.next() for client in clients] == [{"seq": 1}] * 300
+        for client in clients:
+            client.protocol.dropConnection(abort=True)
+        await until(lambda: redis_server.numsub("ex:BTCUSDT@depth") == {"ex:BTCUSDT@depth": 0})
+        assert not node.gateway.node._locks  # nothing left in flight
+    finally:
+        await node.stop()
