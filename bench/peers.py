@@ -6,6 +6,7 @@ and ``libnginx-mod-nchan`` must be installed; a full run takes about 3-4 minutes
 
     .venv/bin/python bench/peers.py                          # every system and scenario
     .venv/bin/python bench/peers.py --systems nchan,websockets --scenarios saturated
+    .venv/bin/python bench/peers.py --systems exchange-stream-redis --scenarios saturated,rate
     .venv/bin/python bench/peers.py --clients 500 --rate 50  # other sizes
     .venv/bin/python bench/peers.py --json > peers.json      # figures as JSON on stdout
     .venv/bin/python bench/peers.py --help                   # every option
@@ -20,6 +21,8 @@ The three systems, each started afresh for every scenario, pinned to CPU 0:
   ``{"result":true}``; one publish is ``POST /v1/mesh/publish``.
 * **nchan**: nginx with one worker and a generated configuration (``nchan_publisher`` on
   ``/pub``, ``nchan_subscriber websocket`` on ``/sub``); CPU and RSS are the worker's.
+* **exchange-stream-redis** (only when named): two nodes on a throwaway ``redis-server``,
+  the clients on node B, the publisher on node A's API; node B's figures;
 * **websockets**: ``bench/peer_websockets.py``, ``websockets.broadcast`` to a set; the
   publisher is one WebSocket connection to ``/pub``.
 
@@ -105,7 +108,7 @@ LOOPBACK = "127.0.0.1"  # The only address this benchmark talks to.
 SERVER_CPU, LOAD_CPU = 0, 1
 CHANNEL = "BTCUSDT@depth"
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
-SYSTEMS = ("exchange-stream", "nchan", "websockets")
+SYSTEMS = ("exchange-stream", "nchan", "websockets")  # the default; also exchange-stream-redis
 SCENARIOS = ("saturated", "rate", "idle")
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
@@ -477,30 +480,35 @@ class ExchangeStream(System):
     reply = '{"result":true}'
 
     def start(self) -> None:
+        self.api_port = free_port()
+        self.process = self.twistd(self.ws_port, self.api_port, self.log)
+
+    def twistd(self, ws_port: int, api_port: int, log_path: Path, *options: str):
+        """``twistd -n exchange-stream`` from this checkout, pinned, once healthy."""
         twistd = Path(sys.executable).parent / "twistd"
         if not twistd.exists():
             raise BenchmarkError(f"{twistd} not found: run this with the repository's venv")
-        self.api_port = free_port()
         path = [str(REPOSITORY), *filter(None, [os.environ.get("PYTHONPATH")])]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))  # this checkout runs
         command = [
             str(twistd), "-n", "--pidfile=", "exchange-stream",
-            "--ws", f"tcp:{self.ws_port}:interface={LOOPBACK}",
-            "--api", f"tcp:{self.api_port}:interface={LOOPBACK}",
-            "--max-connections-per-ip", "100000",
+            "--ws", f"tcp:{ws_port}:interface={LOOPBACK}",
+            "--api", f"tcp:{api_port}:interface={LOOPBACK}",
+            "--max-connections-per-ip", "100000", *options,
         ]  # fmt: skip
-        with self.log.open("w") as log:
-            self.process = self.processes.spawn(
+        with log_path.open("w") as log:
+            process = self.processes.spawn(
                 command, cpu=SERVER_CPU, env=env, cwd=self.workdir, stdout=log, stderr=log,
                 stdin=subprocess.DEVNULL,
             )  # fmt: skip
 
         def healthy() -> bool:
-            url = f"http://{LOOPBACK}:{self.api_port}/healthz"
+            url = f"http://{LOOPBACK}:{api_port}/healthz"
             with urllib.request.urlopen(url, timeout=2) as answer:
                 return answer.status == 200
 
-        wait_until(healthy, 30, "exchange-stream /healthz", self.process)
+        wait_until(healthy, 30, "exchange-stream /healthz", process)
+        return process
 
     def publisher(self) -> Publisher:
         head = (
@@ -515,6 +523,34 @@ class ExchangeStream(System):
         return HttpPublisher(
             self.api_port, request, lambda status, body: status == 200 and b'"E":null' in body
         )
+
+
+class ExchangeStreamRedis(ExchangeStream):
+    """Two exchange-stream nodes on a throwaway Redis: the clients on node B, the publisher
+    on node A's API, so every message goes A → Redis PUBLISH → B → clients. Both nodes and
+    Redis are pinned to the server CPU; the figures are node B's (the fan-out)."""
+
+    name = "exchange-stream-redis"
+
+    def start(self) -> None:
+        from fanout import RedisProcess, redis_server_executable
+
+        self.redis = RedisProcess(redis_server_executable())
+        self.redis.__enter__()
+        os.sched_setaffinity(self.redis.pid, {SERVER_CPU})
+        mesh = ("--mesh", self.redis.url, "--workers", "1")
+        self.api_port = free_port()  # node A's: the publisher's
+        self.node_a = self.twistd(free_port(), self.api_port, self.workdir / "node-a.log", *mesh)
+        self.process = self.twistd(self.ws_port, free_port(), self.log, *mesh)
+
+    def stop(self) -> None:
+        super().stop()
+        if getattr(self, "node_a", None) is not None:
+            self.processes.stop(self.node_a)
+            self.node_a = None
+        if getattr(self, "redis", None) is not None:
+            self.redis.__exit__(None, None, None)
+            self.redis = None
 
 
 class Nchan(System):
@@ -660,7 +696,7 @@ class WebsocketsPeer(System):
 
 
 SYSTEM_CLASSES: dict[str, type[System]] = {
-    cls.name: cls for cls in (ExchangeStream, Nchan, WebsocketsPeer)
+    cls.name: cls for cls in (ExchangeStream, ExchangeStreamRedis, Nchan, WebsocketsPeer)
 }
 
 
@@ -1101,8 +1137,8 @@ def parse_arguments() -> argparse.Namespace:
     args.systems = [name.strip() for name in args.systems.split(",") if name.strip()]
     args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     for name in args.systems:
-        if name not in SYSTEMS:
-            parser.error(f"unknown system {name!r}: choose from {', '.join(SYSTEMS)}")
+        if name not in SYSTEM_CLASSES:
+            parser.error(f"unknown system {name!r}: choose from {', '.join(SYSTEM_CLASSES)}")
     for name in args.scenarios:
         if name not in SCENARIOS:
             parser.error(f"unknown scenario {name!r}: choose from {', '.join(SCENARIOS)}")
