@@ -8,18 +8,39 @@ from dataclasses import dataclass, field
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from exchange_stream.auth import quiet_http_client
+from exchange_stream.auth import StaticAuthenticator, quiet_http_client
 from exchange_stream.config import GatewayConfig
 from exchange_stream.gateway import Gateway
 from exchange_stream.service import api_site, websocket_site
 
 LOCAL = "tcp:0:interface=127.0.0.1"
+
+
+def open_protocol(
+    config: GatewayConfig | None = None, transport: StringTransport | None = None
+) -> tuple[Gateway, object, StringTransport]:
+    """A gateway on a fake clock and one of its connections on a StringTransport, as if the
+    handshake were done (state OPEN), with nothing written yet: (gateway, protocol, transport).
+    Frames leave at the end of a reactor turn: ``gateway.reactor.advance(0)``."""
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    gateway = Gateway(config or GatewayConfig(), reactor=Clock(),
+                      authenticator=StaticAuthenticator({}))  # fmt: skip
+    protocol = gateway.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+    transport = transport or StringTransport()
+    protocol.makeConnection(transport)
+    protocol.state = WebSocketProtocol.STATE_OPEN
+    protocol.websocket_version = 13
+    transport.clear()
+    return gateway, protocol, transport
 
 
 class AuthBackend(Resource):

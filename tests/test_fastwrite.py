@@ -2,19 +2,15 @@
 turn: same bytes, same order."""
 
 import pytest_twisted
-from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from exchange_stream.auth import StaticAuthenticator
-from exchange_stream.config import GatewayConfig
 from exchange_stream.fastwrite import TurnWriter, write_now
-from exchange_stream.gateway import Gateway
+from tests.support import open_protocol
 
 
 class Sink(Protocol):
@@ -98,14 +94,8 @@ def test_flush_one_sends_that_transports_pending_bytes_now_and_no_others():
 
 
 def test_a_reply_pushes_and_the_close_frame_leave_together_and_in_order():
-    gateway = Gateway(GatewayConfig(), reactor=Clock(), authenticator=StaticAuthenticator({}))
-    protocol = gateway.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
-    transport = CountingTransport()
-    protocol.makeConnection(transport)
-    protocol.state = WebSocketProtocol.STATE_OPEN  # as after a handshake
-    protocol.websocket_version = 13
-    transport.clear()
-    transport.writes = 0
+    gateway, protocol, transport = open_protocol(transport=CountingTransport())
+    transport.writes = 0  # the handshake's
     protocol.send_reply(b'{"result":true}')
     protocol.sendPreparedMessage(protocol.factory.prepareMessage(b"push"))
     protocol.close(4200, "bye")
@@ -118,26 +108,14 @@ def test_a_reply_pushes_and_the_close_frame_leave_together_and_in_order():
 
 
 def test_closing_the_tcp_connection_sends_the_pending_bytes_first():
-    gateway = Gateway(GatewayConfig(), reactor=Clock(), authenticator=StaticAuthenticator({}))
-    protocol = gateway.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
-    transport = CountingTransport()
-    protocol.makeConnection(transport)
-    protocol.state = WebSocketProtocol.STATE_OPEN
-    protocol.websocket_version = 13
-    transport.clear()
+    _, protocol, transport = open_protocol(transport=CountingTransport())
     protocol.sendPreparedMessage(protocol.factory.prepareMessage(b"last words"))
     protocol.dropConnection(abort=False)
     assert b"last words" in transport.value() and transport.disconnecting
 
 
 def test_aborting_the_tcp_connection_drops_the_pending_bytes():
-    gateway = Gateway(GatewayConfig(), reactor=Clock(), authenticator=StaticAuthenticator({}))
-    protocol = gateway.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
-    transport = CountingTransport()
-    protocol.makeConnection(transport)
-    protocol.state = WebSocketProtocol.STATE_OPEN
-    protocol.websocket_version = 13
-    transport.clear()
+    gateway, protocol, transport = open_protocol(transport=CountingTransport())
     protocol.sendPreparedMessage(protocol.factory.prepareMessage(b"never sent"))
     protocol.dropConnection(abort=True)
     gateway.reactor.advance(0)

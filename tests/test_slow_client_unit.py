@@ -1,27 +1,11 @@
 """The write that makes a client too slow closes it, and nothing is written after the close."""
 
-from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-
-from exchange_stream.auth import StaticAuthenticator
 from exchange_stream.config import GatewayConfig
-from exchange_stream.gateway import Gateway
+from tests.support import open_protocol
 
 
 def open_paused_connection(max_backlog=100):
-    gateway = Gateway(
-        GatewayConfig(max_backlog=max_backlog),
-        reactor=Clock(),
-        authenticator=StaticAuthenticator({}),
-    )
-    protocol = gateway.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
-    transport = StringTransport()
-    protocol.makeConnection(transport)
-    protocol.state = WebSocketProtocol.STATE_OPEN  # as after a handshake
-    protocol.websocket_version = 13
-    transport.clear()
+    gateway, protocol, transport = open_protocol(GatewayConfig(max_backlog=max_backlog))
     protocol.pauseProducing()  # the client stopped reading
     return gateway, protocol, transport
 
