@@ -25,17 +25,25 @@ from __future__ import annotations
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import tcp
 from twisted.internet.interfaces import IReactorTime, ITransport
+from twisted.logger import Logger
+
+log = Logger()
 
 
-def write_now(transport, data: bytes) -> None:
-    """``transport.write(data)``, sending at once when the transport's queue is empty."""
-    if (
+def _sendable_now(transport) -> bool:
+    """Nothing is queued before new bytes on this TCP transport, and it is open."""
+    return not (
         type(transport) is not tcp.Server
         or transport.dataBuffer
         or getattr(transport, "_tempDataLen", 1)
         or getattr(transport, "_writeDisconnected", True)
         or not transport.connected
-    ):
+    )
+
+
+def write_now(transport, data: bytes) -> None:
+    """``transport.write(data)``, sending at once when the transport's queue is empty."""
+    if not _sendable_now(transport):
         transport.write(data)
         return
     sent = transport.writeSomeData(data)
@@ -45,44 +53,69 @@ def write_now(transport, data: bytes) -> None:
         transport.write(data[sent:])
 
 
+def _write_chunks(transport, chunks: list[bytes]) -> None:
+    if len(chunks) == 1:
+        write_now(transport, chunks[0])
+    elif _sendable_now(transport):
+        write_now(transport, b"".join(chunks))
+    else:  # queued anyway: Twisted's buffer keeps the fan-out's shared frames, not a copy
+        transport.writeSequence(chunks)
+
+
 class TurnWriter:
     """Gathers the bytes written to each transport during a reactor turn; sends them at its end.
 
     The first write to any transport in a turn schedules one ``callLater(0)``, which runs after
     the reactor has handled every event of the current poll. Per connection, the cost is one
     list append per frame and one ``send`` per turn, instead of a ``send`` per frame.
+
+    A connection's pending bytes go to its transport at once past ``hold_at`` bytes: the
+    transport's flow control (which pauses the connection, and so the slow-client bound in
+    ``websocket.py``) only sees bytes that reached it, so a big turn must not hide them.
     """
+
+    hold_at = 64 * 1024
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._pending: dict[ITransport, list[bytes]] = {}
+        self._sizes: dict[ITransport, int] = {}
 
     def write(self, transport: ITransport, data: bytes) -> None:
         pending = self._pending.get(transport)
-        if pending is not None:
+        if pending is None:
+            if not self._pending:
+                self._clock.callLater(0, self.flush)
+            self._pending[transport] = [data]
+            self._sizes[transport] = len(data)
+        else:
             pending.append(data)
-            return
-        if not self._pending:
-            self._clock.callLater(0, self.flush)
-        self._pending[transport] = [data]
+            self._sizes[transport] += len(data)
+        if self._sizes[transport] > self.hold_at:
+            self.flush_one(transport)
 
     def flush(self) -> None:
         """Send what every transport has pending (the end of the turn)."""
-        pending, self._pending = self._pending, {}
+        pending, self._pending, self._sizes = self._pending, {}, {}
         for transport, chunks in pending.items():
-            write_now(transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            try:
+                _write_chunks(transport, chunks)
+            except Exception:  # one broken transport must not cost the others their frames
+                log.failure("writing to {transport} failed", transport=transport)
 
     def flush_one(self, transport: ITransport) -> None:
-        """Send what ``transport`` has pending now: before a write that bypasses the turn, or
+        """Send what ``transport`` has pending now: before a write that bypasses the turn,
         before the connection is closed (``loseConnection`` only waits for the transport's
-        own buffer)."""
+        own buffer), or when a turn holds too much for it."""
         chunks = self._pending.pop(transport, None)
+        self._sizes.pop(transport, None)
         if chunks:
-            write_now(transport, b"".join(chunks))
+            _write_chunks(transport, chunks)
 
     def discard(self, transport: ITransport) -> None:
         """Forget what ``transport`` has pending: it is being aborted."""
         self._pending.pop(transport, None)
+        self._sizes.pop(transport, None)
 
 
 class FastSendProtocol(WebSocketServerProtocol):

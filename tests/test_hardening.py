@@ -150,6 +150,28 @@ async def test_a_client_that_stops_reading_is_closed_and_others_keep_up(auth_bac
         await running.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_backlog_bound_holds_within_one_reactor_turn(auth_backend):
+    """10 MB published to clients that stopped reading, all in one reactor turn (one batch,
+    one Redis read): each is closed with 4100 instead of being buffered 10 MB for."""
+    running = await start_gateway(
+        GatewayConfig(auth_url=auth_backend.url, max_backlog=1024 * 1024, ping_interval=0)
+    )
+    try:
+        stalled = [await running.connect() for _ in range(5)]
+        for client in stalled:
+            await client.request({"op": "subscribe", "channel": "BTCUSDT@depth"})
+            client.protocol.transport.pauseProducing()
+        before = rss_mib()
+        payload = json.dumps({"pad": "x" * 100_000}).encode()
+        for _ in range(100):  # in one turn, as a batch publish would
+            running.gateway.hub.deliver("ex:BTCUSDT@depth", payload)
+        assert running.gateway.slow_consumers == len(stalled)
+        assert rss_mib() - before < 30  # not 5 x 10 MB
+    finally:
+        await running.stop()
+
+
 def test_sigterm_drains_clients_and_refuses_publishes(tmp_path):
     with (
         real_gateway(tmp_path, "--drain-seconds", "1.5") as (process, url, api, log),
