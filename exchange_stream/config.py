@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from exchange_stream.mesh import check_mesh_url
 
@@ -18,6 +19,19 @@ def check_udp(value: str) -> str:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"--feed-udp takes [interface:]port, not {value!r}")
     return value
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (taskset, cpusets), capped by a cgroup CPU quota
+    (containers): one process per core must not mean more processes than CPU time."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return cores or 1
+    if quota != "max":
+        cores = min(cores or 1, max(1, -(-int(quota) // int(period))))
+    return cores or 1
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,9 @@ class GatewayConfig:
             raise ValueError("workers must be positive")
         if self.workers is not None and self.workers > 1 and self.mesh.startswith("memory"):
             raise ValueError("workers > 1 need a mesh they share: --mesh redis://...")
+        if self.workers is not None and self.workers > 1 and not self.ws.startswith("tcp:"):
+            # Workers adopt the listening socket as plain TCP: TLS or a UNIX socket would break.
+            raise ValueError("workers > 1 share a plain tcp: WebSocket endpoint (TLS: in front)")
         if self.auth_timeout >= self.handshake_timeout:
             raise ValueError("auth_timeout must be shorter than handshake_timeout")
 
@@ -97,17 +114,14 @@ class GatewayConfig:
 
     @property
     def processes(self) -> int:
-        """How many processes accept on the WebSocket port: ``workers`` if given; otherwise one
-        per core this process may run on when the mesh is shared (Redis), else one."""
+        """How many processes accept on the WebSocket port: ``workers`` if given; otherwise,
+        with a shared mesh (Redis) and a plain ``tcp:`` WebSocket endpoint, one per core this
+        process may use; else one."""
         if self.workers is not None:
             return self.workers
-        if self.mesh.startswith("memory"):
+        if self.mesh.startswith("memory") or not self.ws.startswith("tcp:"):
             return 1
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
+        return usable_cores()
 
     @property
     def runs_market(self) -> bool:

@@ -66,8 +66,13 @@ def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiS
     websocket = SharedListener(serverFromString(reactor, config.ws), websocket_site(gateway))
     api = strports.service(config.api, api_site(gateway))
     service = GatewayService(gateway, websocket, api)
-    if config.processes > 1:
-        service.workers = WorkerPool(config, config.processes, websocket.listening, reactor)
+    # Injected parts (an embedding application's mesh or authenticator) exist in this
+    # process only: workers would build their own from the config.
+    processes = config.processes if config.workers is not None or not gateway_args else 1
+    if processes > 1 and gateway_args.keys() - {"reactor"}:
+        raise ValueError("workers > 1 cannot share injected " + ", ".join(sorted(gateway_args)))
+    if processes > 1:
+        service.workers = WorkerPool(config, processes, websocket.listening, reactor)
         service.workers.setServiceParent(service)
         gateway.workers = service.workers
     return service

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
@@ -66,3 +67,14 @@ async def test_resources_mount_in_an_existing_site():
         await client.close()
     finally:
         await port.stopListening()
+
+
+def test_injected_parts_keep_an_embedded_gateway_to_one_process():
+    shared = GatewayConfig(mesh="redis://127.0.0.1:6379/0")
+    service = makeService(shared, authenticator=StaticAuthenticator({}))
+    assert service.workers is None  # not one per core: workers would not get the authenticator
+    with pytest.raises(ValueError, match="cannot share injected authenticator"):
+        makeService(
+            GatewayConfig(mesh="redis://127.0.0.1:6379/0", workers=2),
+            authenticator=StaticAuthenticator({}),
+        )
