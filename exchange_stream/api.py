@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, UnsupportedMethod
 
-from exchange_stream.metrics import node_processes
+from exchange_stream.metrics import node_processes, node_receiving
 from exchange_stream.publishing import (
     ApiError,
     PublishRequest,
@@ -116,12 +116,13 @@ class HealthResource(Resource):
     def render_GET(self, request: Request) -> bytes:
         """Healthy while the mesh publishes and every process that reports receives. A worker
         that is being restarted does not make the node unhealthy (its clients went to the
-        others); one that reports a deaf mesh does (its clients would miss messages)."""
+        others); one that reports a deaf mesh does (its clients would miss messages), and so
+        does one that is alive but silent (stuck, holding its clients)."""
         gateway = self._gateway
         mesh = gateway.mesh
         processes = node_processes(gateway)
         reporting = [figures for figures in processes if figures is not None]
-        receiving = all(figures["mesh_up"] for figures in reporting)
+        receiving = node_receiving(gateway, processes)
         healthy = bool(mesh.available) and receiving and not gateway.draining
         body = {
             "status": "ok" if healthy else "draining" if gateway.draining else "unavailable",

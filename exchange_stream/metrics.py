@@ -20,6 +20,12 @@ if TYPE_CHECKING:
     from exchange_stream.gateway import Gateway
 
 
+FIGURES = (
+    "connections", "subscriptions", "channels", "messages_delivered", "slow_consumers", "mesh_up",
+)  # fmt: skip
+COUNTERS = ("messages_delivered", "slow_consumers")  # the others are gauges
+
+
 def process_figures(gateway: Gateway) -> dict[str, int]:
     """What one process of a node counts; a worker sends these to the first process."""
     mesh = gateway.mesh
@@ -38,6 +44,20 @@ def node_processes(gateway: Gateway) -> list[dict[str, int] | None]:
     (exited and being restarted, or stuck)."""
     reports = gateway.workers.reports() if gateway.workers is not None else []
     return [process_figures(gateway), *reports]
+
+
+def node_receiving(gateway: Gateway, processes: list[dict[str, int] | None]) -> bool:
+    """This process receives its channels, so does every worker that reports, and no live
+    worker is silent."""
+    silent = gateway.workers.silent() if gateway.workers is not None else 0
+    workers = all(figures["mesh_up"] for figures in processes[1:] if figures is not None)
+    return bool(gateway.mesh.receiving) and workers and not silent
+
+
+def node_counter(gateway: Gateway, name: str) -> int:
+    """A counter over all of the node's processes, restarted workers' included."""
+    own = process_figures(gateway)[name]
+    return own + (gateway.workers.counted(name) if gateway.workers is not None else 0)
 
 
 class _NodeCollector(Collector):
@@ -71,17 +91,18 @@ class _NodeCollector(Collector):
         yield CounterMetricFamily(
             "exchange_stream_messages_delivered",
             "Messages written to client connections.",
-            value=total("messages_delivered"),
+            value=node_counter(self._gateway, "messages_delivered"),
         )
         yield CounterMetricFamily(
             "exchange_stream_slow_consumers",
             "Clients closed with 4100 for leaving too much unsent.",
-            value=total("slow_consumers"),
+            value=node_counter(self._gateway, "slow_consumers"),
         )
+        mesh = self._gateway.mesh
         yield GaugeMetricFamily(
             "exchange_stream_mesh_up",
             "1 while the mesh can publish and every process receives its channels.",
-            value=int(all(figures is not None and figures["mesh_up"] for figures in processes)),
+            value=int(bool(mesh.available) and node_receiving(self._gateway, processes)),
         )
         if len(processes) > 1:
             yield from _per_process(processes)

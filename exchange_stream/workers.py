@@ -29,18 +29,20 @@ import sys
 from twisted.application.service import Service
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.internet.error import ReactorNotRunning
+from twisted.internet.error import ProcessExitedAlready, ReactorNotRunning
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from exchange_stream.config import GatewayConfig
-from exchange_stream.metrics import process_figures
+from exchange_stream.metrics import COUNTERS, FIGURES, process_figures
 
 CONFIG_ENVIRONMENT = "EXCHANGE_STREAM_WORKER_CONFIG"
 LISTENING_FD = 3
 REPORT_FD = 4
 REPORT_INTERVAL = 1.0
+STARTUP_GRACE = 10.0  # seconds a new worker may take before its first report
+MAX_REPORT = 64 * 1024
 RESTART_DELAY = 1.0
 
 log = Logger()
@@ -54,27 +56,52 @@ class _Worker(ProcessProtocol):
         self.ended: Deferred = Deferred()
         self.figures: dict[str, int] | None = None
         self._clock = clock
-        self._heard = 0.0
+        self._started = self._heard = clock.seconds()
         self._partial = b""
 
     @property
     def reporting(self) -> bool:
-        """Alive and heard from lately (a worker whose reactor is stuck stops reporting)."""
+        """Alive and heard from lately."""
         recent = self._clock.seconds() - self._heard < 3 * REPORT_INTERVAL
         return not self.ended.called and self.figures is not None and recent
+
+    @property
+    def silent(self) -> bool:
+        """Alive but not heard from lately, past its start-up: its reactor is stuck, or its
+        report pipe broke. It still holds its clients, so the node is not healthy."""
+        if self.ended.called or self.reporting:
+            return False
+        return self._clock.seconds() - self._started > STARTUP_GRACE
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD != REPORT_FD:
             return
         *lines, self._partial = (self._partial + data).split(b"\n")
-        if lines:
-            self.figures = json.loads(lines[-1])
-            self._heard = self._clock.seconds()
+        if len(self._partial) > MAX_REPORT:  # not ours, whatever it is: drop it
+            self._partial = b""
+        for line in lines:
+            figures = _figures(line)
+            if figures is not None:
+                self.figures, self._heard = figures, self._clock.seconds()
 
     def processEnded(self, reason) -> None:
         log.info("worker {number} exited ({why})", number=self.number,
                  why=reason.getErrorMessage())  # fmt: skip
-        self.ended.callback(None)
+        self.ended.callback(self._clock.seconds() - self._started)
+
+
+def _figures(line: bytes) -> dict[str, int] | None:
+    """A report line, or None if it is not one (a worker never writes anything else there,
+    but the first process must not be the one that breaks if it does)."""
+    try:
+        figures = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(figures, dict) or set(figures) != set(FIGURES):
+        return None
+    if not all(type(value) is int for value in figures.values()):
+        return None
+    return figures
 
 
 class WorkerPool(Service):
@@ -87,18 +114,26 @@ class WorkerPool(Service):
         self._reactor = reactor
         self._port = None
         self._workers: dict[int, tuple[_Worker, object]] = {}
+        self._restarts: dict[int, object] = {}  # number -> the DelayedCall of its restart
+        self._delays: dict[int, float] = {}
+        self.retired = dict.fromkeys(COUNTERS, 0)  # counters of worker processes that ended
 
-    @property
-    def expected(self) -> int:
-        """Workers the pool runs (the first process not counted)."""
-        return self._count - 1
+    def _current(self) -> list[_Worker]:
+        return [self._workers[number][0] for number in sorted(self._workers)]
 
     def reports(self) -> list[dict[str, int] | None]:
         """Each worker's last figures, or None for one that is not reporting."""
-        return [
-            worker.figures if worker.reporting else None
-            for worker, _ in (self._workers[number] for number in sorted(self._workers))
-        ]
+        return [worker.figures if worker.reporting else None for worker in self._current()]
+
+    def silent(self) -> int:
+        """Workers alive but not reporting (see ``_Worker.silent``)."""
+        return sum(worker.silent for worker in self._current())
+
+    def counted(self, name: str) -> int:
+        """A counter over every worker process this pool ran: it never goes down when one is
+        restarted or stops reporting for a while (Prometheus would read a reset)."""
+        last = sum((worker.figures or {}).get(name, 0) for worker in self._current())
+        return last + self.retired[name]
 
     def startService(self) -> None:
         super().startService()
@@ -111,6 +146,7 @@ class WorkerPool(Service):
         log.info("started {count} workers on the shared port", count=self._count - 1)
 
     def _spawn(self, number: int) -> None:
+        self._restarts.pop(number, None)
         if not self.running:
             return
         ipv6 = isinstance(self._port.getHost(), IPv6Address)
@@ -126,19 +162,31 @@ class WorkerPool(Service):
             childFDs={0: "w", 1: 1, 2: 2, LISTENING_FD: self._port.fileno(), REPORT_FD: "r"},
         )
         self._workers[number] = (worker, transport)
-        worker.ended.addCallback(lambda _: self._ended(number))
+        worker.ended.addCallback(self._ended, worker)
 
-    def _ended(self, number: int) -> None:
-        if self.running:
-            log.warn("restarting worker {number} in {delay} s", number=number,
-                     delay=RESTART_DELAY)  # fmt: skip
-            self._reactor.callLater(RESTART_DELAY, self._spawn, number)
+    def _ended(self, lived: float, worker: _Worker) -> None:
+        for name in COUNTERS:
+            self.retired[name] += (worker.figures or {}).get(name, 0)
+        worker.figures = None
+        if not self.running:
+            return
+        # One that dies young is restarted later and later (up to a minute), not every second.
+        delay = self._delays.get(worker.number, RESTART_DELAY)
+        delay = RESTART_DELAY if lived > 10 * RESTART_DELAY else min(2 * delay, 60.0)
+        self._delays[worker.number] = delay
+        log.warn("restarting worker {number} in {delay:.0f} s", number=worker.number,
+                 delay=delay)  # fmt: skip
+        self._restarts[worker.number] = self._reactor.callLater(delay, self._spawn, worker.number)
 
     def stopService(self) -> Deferred:
         super().stopService()
+        for restart in self._restarts.values():
+            restart.cancel()
+        self._restarts.clear()
         for worker, transport in self._workers.values():
             if not worker.ended.called:
-                transport.signalProcess("TERM")
+                with contextlib.suppress(ProcessExitedAlready):  # reaped, not yet reported
+                    transport.signalProcess("TERM")
         ended = [worker.ended for worker, _ in self._workers.values()]
         return DeferredList(ended) if ended else succeed(None)
 
@@ -151,6 +199,15 @@ class _WatchParent(Protocol):
 
         with contextlib.suppress(ReactorNotRunning):  # stopping already
             reactor.stop()
+
+
+def _stop_reporting(failure) -> None:
+    """A worker that cannot report ends (and is restarted): unseen, it would be unwatched."""
+    from twisted.internet import reactor
+
+    log.failure("worker: reporting to the first process failed; exiting", failure)
+    with contextlib.suppress(ReactorNotRunning):
+        reactor.stop()
 
 
 def main() -> None:
@@ -182,7 +239,7 @@ def main() -> None:
     report = LoopingCall(
         lambda: parent.transport.write(json.dumps(process_figures(gateway)).encode() + b"\n")
     )
-    report.start(REPORT_INTERVAL)
+    report.start(REPORT_INTERVAL).addErrback(_stop_reporting)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C reaches the first process
     reactor.run()
 

@@ -9,9 +9,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from exchange_stream.config import GatewayConfig
+from exchange_stream.metrics import FIGURES
+from exchange_stream.workers import REPORT_FD, WorkerPool
 from tests.redis_server import RedisServer
 from tests.test_installed import http, real_gateway
 
@@ -117,3 +125,64 @@ def test_workers_report_to_the_first_process_and_one_that_dies_is_restarted(tmp_
         for client in clients:
             client.close()
         eventually(lambda: metric(api, "exchange_stream_connections") == 0)
+
+
+class FakeReactor(Clock):
+    """A clock that records the worker processes it is asked to start."""
+
+    def __init__(self):
+        super().__init__()
+        self.spawned = []
+
+    def spawnProcess(self, protocol, executable, args, env, childFDs):
+        self.spawned.append(protocol)
+        return StubProcess()
+
+
+def report(**figures) -> bytes:
+    line = dict.fromkeys(FIGURES, 0) | figures
+    return json.dumps(line).encode() + b"\n"
+
+
+def test_worker_reports_are_checked_and_counters_survive_a_restart():
+    reactor = FakeReactor()
+    listening = Deferred()
+    pool = WorkerPool(GatewayConfig(mesh="redis://127.0.0.1:6379/0"), 2, listening, reactor)
+    pool.startService()
+    listening.callback(StubPort())
+    (worker,) = reactor.spawned
+    worker.childDataReceived(REPORT_FD, report(messages_delivered=10, connections=4)[:20])
+    assert pool.reports() == [None]  # half a line: nothing yet
+    worker.childDataReceived(REPORT_FD, report(messages_delivered=10, connections=4)[20:])
+    worker.childDataReceived(REPORT_FD, b"not json\n[1, 2]\n" + b'{"connections": "x"}\n')
+    assert pool.reports()[0]["connections"] == 4  # the garbage after it changed nothing
+    assert pool.counted("messages_delivered") == 10
+
+    worker.processEnded(Failure(ProcessDone(0)))
+    assert pool.reports() == [None] and pool.counted("messages_delivered") == 10  # kept
+    reactor.advance(1.9)
+    assert len(reactor.spawned) == 1  # died young: restarted after 2 s, not 1
+    reactor.advance(0.1)
+    restarted = reactor.spawned[1]
+    restarted.childDataReceived(REPORT_FD, report(messages_delivered=3))
+    assert pool.counted("messages_delivered") == 13  # never backwards
+
+    reactor.advance(11)  # alive, heard nothing for 11 s: silent
+    assert pool.silent() == 1
+    pool.stopService()
+    assert reactor.getDelayedCalls() == []  # no restart left behind
+
+
+class StubProcess:
+    signals: list
+
+    def signalProcess(self, name):
+        self.signals = [*getattr(self, "signals", []), name]
+
+
+class StubPort:
+    def fileno(self):
+        return 99
+
+    def getHost(self):
+        return IPv4Address("TCP", "127.0.0.1", 6790)
