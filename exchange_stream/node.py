@@ -55,12 +55,12 @@ class Node:
 
     def unsubscribe(self, subscriber: Subscriber, channel: str) -> None:
         if self.hub.remove(subscriber, channel):
-            self._reconcile(channel)
+            self._reconcile(channel).addErrback(_logged)
 
     def drop(self, subscriber: Subscriber) -> None:
         """A connection went away: forget all of its subscriptions."""
         for channel in self.hub.remove_all(subscriber):
-            self._reconcile(channel)
+            self._reconcile(channel).addErrback(_logged)
 
     def _reconcile(self, channel: str) -> Deferred:
         """Bring the mesh subscription in line with the hub; fires once it is.
@@ -102,8 +102,15 @@ class Node:
     def _aligned(self, result, channel: str, lock: DeferredLock, followers: list[Deferred]):
         if not lock.locked and not lock.waiting and self._locks.get(channel) is lock:
             del self._locks[channel]
+        if isinstance(result, Failure):  # once, however many callers share it
+            self.log.failure("aligning the mesh subscription of {channel} failed", result,
+                             channel=channel)  # fmt: skip
         for follower in followers:
             if isinstance(result, Failure):
                 follower.errback(result)
             else:
                 follower.callback(None)
+
+
+def _logged(failure: Failure) -> None:
+    """An unsubscribe's alignment failed: ``_aligned`` logged it; nobody waits for it."""

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -142,11 +142,14 @@ class Publisher:
         One callback per publish, and one per batch: at tens of thousands of publishes a
         second, each further Deferred link per item is a measurable share of the cost."""
         refusal = self.refusal()
-        if refusal is not None:
-            outcomes = [fail(refusal) for _ in requests]
-        else:
-            node = self._gateway.node
-            outcomes = [node.publish(r.channel, r.publication, r.snapshot) for r in requests]
+        if refusal is not None:  # one refused request, counted once, whatever its size
+            self.count_error(refusal)
+            if not batch:
+                return succeed((refusal.status, refusal.answer()))
+            items = [refusal.answer()] * len(requests)
+            return succeed((refusal.status, {**refusal.answer(), "r": items}))
+        node = self._gateway.node
+        outcomes = [node.publish(r.channel, r.publication, r.snapshot) for r in requests]
         if not batch:
             return outcomes[0].addCallbacks(self._accepted, self._refused)
         return DeferredList(outcomes, consumeErrors=True).addCallback(self._batch_answer)
