@@ -35,7 +35,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("allowed-origins", str, "comma-separated Origin patterns browsers may connect from"),
     ("max-backlog", int, "bytes a slow client may have waiting before it is closed (4100)"),
     ("drain-seconds", float, "on shutdown, spread client closes over this many seconds"),
-    ("workers", int, "processes accepting on the WebSocket port (more than 1: redis:// mesh)"),
+    ("workers", int, "processes accepting on the WebSocket port (more than 1: redis://, tcp:)"),
     ("feed", str, "run the market engine on JSON lines from this listening endpoint"),
     ("feed-udp", str, "run the market engine on JSON datagrams at [interface:]port"),
     ("book-url", str, "run the market engine on book snapshots polled from this URL"),
@@ -51,7 +51,7 @@ def _attribute(option: str) -> str:
 
 
 # Defaults that depend on other options.
-_DERIVED_DEFAULTS = {"workers": "one per core with a redis:// mesh, else 1"}
+_DERIVED_DEFAULTS = {"workers": "one per core with a redis:// mesh and a tcp: --ws, else 1"}
 
 
 def _help(option: str, text: str) -> str:
