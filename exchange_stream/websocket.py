@@ -91,13 +91,8 @@ class GatewayProtocol(FastSendProtocol):
     # -- IClientConnection --------------------------------------------------------------
 
     def send_reply(self, reply: bytes) -> None:
-        if self.state == WebSocketProtocol.STATE_OPEN and self._count(len(reply)):
+        if self.state == WebSocketProtocol.STATE_OPEN and self.admit(len(reply)):
             self.sendMessage(reply)
-
-    def sendPreparedMessage(self, prepared) -> None:
-        """The fan-out hot path (see ``FastSendProtocol``), within the backlog bound."""
-        if self.state == WebSocketProtocol.STATE_OPEN and self._count(len(prepared.payloadHybi)):
-            super().sendPreparedMessage(prepared)
 
     def send_ping(self, frame: bytes) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
@@ -126,7 +121,7 @@ class GatewayProtocol(FastSendProtocol):
     def stopProducing(self) -> None:
         self._paused = True
 
-    def _count(self, size: int) -> bool:
+    def admit(self, size: int) -> bool:
         """Account for ``size`` bytes about to be written; False when they must not be,
         because this write is the one that made the client too slow (it is being closed)."""
         if not self._paused:
