@@ -91,9 +91,9 @@ class GatewayConfig:
                 raise ValueError(f"{name} must be 0 (off) or positive")
         if self.workers is not None and self.workers <= 0:
             raise ValueError("workers must be positive")
-        if self.workers is not None and self.workers > 1 and self.mesh.startswith("memory"):
+        if (self.workers or 1) > 1 and not self._shares_mesh:
             raise ValueError("workers > 1 need a mesh they share: --mesh redis://...")
-        if self.workers is not None and self.workers > 1 and not self.ws.startswith("tcp:"):
+        if (self.workers or 1) > 1 and not self._plain_tcp:
             # Workers adopt the listening socket as plain TCP: TLS or a UNIX socket would break.
             raise ValueError("workers > 1 share a plain tcp: WebSocket endpoint (TLS: in front)")
         if self.auth_timeout >= self.handshake_timeout:
@@ -119,9 +119,15 @@ class GatewayConfig:
         process may use; else one."""
         if self.workers is not None:
             return self.workers
-        if self.mesh.startswith("memory") or not self.ws.startswith("tcp:"):
-            return 1
-        return usable_cores()
+        return usable_cores() if self._shares_mesh and self._plain_tcp else 1
+
+    @property
+    def _shares_mesh(self) -> bool:
+        return not self.mesh.startswith("memory")
+
+    @property
+    def _plain_tcp(self) -> bool:
+        return self.ws.startswith("tcp:")
 
     @property
     def runs_market(self) -> bool:

@@ -144,10 +144,8 @@ class Publisher:
         refusal = self.refusal()
         if refusal is not None:  # one refused request, counted once, whatever its size
             self.count_error(refusal)
-            if not batch:
-                return succeed((refusal.status, refusal.answer()))
-            items = [refusal.answer()] * len(requests)
-            return succeed((refusal.status, {**refusal.answer(), "r": items}))
+            answer = (refusal.status, refusal.answer())
+            return succeed(_combined([answer] * len(requests)) if batch else answer)
         node = self._gateway.node
         outcomes = [node.publish(r.channel, r.publication, r.snapshot) for r in requests]
         if not batch:
@@ -177,12 +175,18 @@ class Publisher:
         published = sum(ok for ok, _ in outcomes)
         if published:
             self._gateway.metrics.published.inc(published)
-        failed = [(status, answer) for status, answer in answers if status != 200]
-        items = [answer["r"] if status == 200 else answer for status, answer in answers]
-        if not failed:
-            return 200, {"E": None, "r": items}
-        status, first = failed[0]
-        return status, {"E": first["E"], "r": items}
+        return _combined(answers)
+
+
+def _combined(answers: list[tuple[int, dict]]) -> tuple[int, dict]:
+    """A batch's answer from its items': 200 and every ``r``, or the status and ``E`` of the
+    first item that failed beside every item's answer."""
+    failed = [(status, answer) for status, answer in answers if status != 200]
+    items = [answer["r"] if status == 200 else answer for status, answer in answers]
+    if not failed:
+        return 200, {"E": None, "r": items}
+    status, first = failed[0]
+    return status, {"E": first["E"], "r": items}
 
 
 def _sent(nodes: object) -> tuple[int, dict]:

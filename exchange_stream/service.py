@@ -69,8 +69,9 @@ def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiS
     # Injected parts (an embedding application's mesh or authenticator) exist in this
     # process only: workers would build their own from the config.
     processes = config.processes if config.workers is not None or not gateway_args else 1
-    if processes > 1 and gateway_args.keys() - {"reactor"}:
-        raise ValueError("workers > 1 cannot share injected " + ", ".join(sorted(gateway_args)))
+    injected = sorted(gateway_args.keys() - {"reactor"})
+    if processes > 1 and injected:
+        raise ValueError("workers > 1 cannot share injected " + ", ".join(injected))
     if processes > 1:
         service.workers = WorkerPool(config, processes, websocket.listening, reactor)
         service.workers.setServiceParent(service)
