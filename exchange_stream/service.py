@@ -22,7 +22,7 @@ from exchange_stream.gateway import Gateway
 from exchange_stream.options import Options
 from exchange_stream.workers import WorkerPool
 
-STATIC = str(Path(__file__).parent / "market" / "static")
+STATIC = str(Path(__file__).parent / "static")
 
 __all__ = ["Options", "api_site", "makeService", "mount", "websocket_site"]
 

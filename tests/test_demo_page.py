@@ -1,6 +1,6 @@
 """The live demo page in a real headless Chromium, against ``twistd exchange-stream --demo``.
 
-The page (``exchange_stream/market/static``: ``index.html``, ``client.js``, ``demo.js``) is
+The page (``exchange_stream/static``: ``index.html``, ``client.js``, ``demo.js``) is
 loaded from the gateway's WebSocket port and driven through the Chrome DevTools Protocol
 (``Runtime.evaluate`` over the page's DevTools WebSocket, with the ``websockets`` library).
 Chromium is installed with apt-get when missing and we are root; the test is skipped only when
