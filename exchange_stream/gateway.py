@@ -1,54 +1,52 @@
-"""The gateway without its listeners: node, auth, sessions, and the web resources.
+"""The gateway without its listeners: every part of a node, composed.
 
 This is the embedding surface. An existing Twisted application builds a :class:`Gateway`,
 mounts :meth:`Gateway.websocket_resource` in its own ``twisted.web`` site and, if it wants
 back ends to publish over HTTP, :meth:`Gateway.api_resource` on an internal port. The
-gateway is a ``MultiService`` so a mesh that holds connections (Redis) starts and stops with
-the application.
+gateway is a ``MultiService`` so a mesh that holds connections (Redis), the heartbeat and
+the market engine start and stop with the application. Each part is handed only the parts
+it uses; nothing below this module knows the gateway.
 """
 
 from __future__ import annotations
 
-import json
-import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
-from exchange_stream.api import build_api
-from exchange_stream.auth import (
+from exchange_stream.adapters.fastwrite import TurnWriter, prepare_frame
+from exchange_stream.adapters.upstream import quiet_http_client
+from exchange_stream.adapters.web import api_root, bearer
+from exchange_stream.adapters.websocket import GatewayFactory
+from exchange_stream.adapters.ws_api import MeshApiFactory
+from exchange_stream.core.config import GatewayConfig
+from exchange_stream.core.control import CONTROL_CHANNEL
+from exchange_stream.core.hub import Hub
+from exchange_stream.interfaces import IAuthenticator, IMesh, IProcessReports
+from exchange_stream.market_service import market_service
+from exchange_stream.mesh import open_mesh
+from exchange_stream.services.auth import (
     HttpAuthenticator,
-    IAuthenticator,
     MeteredAuthenticator,
     StaticAuthenticator,
 )
-from exchange_stream.config import GatewayConfig
-from exchange_stream.control import CONTROL_CHANNEL, ControlReceiver
-from exchange_stream.fastwrite import TurnWriter
-from exchange_stream.heartbeat import Heartbeat
-from exchange_stream.hub import Hub
-from exchange_stream.market.engine import MarketSettings
-from exchange_stream.market.service import market_service
-from exchange_stream.market.simulator import DEMO_TOKENS
-from exchange_stream.mesh import IMesh, open_mesh
-from exchange_stream.metrics import GatewayMetrics
-from exchange_stream.node import Node
-from exchange_stream.protocol import CloseCode
-from exchange_stream.publishing import Publisher
-from exchange_stream.session import IClientConnection, Session
-from exchange_stream.websocket import GatewayFactory
-
-if TYPE_CHECKING:
-    from exchange_stream.workers import WorkerPool
+from exchange_stream.services.connections import Admission, Drain, SessionRegistry
+from exchange_stream.services.control_receiver import ControlReceiver
+from exchange_stream.services.figures import NodeFigures, ProcessFigures
+from exchange_stream.services.health import Health
+from exchange_stream.services.heartbeat import Heartbeat
+from exchange_stream.services.market_engine import MarketSettings
+from exchange_stream.services.metrics import GatewayMetrics
+from exchange_stream.services.node import Node
+from exchange_stream.services.publisher import Publisher
+from exchange_stream.services.simulator import DEMO_TOKENS
 
 
 class Gateway(MultiService):
-    close_timeout = 2.0  # after the drain window, for the last closing handshakes
-
     def __init__(
         self,
         config: GatewayConfig | None = None,
@@ -58,45 +56,56 @@ class Gateway(MultiService):
         authenticator: IAuthenticator | None = None,
         http: Any = None,
         serves_market: bool = True,
+        workers: IProcessReports | None = None,
     ) -> None:
         """``mesh``, ``authenticator`` and ``http`` (a treq-like client) override what
-        ``config`` would build; tests and embedding applications inject them. A ``--workers``
-        worker passes ``serves_market=False``: only the first process runs the engine."""
+        ``config`` would build; tests and embedding applications inject them. ``workers``
+        are the node's other processes (``--workers``), whose figures ``/metrics`` and
+        ``/healthz`` add up; a worker itself passes ``serves_market=False``: only the first
+        process runs the market engine."""
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self.config = config = config or GatewayConfig()
         self.reactor = reactor
+        self.mesh = mesh if mesh is not None else open_mesh(config.mesh, reactor)
+        if IService.providedBy(self.mesh):
+            self.mesh.setServiceParent(self)  # a mesh with connections starts and stops with us
         self.turn_writer = TurnWriter(reactor)  # every connection's frames, clients' and API's
-        self.factory = GatewayFactory(self, config)
-        self.draining = False
-        self.workers: WorkerPool | None = None  # the node's other processes (--workers)
-        self.slow_consumers = 0
-        self._per_address: dict[str, int] = {}
-        self._admitted = 0
-        self._random = random.Random()
-        self.hub = Hub(self.factory.prepareMessage)
-        if mesh is None:
-            mesh = open_mesh(config.mesh, reactor)
-        if IService.providedBy(mesh):
-            mesh.setServiceParent(self)  # a mesh with connections starts and stops with us
-        self.node = Node(self.hub, mesh)
-        self.sessions: dict[Session, IClientConnection] = {}
-        self._control = ControlReceiver(lambda: self.sessions)
-        self.metrics = GatewayMetrics(self)
-        if authenticator is None and config.demo:
-            authenticator = StaticAuthenticator(DEMO_TOKENS)
+        self.hub = Hub(prepare_frame)
+        self.node = Node(self.hub, self.mesh)
+        self.metrics = GatewayMetrics()
         if authenticator is None:
-            authenticator = HttpAuthenticator(
-                config.auth_url, config.auth_timeout, http=http, reactor=reactor
+            authenticator = (
+                StaticAuthenticator(DEMO_TOKENS)
+                if config.demo
+                else HttpAuthenticator(
+                    config.auth_url,
+                    http or quiet_http_client(reactor),
+                    reactor,
+                    config.auth_timeout,
+                )
             )
         self.authenticator = MeteredAuthenticator(authenticator, self.metrics.record_auth)
-        self.publisher = Publisher(self)
+        self.sessions = SessionRegistry(self.node, self.authenticator, config, reactor)
+        self._drain = Drain(self.sessions.connections, reactor, config.drain_seconds)
+        admission = Admission(
+            config.max_connections, config.max_connections_per_ip, self._is_draining
+        )
+        self.factory = GatewayFactory(self.sessions, admission, self.turn_writer, reactor, config)
+        self.process_figures = ProcessFigures(
+            self.sessions, self.hub, lambda: self.factory.slow_consumers, self.mesh
+        )
+        figures = NodeFigures(self.process_figures, self.mesh, workers)
+        self.metrics.watch_node(figures, self.mesh)
+        self.health = Health(self.mesh, figures, self._is_draining)
+        self.publisher = Publisher(self.node, self._is_draining, self.metrics)
+        self._control = ControlReceiver(self.sessions.kick)
         if config.ping_interval:
-            self.heartbeat = Heartbeat(
-                self.sessions.values, reactor, config.ping_interval, config.ping_timeout
+            heartbeat = Heartbeat(
+                self.sessions.connections, reactor, config.ping_interval, config.ping_timeout
             )
-            self.heartbeat.setServiceParent(self)
+            heartbeat.setServiceParent(self)
         self.market = None
         if config.runs_market and serves_market:
             self.market = market_service(
@@ -111,69 +120,23 @@ class Gateway(MultiService):
                 http=http,
             )
             self.market.setServiceParent(self)
-            self.metrics.watch_market(self.market)
+            self.metrics.watch_market(self.market.engine, self.market.input)
 
     @property
-    def mesh(self) -> IMesh:
-        return self.node.mesh
+    def draining(self) -> bool:
+        return self._drain.draining
+
+    def _is_draining(self) -> bool:
+        return self._drain.draining
 
     def startService(self) -> None:
         super().startService()
         self.mesh.subscribe(CONTROL_CHANNEL, self._control)
 
-    def admit(self, address: str) -> tuple[int, str] | None:
-        """Take a new connection from ``address``, or say why not (HTTP status, reason)."""
-        if self.draining:
-            return 503, "server shutting down"
-        if self._admitted >= self.config.max_connections:
-            return 503, "too many connections on this node"
-        if self._per_address.get(address, 0) >= self.config.max_connections_per_ip:
-            return 429, "too many connections from your address"
-        self._per_address[address] = self._per_address.get(address, 0) + 1
-        self._admitted += 1
-        return None
-
-    def release(self, address: str) -> None:
-        self._admitted -= 1
-        left = self._per_address.get(address, 0) - 1
-        if left > 0:
-            self._per_address[address] = left
-        else:
-            self._per_address.pop(address, None)
-
-    def open_session(self, connection: IClientConnection) -> Session:
-        session = Session(connection, self.node, self.authenticator, self.config, self.reactor)
-        self.sessions[session] = connection
-        return session
-
-    def close_session(self, session: Session) -> None:
-        session.close()
-        self.sessions.pop(session, None)
-
     def drain(self, window: float | None = None) -> Deferred:
-        """Shut down politely: refuse new connections and publishes (503), then close every
-        client with 4200 ("reconnect now") at a random moment of the ``window`` (default
-        ``drain_seconds``), each with a notice giving a random reconnect delay of up to a
-        second, so that the clients of a node do not all land on the others at once.
-        Fires when every client is gone, or ``close_timeout`` after the window."""
-        window = self.config.drain_seconds if window is None else window
-        self.draining = True
-        closing = []
-        for connection in list(self.sessions.values()):
-            delay = self._random.uniform(0, window)
-            self.reactor.callLater(delay, self._send_away, connection)
-            closing.append(connection.is_closed)
-        everyone = DeferredList(closing, consumeErrors=True)
-        everyone.addTimeout(window + self.close_timeout, self.reactor)
-        return everyone.addErrback(lambda _: None)
-
-    def _send_away(self, connection: IClientConnection) -> None:
-        reconnect_in = self._random.randint(0, 1000)
-        notice = {"event": "notice", "data": {"type": "reconnect", "reconnectInMs": reconnect_in}}
-        connection.send_reply(json.dumps(notice, separators=(",", ":")).encode())
-        connection.close(
-            CloseCode.RECONNECT, f"server shutting down; reconnect in {reconnect_in} ms"
-        )
+        """Refuse new clients and publishes, then close every client with 4200 within
+        ``window`` seconds (default ``drain_seconds``); see ``services.connections.Drain``."""
+        return self._drain.start(window)
 
     def stopService(self) -> Deferred:
         """Drain at once if nobody drained us yet (an embedding application's shutdown),
@@ -187,5 +150,23 @@ class Gateway(MultiService):
         return WebSocketResource(self.factory)
 
     def api_resource(self) -> Resource:
-        """The internal API root: ``/v1/mesh/publish``, ``/healthz``, ``/metrics``."""
-        return build_api(self)
+        """The internal API root: ``/v1/mesh/publish``, ``/v1/mesh/kick``, ``/ws/v1``,
+        ``/healthz``, ``/metrics``."""
+        config = self.config
+        authorization = bearer(config.api_token)
+        websocket_api = MeshApiFactory(
+            self.publisher,
+            self.turn_writer,
+            authorization,
+            config.max_publish_size,
+            config.ping_interval,
+            config.ping_timeout,
+        )
+        return api_root(
+            self.publisher,
+            self.health,
+            self.metrics.registry,
+            WebSocketResource(websocket_api),
+            authorization,
+            config.max_publish_size,
+        )

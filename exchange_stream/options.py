@@ -1,4 +1,4 @@
-"""Command-line and TOML options (DESIGN section 7); the command line wins over the file."""
+"""Command-line and TOML options (docs/running.md); the command line wins over the file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from exchange_stream.config import GatewayConfig
+from exchange_stream.core.config import GatewayConfig
 
 _DEFAULTS = GatewayConfig()
 

@@ -9,48 +9,22 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import File
 
-from exchange_stream.config import GatewayConfig
+from exchange_stream.adapters.upstream import listening_port
+from exchange_stream.adapters.web import QuietSite, mount
+from exchange_stream.adapters.workers import WorkerPool
+from exchange_stream.core.config import GatewayConfig
 from exchange_stream.gateway import Gateway
 from exchange_stream.options import Options
-from exchange_stream.workers import WorkerPool
 
 STATIC = str(Path(__file__).parent / "static")
 
 __all__ = ["Options", "api_site", "makeService", "mount", "websocket_site"]
-
-
-def mount(root: Resource, path: str, resource: Resource) -> None:
-    """Put ``resource`` at ``path`` (e.g. ``/exchange-stream`` or ``/ws/v2``) under ``root``."""
-    segments = [segment.encode() for segment in path.strip("/").split("/")]
-    parent = root
-    for segment in segments[:-1]:
-        child = parent.children.get(segment)
-        if child is None:
-            child = Resource()
-            parent.putChild(segment, child)
-        parent = child
-    parent.putChild(segments[-1], resource)
-
-
-class QuietSite(Site):
-    """A site without a per-request access log: publishes and handshakes are too frequent
-    for one log line each; ``/metrics`` counts them instead."""
-
-    displayTracebacks = False
-
-    def __init__(self, resource: Resource, timeout: float = 60, forms: bool = True) -> None:
-        super().__init__(resource, timeout=timeout, parsePOSTFormSubmission=forms)
-
-    def log(self, request: object) -> None:
-        pass
 
 
 def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiService:
@@ -60,58 +34,44 @@ def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiS
     The gateway itself is reachable as ``service.getServiceNamed("gateway")``.
     """
     config = options if isinstance(options, GatewayConfig) else options.config
-    gateway = Gateway(config, **gateway_args)
-    gateway.setName("gateway")
-    reactor = gateway.reactor
-    websocket = SharedListener(serverFromString(reactor, config.ws), websocket_site(gateway))
-    api = strports.service(config.api, api_site(gateway))
-    service = GatewayService(gateway, websocket, api)
     # Injected parts (an embedding application's mesh or authenticator) exist in this
     # process only: workers would build their own from the config.
     processes = config.processes if config.workers is not None or not gateway_args else 1
     injected = sorted(gateway_args.keys() - {"reactor"})
     if processes > 1 and injected:
         raise ValueError("workers > 1 cannot share injected " + ", ".join(injected))
-    if processes > 1:
-        service.workers = WorkerPool(config, processes, websocket.listening, reactor)
-        service.workers.setServiceParent(service)
-        gateway.workers = service.workers
-    return service
-
-
-class SharedListener(StreamServerEndpointService):
-    """The WebSocket listener; ``listening`` fires with its port, which ``--workers`` share.
-
-    Twisted keeps the port's Deferred as ``_waitingForPort`` and offers no public way to it."""
-
-    _raiseSynchronously = True  # as strports.service: a port in use stops twistd at start
-
-    def __init__(self, endpoint, factory) -> None:
-        super().__init__(endpoint, factory)
-        self.listening: Deferred = Deferred()
-
-    def privilegedStartService(self) -> None:
-        # twistd calls this before startService; startService calls it when nobody did.
-        super().privilegedStartService()
-        self._waitingForPort.addCallback(self._listening)
-
-    def _listening(self, port):
-        self.listening.callback(port)
-        return port
+    reactor = gateway_args.get("reactor")
+    if reactor is None:
+        from twisted.internet import reactor
+    gateway_args["reactor"] = reactor
+    workers = WorkerPool(config, processes, reactor) if processes > 1 else None
+    gateway = Gateway(config, workers=workers, **gateway_args)
+    gateway.setName("gateway")
+    websocket = strports.service(config.ws, websocket_site(gateway), reactor=reactor)
+    api = strports.service(config.api, api_site(gateway), reactor=reactor)
+    if workers is not None:
+        workers.share(lambda: listening_port(websocket))
+    return GatewayService(gateway, websocket, api, workers)
 
 
 class GatewayService(MultiService):
-    """Starts the gateway, then its listeners; stops in the order a drain needs: no new
-    clients, then the drain (publishes refused with 503 meanwhile), then the API, then the
-    gateway's mesh and market engine. ``twistd`` waits for it on SIGTERM."""
+    """Starts the gateway, then its listeners (then the workers, which share the WebSocket
+    port); stops in the order a drain needs: no new clients, then the drain (publishes
+    refused with 503 meanwhile), then the API, then the gateway's mesh and market engine.
+    ``twistd`` waits for it on SIGTERM."""
 
-    workers: WorkerPool | None = None
-
-    def __init__(self, gateway: Gateway, websocket, api) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        websocket: IService,
+        api: IService,
+        workers: WorkerPool | None = None,
+    ) -> None:
         super().__init__()
-        self.gateway, self.websocket, self.api = gateway, websocket, api
-        for child in (gateway, websocket, api):
-            child.setServiceParent(self)
+        self.gateway, self.websocket, self.api, self.workers = gateway, websocket, api, workers
+        for child in (gateway, websocket, api, workers):
+            if child is not None:
+                child.setServiceParent(self)
 
     def stopService(self) -> Deferred:
         self.running = 0

@@ -12,7 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import globalLogPublisher, textFileLogObserver
 from twisted.web.server import Site
 
-from exchange_stream.config import GatewayConfig
+from exchange_stream.core.config import GatewayConfig
 from tests.support import LOCAL, AuthBackend, start_gateway
 
 # Twisted's log to stderr, which pytest shows for a failing test; removed when the session

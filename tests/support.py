@@ -16,10 +16,11 @@ from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from exchange_stream.auth import StaticAuthenticator, quiet_http_client
-from exchange_stream.config import GatewayConfig
+from exchange_stream.adapters.upstream import quiet_http_client
+from exchange_stream.core.config import GatewayConfig
 from exchange_stream.gateway import Gateway
 from exchange_stream.service import api_site, websocket_site
+from exchange_stream.services.auth import StaticAuthenticator
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 

@@ -8,10 +8,12 @@ from treq.testing import StubTreq
 from twisted.internet.defer import fail, succeed
 from zope.interface import implementer
 
-from exchange_stream.auth import StaticAuthenticator
-from exchange_stream.config import GatewayConfig
+from exchange_stream.core.config import GatewayConfig
+from exchange_stream.core.publication import MeshUnavailable
 from exchange_stream.gateway import Gateway
-from exchange_stream.mesh import IMesh, MemoryMesh, MeshUnavailable
+from exchange_stream.interfaces import IMesh
+from exchange_stream.services.auth import StaticAuthenticator
+from exchange_stream.services.memory_mesh import MemoryMesh
 from tests.test_node import Recorder, subscribe_live
 
 URL = "http://api/v1/mesh/publish"

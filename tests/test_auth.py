@@ -9,7 +9,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
 
-from exchange_stream.auth import (
+from exchange_stream.services.auth import (
     AuthFailed,
     AuthUnavailable,
     HttpAuthenticator,
@@ -38,7 +38,7 @@ class Backend(Resource):
 
 def authenticate(backend, token="tok", clock=None):
     authenticator = HttpAuthenticator(
-        "http://auth.example/websocket_auth", timeout=2.0, http=StubTreq(backend), reactor=clock
+        "http://auth.example/websocket_auth", StubTreq(backend), clock or Clock(), timeout=2.0
     )
     return authenticator.authenticate(token)
 
@@ -56,7 +56,9 @@ def outcome(deferred):
 
 
 def test_implementations_provide_the_interface():
-    assert verifyObject(IAuthenticator, HttpAuthenticator("http://x/", http=StubTreq(Backend())))
+    assert verifyObject(
+        IAuthenticator, HttpAuthenticator("http://x/", StubTreq(Backend()), Clock())
+    )
     assert verifyObject(IAuthenticator, StaticAuthenticator({}))
     assert verifyObject(IAuthenticator, MeteredAuthenticator(StaticAuthenticator({}), print))
 

@@ -7,9 +7,9 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange_stream.channels import PRIVATE_TYPES, InvalidChannel, parse_channel
-from exchange_stream.config import GatewayConfig
-from exchange_stream.protocol import ERROR_MESSAGES, OpError, parse_request
+from exchange_stream.core.channels import PRIVATE_TYPES, InvalidChannel, parse_channel
+from exchange_stream.core.config import GatewayConfig
+from exchange_stream.core.wire import ERROR_MESSAGES, OpError, parse_request
 from tests.support import start_gateway
 from tests.test_installed import free_port
 

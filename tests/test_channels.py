@@ -2,7 +2,7 @@
 
 import pytest
 
-from exchange_stream.channels import InvalidChannel, normalize_uid, parse_channel
+from exchange_stream.core.channels import InvalidChannel, normalize_uid, parse_channel
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from exchange_stream.auth import StaticAuthenticator
-from exchange_stream.config import GatewayConfig
+from exchange_stream.core.config import GatewayConfig
 from exchange_stream.gateway import Gateway
 from exchange_stream.service import makeService, mount
+from exchange_stream.services.auth import StaticAuthenticator
 from tests.support import LOCAL, connect, publish
 from tests.test_installed import free_port
 

@@ -9,7 +9,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from exchange_stream.fastwrite import TurnWriter, write_now
+from exchange_stream.adapters.fastwrite import TurnWriter, write_now
 from tests.support import open_protocol
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from exchange_stream.protocol import ERROR_MESSAGES
+from exchange_stream.core.wire import ERROR_MESSAGES
 from tests.test_installed import auth_url, gateway  # noqa: F401  (fixtures)
 
 _scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)

@@ -18,7 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as sync_connect
 
-from exchange_stream.config import GatewayConfig
+from exchange_stream.core.config import GatewayConfig
 from tests.support import Client, ClientProtocol, http_client, publish, start_gateway
 from tests.test_installed import http, real_gateway
 from tests.test_redis_mesh import until
@@ -143,7 +143,7 @@ async def test_a_client_that_stops_reading_is_closed_and_others_keep_up(auth_bac
         for task in draining:
             await task
         assert received == [750] * len(fast)
-        assert running.gateway.slow_consumers == 1
+        assert running.gateway.factory.slow_consumers == 1
         await until(lambda: len(running.gateway.sessions) == len(fast))
         assert rss_mib() - before < 40  # the slow client's 48 MB were never buffered
     finally:
@@ -166,7 +166,7 @@ async def test_the_backlog_bound_holds_within_one_reactor_turn(auth_backend):
         payload = json.dumps({"pad": "x" * 100_000}).encode()
         for _ in range(100):  # in one turn, as a batch publish would
             running.gateway.hub.deliver("ex:BTCUSDT@depth", payload)
-        assert running.gateway.slow_consumers == len(stalled)
+        assert running.gateway.factory.slow_consumers == len(stalled)
         assert rss_mib() - before < 30  # not 5 x 10 MB
     finally:
         await running.stop()

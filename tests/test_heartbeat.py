@@ -2,7 +2,7 @@
 
 from twisted.internet.task import Clock
 
-from exchange_stream.heartbeat import PING_FRAME, Heartbeat
+from exchange_stream.services.heartbeat import PING_FRAME, Heartbeat
 
 
 class Peer:

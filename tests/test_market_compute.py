@@ -4,11 +4,11 @@ from decimal import Decimal as D
 
 import pytest
 
-from exchange_stream.market.depth import DepthBook, checksum, checksum_text, signed_crc32
-from exchange_stream.market.events import Book, MalformedEvent, Trade, parse_event
-from exchange_stream.market.kline import KlineSeries
-from exchange_stream.market.ticker import DAY_MS, RollingTicker
-from exchange_stream.market.trades import TradeBatcher
+from exchange_stream.core.market.depth import DepthBook, checksum, checksum_text, signed_crc32
+from exchange_stream.core.market.events import Book, MalformedEvent, Trade, parse_event
+from exchange_stream.core.market.kline import KlineSeries
+from exchange_stream.core.market.ticker import DAY_MS, RollingTicker
+from exchange_stream.core.market.trades import TradeBatcher
 
 T0 = 1_732_540_800_000  # 2024-11-25T13:20:00Z, a minute boundary
 

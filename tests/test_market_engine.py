@@ -12,13 +12,13 @@ from twisted.internet.task import Clock, deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from exchange_stream.config import GatewayConfig
-from exchange_stream.market.depth import checksum
-from exchange_stream.market.engine import MarketEngine, MarketSettings
-from exchange_stream.market.events import Book, IndexPrice, PrivateEvent, Trade
-from exchange_stream.market.feed import FeedInput
-from exchange_stream.market.service import market_service
-from exchange_stream.mesh import MeshUnavailable
+from exchange_stream.adapters.feed import FeedInput
+from exchange_stream.core.config import GatewayConfig
+from exchange_stream.core.market.depth import checksum
+from exchange_stream.core.market.events import Book, IndexPrice, PrivateEvent, Trade
+from exchange_stream.core.publication import MeshUnavailable
+from exchange_stream.market_service import market_service
+from exchange_stream.services.market_engine import MarketEngine, MarketSettings
 from tests.support import start_gateway
 from tests.test_installed import free_port
 

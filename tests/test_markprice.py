@@ -2,8 +2,8 @@
 
 from decimal import Decimal as D
 
-from exchange_stream.market.events import Book, IndexPrice
-from exchange_stream.market.markprice import (
+from exchange_stream.core.market.events import Book, IndexPrice
+from exchange_stream.core.market.markprice import (
     MarkPrice,
     funding_rate,
     impact_price,

@@ -4,9 +4,11 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from exchange_stream.hub import Hub
-from exchange_stream.mesh import IMesh, MemoryMesh, Publication
-from exchange_stream.node import Node
+from exchange_stream.core.hub import Hub
+from exchange_stream.core.publication import Publication
+from exchange_stream.interfaces import IMesh
+from exchange_stream.services.memory_mesh import MemoryMesh
+from exchange_stream.services.node import Node
 
 
 class Recorder:

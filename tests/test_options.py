@@ -5,7 +5,7 @@ import os
 import pytest
 from twisted.python import usage
 
-from exchange_stream.config import GatewayConfig, usable_cores
+from exchange_stream.core.config import GatewayConfig, usable_cores
 from exchange_stream.options import Options
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from exchange_stream.protocol import (
+from exchange_stream.core.wire import (
     ErrorCode,
     OpError,
     encode_error,

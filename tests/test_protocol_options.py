@@ -5,9 +5,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from exchange_stream.auth import StaticAuthenticator
-from exchange_stream.config import GatewayConfig
+from exchange_stream.core.config import GatewayConfig
 from exchange_stream.gateway import Gateway
+from exchange_stream.services.auth import StaticAuthenticator
 
 HANDSHAKE = (
     b"GET /exchange-stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"

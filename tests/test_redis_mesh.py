@@ -8,7 +8,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
-from exchange_stream.config import GatewayConfig
+from exchange_stream.core.config import GatewayConfig
 from tests.redis_server import RedisServer
 from tests.support import publish, start_gateway
 

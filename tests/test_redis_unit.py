@@ -12,14 +12,15 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from exchange_stream.mesh import IMesh, MeshUnavailable, Publication
-from exchange_stream.mesh.redis import (
-    RedisAddress,
+from exchange_stream.adapters.redis_mesh import (
     RedisMesh,
     _Subscriber,
     decode_wire,
     encode_wire,
 )
+from exchange_stream.core.meshurl import RedisAddress
+from exchange_stream.core.publication import MeshUnavailable, Publication
+from exchange_stream.interfaces import IMesh
 
 
 def bulk(*items) -> bytes:

@@ -10,18 +10,20 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from exchange_stream.auth import (
+from exchange_stream.core.config import GatewayConfig
+from exchange_stream.core.hub import Hub
+from exchange_stream.core.publication import Publication
+from exchange_stream.interfaces import IClientConnection
+from exchange_stream.services.auth import (
     AuthFailed,
     AuthUnavailable,
     HttpAuthenticator,
     IAuthenticator,
     Identity,
 )
-from exchange_stream.config import GatewayConfig
-from exchange_stream.hub import Hub
-from exchange_stream.mesh import MemoryMesh, Publication
-from exchange_stream.node import Node
-from exchange_stream.session import IClientConnection, Session
+from exchange_stream.services.memory_mesh import MemoryMesh
+from exchange_stream.services.node import Node
+from exchange_stream.services.session import Session
 
 
 @implementer(IClientConnection)
@@ -66,7 +68,7 @@ def make_session(authenticator=None, clock=None, **config):
 
 
 def send(session, message):
-    session.receive(json.dumps(message).encode())
+    session.handle_frame(json.dumps(message).encode())
 
 
 def test_fake_connection_provides_the_interface():
@@ -135,9 +137,7 @@ def test_auth_back_end_timeout_answers_code_6_and_other_ops_continue():
             return NOT_DONE_YET
 
     clock = Clock()
-    authenticator = HttpAuthenticator(
-        "http://auth/", timeout=3.0, http=StubTreq(Silent()), reactor=clock
-    )
+    authenticator = HttpAuthenticator("http://auth/", StubTreq(Silent()), clock, timeout=3.0)
     session, connection, _ = make_session(authenticator, clock)
     send(session, {"op": "auth", "token": "t", "id": 1})
     send(session, {"op": "subscribe", "channel": "BTCUSDT@depth", "id": 2})
@@ -159,7 +159,7 @@ def test_closing_during_auth_leaves_nothing_behind():
     send(session, {"op": "subscribe", "channel": "@order"})
     send(session, {"op": "subscribe", "channel": "ETHUSDT@trades"})
     send(session, {"op": "auth", "token": "again"})
-    session.close()
+    session.end()
     auth.calls[0][1].callback("1001")
     assert connection.replies == [{"result": True}]
     assert len(auth.calls) == 1  # the queued auth never reached the back end

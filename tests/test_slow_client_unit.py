@@ -1,6 +1,6 @@
 """The write that makes a client too slow closes it, and nothing is written after the close."""
 
-from exchange_stream.config import GatewayConfig
+from exchange_stream.core.config import GatewayConfig
 from tests.support import open_protocol
 
 
@@ -25,7 +25,7 @@ def test_a_reply_over_the_backlog_closes_with_4100_and_raises_nothing():
     written = sent(gateway, transport)
     assert written[:1] == b"\x88"  # a close frame ...
     assert int.from_bytes(written[2:4], "big") == 4100  # ... with 4100
-    assert gateway.slow_consumers == 1
+    assert gateway.factory.slow_consumers == 1
 
 
 def test_no_data_frame_follows_the_close_frame():

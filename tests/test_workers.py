@@ -17,9 +17,9 @@ from twisted.python.failure import Failure
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from exchange_stream.config import GatewayConfig
-from exchange_stream.metrics import FIGURES
-from exchange_stream.workers import REPORT_FD, WorkerPool
+from exchange_stream.adapters.workers import REPORT_FD, WorkerPool
+from exchange_stream.core.config import GatewayConfig
+from exchange_stream.services.figures import FIGURES
 from tests.redis_server import RedisServer
 from tests.test_installed import http, real_gateway
 
@@ -147,7 +147,8 @@ def report(**figures) -> bytes:
 def test_worker_reports_are_checked_and_counters_survive_a_restart():
     reactor = FakeReactor()
     listening = Deferred()
-    pool = WorkerPool(GatewayConfig(mesh="redis://127.0.0.1:6379/0"), 2, listening, reactor)
+    pool = WorkerPool(GatewayConfig(mesh="redis://127.0.0.1:6379/0"), 2, reactor)
+    pool.share(lambda: listening)
     pool.startService()
     listening.callback(StubPort())
     (worker,) = reactor.spawned

@@ -2,7 +2,7 @@
 
 import pytest_twisted
 
-from exchange_stream.config import GatewayConfig
+from exchange_stream.core.config import GatewayConfig
 from tests.support import connect, start_gateway
 from tests.test_hardening import handshake
 

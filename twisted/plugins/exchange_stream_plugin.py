@@ -11,7 +11,7 @@ exchange_stream = ServiceMaker(
 
 exchange_market = ServiceMaker(
     "exchange-market",
-    "exchange_stream.market.service",
+    "exchange_stream.market_service",
     "Market engine for exchange-stream: depth, trades, ticker, kline, mark price",
     "exchange-market",
 )

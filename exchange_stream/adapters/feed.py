@@ -1,0 +1,148 @@
+"""Inputs of the market engine: the matching engine's events over TCP, UDP or HTTP polling.
+
+A malformed line, datagram or answer is counted, logged now and then, and skipped: it never
+stops the feed, and since every event is checked whole before it is used, never corrupts a
+book.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+
+from exchange_stream.core.market.events import Event, MalformedEvent, parse_event
+from exchange_stream.services.periodic import PeriodicService
+
+log = Logger()
+
+
+class FeedInput:
+    """Parses raw events for an engine and keeps the count of bad ones."""
+
+    log_every = 1000  # the first bad event is logged, then one in this many
+
+    def __init__(self, handle: Callable[[Event], None]) -> None:
+        self._handle = handle
+        self.received = 0
+        self.malformed = 0
+
+    def raw(self, data: bytes | str, source: str) -> None:
+        try:
+            event = parse_event(data)
+        except MalformedEvent as error:
+            self.received += 1
+            self._bad(error, source)
+            return
+        self.event(event)
+
+    def event(self, event: Event) -> None:
+        """An event that needs no parsing (the simulator's), counted like the others."""
+        self.received += 1
+        self._handle(event)
+
+    def _bad(self, error: Exception, source: str) -> None:
+        self.malformed += 1
+        if self.malformed % self.log_every == 1:
+            log.warn(
+                "market feed: skipped a malformed event from {source} ({error}); {count} so far",
+                source=source,
+                error=error,
+                count=self.malformed,
+            )
+
+
+class _LineFeed(Protocol):
+    """JSON lines. Not Twisted's LineOnlyReceiver: past its length limit it drops the rest of
+    the chunk (or the connection); here an overlong line is skipped alone, up to its end."""
+
+    MAX_LENGTH = 4 * 1024 * 1024  # a full book of thousands of levels fits
+
+    def connectionMade(self) -> None:
+        self._buffer = b""
+        self._skipping = False  # inside an overlong line: drop until its newline
+        self._source = f"tcp {self.transport.getPeer()}"
+        log.info("market feed: matching engine connected from {source}", source=self._source)
+
+    def dataReceived(self, data: bytes) -> None:
+        lines = (self._buffer + data).split(b"\n")
+        self._buffer = lines.pop()
+        feed = self.factory.feed
+        for line in lines:
+            if self._skipping:
+                self._skipping = False  # the tail of the overlong line
+            elif len(line) > self.MAX_LENGTH:
+                feed._bad(MalformedEvent("line too long"), self._source)
+            elif line.strip():
+                feed.raw(line, self._source)
+        if len(self._buffer) > self.MAX_LENGTH and not self._skipping:
+            feed._bad(MalformedEvent("line too long"), self._source)
+            self._skipping = True
+        if self._skipping:
+            self._buffer = b""
+
+    def connectionLost(self, reason) -> None:
+        log.info("market feed: {source} disconnected", source=self._source)
+
+
+class LineFeedFactory(Factory):
+    """``--feed tcp:7001``: the matching engine connects and writes JSON lines."""
+
+    protocol = _LineFeed
+    noisy = False
+
+    def __init__(self, feed: FeedInput) -> None:
+        self.feed = feed
+
+
+class DatagramFeed(DatagramProtocol):
+    """``--feed-udp 7002``: one JSON event per datagram."""
+
+    def __init__(self, feed: FeedInput) -> None:
+        self.feed = feed
+
+    def datagramReceived(self, datagram: bytes, address) -> None:
+        self.feed.raw(datagram, f"udp {address[0]}:{address[1]}")
+
+
+class BookPoller(PeriodicService):
+    """``--book-url``: GET book snapshots at an interval.
+
+    The URL answers one book event (``{"symbol":..,"bids":..,"asks":..,"ts":..}``, ``"type"``
+    optional) or a JSON array of them. A failed or malformed answer is counted and skipped.
+    """
+
+    start_now = True
+
+    def __init__(self, url: str, feed: FeedInput, http, clock, interval: float = 0.1) -> None:
+        super().__init__(clock)
+        self.url = url
+        self._feed = feed
+        self._http = http
+        self._interval = interval
+        self.failures = 0
+
+    def periodic(self) -> list[tuple[float, Callable[[], object]]]:
+        return [(self._interval, self.poll)]
+
+    @inlineCallbacks
+    def poll(self):
+        import treq
+
+        try:
+            response = yield self._http.get(self.url)
+            body = yield treq.content(response)
+            if response.code != 200:
+                raise MalformedEvent(f"HTTP {response.code}")
+            answer = json.loads(body)
+        except Exception as error:  # a poll that fails is skipped; the next one may work
+            self.failures += 1
+            self._feed._bad(error, self.url)
+            return
+        for book in answer if isinstance(answer, list) else [answer]:
+            if isinstance(book, dict):
+                book = {"type": "book", **book}
+            self._feed.raw(json.dumps(book), self.url)

@@ -1,0 +1,181 @@
+"""The internal HTTP API on twisted.web, compatible with CONNMIX's mesh API (docs/api.md).
+
+``POST /v1/mesh/publish`` answers ``{"E":null,"r":{"s":n,"f":0}}`` once the mesh accepted the
+message, or ``{"E":{"c":N,"m":"..."}}`` with an HTTP status that says whether to retry:
+nothing accepted is silently dropped, and a 503 means nothing was sent. What a request means
+is in ``core.mesh_api`` and ``services.publisher``; these resources only carry it.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site, UnsupportedMethod
+
+from exchange_stream.core.encoding import encode
+from exchange_stream.core.mesh_api import (
+    ApiError,
+    PublishRequest,
+    decode_body,
+    parse_batch,
+    parse_kick,
+    parse_publish,
+)
+from exchange_stream.services.health import Health
+from exchange_stream.services.publisher import Publisher
+
+
+def _json_body(request: Request, status: int, body: dict) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return encode(body)
+
+
+def _finish(request: Request, status: int, body: dict) -> None:
+    request.write(_json_body(request, status, body))
+    request.finish()
+
+
+def bearer(token: str | None) -> bytes | None:
+    """The ``Authorization`` header value that ``--api-token`` requires, if any."""
+    return f"Bearer {token}".encode() if token else None
+
+
+class PublishResource(Resource):
+    """``POST /v1/mesh/publish``: one publish (a JSON object) or a batch (a JSON array of
+    them, all checked before any is sent). Any other method is 405, any path below it 404."""
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        authorization: bytes | None,
+        max_body: int,
+        parse: Callable[[object], PublishRequest] = parse_publish,
+        batches: bool = True,
+    ) -> None:
+        super().__init__()
+        self._publisher = publisher
+        self._expected_authorization = authorization
+        self._max_body = max_body
+        self._parse = parse
+        self._batches = batches
+
+    def render(self, request: Request) -> bytes | int:
+        if request.postpath not in ([], [b""]):
+            request.setResponseCode(404)
+            return b""
+        if request.method != b"POST":
+            raise UnsupportedMethod([b"POST"])  # twisted.web answers 405 with Allow: POST
+        return self.render_POST(request)
+
+    def render_POST(self, request: Request) -> bytes | int:
+        try:
+            requests, batch = self._read(request)
+        except ApiError as error:
+            self._publisher.count_error(error)
+            return _json_body(request, error.status, error.answer())
+        answered = self._publisher.publish_all(requests, batch)
+        at_once: list[tuple[int, dict]] = []
+        answered.addCallback(at_once.append)
+        if at_once:  # the mesh answered synchronously (memory:): twisted.web's plain path
+            return _json_body(request, *at_once[0])
+        hung_up: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: hung_up.append(True))
+        answered.addCallback(lambda _: hung_up or _finish(request, *at_once[0]))
+        return NOT_DONE_YET
+
+    def _read(self, request: Request) -> tuple[list[PublishRequest], bool]:
+        if self._expected_authorization is not None:
+            given = request.getHeader(b"Authorization") or b""
+            if not hmac.compare_digest(given, self._expected_authorization):
+                raise ApiError(401, 102, "missing or wrong bearer token")
+        body = request.content.read(self._max_body + 1)
+        if len(body) > self._max_body:
+            raise ApiError(413, 103, f"body larger than {self._max_body} bytes")
+        refusal = self._publisher.refusal()
+        if refusal is not None:
+            raise refusal
+        message = decode_body(body)
+        if self._batches and isinstance(message, list):
+            return parse_batch(message), True
+        return [self._parse(message)], False
+
+
+class HealthResource(Resource):
+    isLeaf = True
+
+    def __init__(self, health: Health) -> None:
+        super().__init__()
+        self._health = health
+
+    def render_GET(self, request: Request) -> bytes:
+        healthy, body = self._health.check()
+        return _json_body(request, 200 if healthy else 503, body)
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self._registry)
+
+
+def api_root(
+    publisher: Publisher,
+    health: Health,
+    registry: CollectorRegistry,
+    websocket_api: Resource,
+    authorization: bytes | None,
+    max_body: int,
+) -> Resource:
+    """``/v1/mesh/publish``, ``/v1/mesh/kick`` (``{"uid": 1001}``: every node ends that user's
+    private subscriptions and login; ``s`` is the number of nodes reached), ``/ws/v1``,
+    ``/healthz`` and ``/metrics``."""
+    root, v1, mesh, websocket = Resource(), Resource(), Resource(), Resource()
+    root.putChild(b"v1", v1)
+    v1.putChild(b"mesh", mesh)
+    mesh.putChild(b"publish", PublishResource(publisher, authorization, max_body))
+    kick = PublishResource(publisher, authorization, max_body, parse_kick, batches=False)
+    mesh.putChild(b"kick", kick)
+    root.putChild(b"ws", websocket)
+    websocket.putChild(b"v1", websocket_api)
+    root.putChild(b"healthz", HealthResource(health))
+    root.putChild(b"metrics", MetricsResource(registry))
+    return root
+
+
+class QuietSite(Site):
+    """A site without a per-request access log: publishes and handshakes are too frequent
+    for one log line each; ``/metrics`` counts them instead."""
+
+    displayTracebacks = False
+
+    def __init__(self, resource: Resource, timeout: float = 60, forms: bool = True) -> None:
+        super().__init__(resource, timeout=timeout, parsePOSTFormSubmission=forms)
+
+    def log(self, request: object) -> None:
+        pass
+
+
+def mount(root: Resource, path: str, resource: Resource) -> None:
+    """Put ``resource`` at ``path`` (e.g. ``/exchange-stream`` or ``/ws/v2``) under ``root``."""
+    segments = [segment.encode() for segment in path.strip("/").split("/")]
+    parent = root
+    for segment in segments[:-1]:
+        child = parent.children.get(segment)
+        if child is None:
+            child = Resource()
+            parent.putChild(segment, child)
+        parent = child
+    parent.putChild(segments[-1], resource)

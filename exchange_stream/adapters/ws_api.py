@@ -1,0 +1,101 @@
+"""CONNMIX's persistent publish API: a WebSocket at ``/ws/v1`` on the internal API port.
+
+For back ends that publish often: one connection, no HTTP request per message.
+
+    → {"m":"mesh.publish","p":{"c":"ex:1001@balance","d":"{...}"},"i":7}
+    ← {"E":null,"r":{"s":1,"f":0},"i":7}
+    ← {"E":{"c":101,"m":"..."},"i":7}
+
+``p`` takes every field of the HTTP publish (``t``, ``retain``, ``snapshot``), or an array of
+them: a batch, answered like the HTTP batch (``"r"`` an array); ``mesh.kick`` takes
+``{"uid":...}``. Batches are what makes one connection carry tens of thousands of publishes a
+second: a frame costs far more to receive than the publish it carries. With ``--api-token``
+the handshake needs ``Authorization: Bearer ...``.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.websocket.types import ConnectionDeny
+
+from exchange_stream.adapters.fastwrite import FastSendProtocol, TurnWriter
+from exchange_stream.core.encoding import encode
+from exchange_stream.core.mesh_api import (
+    ApiError,
+    decode_body,
+    invalid,
+    parse_batch,
+    parse_kick,
+    parse_publish,
+)
+from exchange_stream.services.publisher import Publisher
+
+METHODS = {"mesh.publish": parse_publish, "mesh.kick": parse_kick}
+BATCHES = {"mesh.publish"}
+
+
+class MeshApiProtocol(FastSendProtocol):
+    def onConnect(self, request) -> None:
+        expected = self.factory.expected_authorization
+        if expected is not None:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                raise ConnectionDeny(401, "missing or wrong bearer token")
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        request_id = None
+        try:
+            message = decode_body(payload)
+            if not isinstance(message, dict):
+                raise invalid("a request is a JSON object")
+            request_id = message.get("i")
+            method, params = message.get("m"), message.get("p")
+            parse = METHODS.get(method)
+            if parse is None:
+                raise invalid(f'"m" must be one of {", ".join(METHODS)}')
+            batch = method in BATCHES and isinstance(params, list)
+            requests = parse_batch(params) if batch else [parse(params)]
+        except ApiError as error:
+            self.factory.publisher.count_error(error)
+            self._answer(error.answer(), request_id)
+            return
+        published = self.factory.publisher.publish_all(requests, batch)
+        published.addCallback(self._published, request_id)
+
+    def _published(self, answer: tuple[int, dict], request_id) -> None:
+        self._answer(answer[1], request_id)
+
+    def _answer(self, answer: dict, request_id) -> None:
+        if self.state == self.STATE_OPEN:
+            answer = {**answer, "i": request_id}
+            self.send_text(encode(answer))
+
+
+class MeshApiFactory(WebSocketServerFactory):
+    """Back ends' publish connections; ``authorization`` is the header ``--api-token`` needs."""
+
+    protocol = MeshApiProtocol
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        turn_writer: TurnWriter,
+        authorization: bytes | None,
+        max_size: int,
+        ping_interval: float,
+        ping_timeout: float,
+    ) -> None:
+        super().__init__(server="exchange-stream")
+        self.publisher = publisher
+        self.turn_writer = turn_writer
+        self.expected_authorization = authorization
+        self.setProtocolOptions(
+            maxFramePayloadSize=max_size,
+            maxMessagePayloadSize=max_size,
+            webStatus=False,
+            autoPingInterval=ping_interval,
+            autoPingTimeout=ping_timeout,
+            allowNullOrigin=True,
+        )

@@ -1,0 +1,135 @@
+"""The gateway's settings and their defaults (docs/running.md lists them).
+
+One frozen object: ``options.py`` builds it from the command line and a TOML file, an
+embedding application builds it directly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from exchange_stream.core.meshurl import check_mesh_url
+
+
+def check_udp(value: str) -> str:
+    """``--feed-udp`` takes ``[interface:]port``."""
+    _, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--feed-udp takes [interface:]port, not {value!r}")
+    return value
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (taskset, cpusets), capped by a cgroup CPU quota
+    (containers): one process per core must not mean more processes than CPU time."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return cores or 1
+    if quota != "max":
+        cores = min(cores or 1, max(1, -(-int(quota) // int(period))))
+    return cores or 1
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    ws: str = "tcp:6790"
+    path: str = "/exchange-stream"
+    api: str = "tcp:6789:interface=127.0.0.1"
+    api_token: str | None = None
+    auth_url: str = "http://127.0.0.1:8000/websocket_auth"
+    auth_timeout: float = 3.0
+    mesh: str = "memory:"
+    prefix: str = "ex:"
+    max_subscriptions: int = 1024
+    max_message_size: int = 64 * 1024
+    max_publish_size: int = 1024 * 1024
+    op_rate: float = 10.0
+    op_burst: int = 20
+    max_connections: int = 50_000
+    max_connections_per_ip: int = 1_000
+    real_ip_header: str | None = None
+    handshake_timeout: float = 5.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    allowed_origins: str = "*"
+    max_backlog: int = 2 * 1024 * 1024
+    drain_seconds: float = 5.0
+    workers: int | None = None  # None: one per core with a shared mesh, else 1 (processes)
+    demo: bool = False
+    feed: str | None = None
+    feed_udp: str | None = None
+    book_url: str | None = None
+    book_interval: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError(f"path must start with '/': {self.path!r}")
+        check_mesh_url(self.mesh)
+        if self.feed_udp is not None:
+            check_udp(self.feed_udp)
+        for name in (
+            "book_interval",
+            "auth_timeout",
+            "max_subscriptions",
+            "max_message_size",
+            "max_publish_size",
+            "op_rate",
+            "op_burst",
+            "max_connections",
+            "max_connections_per_ip",
+            "handshake_timeout",
+            "max_backlog",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("ping_interval", "ping_timeout", "drain_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (off) or positive")
+        if self.workers is not None and self.workers <= 0:
+            raise ValueError("workers must be positive")
+        if (self.workers or 1) > 1 and not self._shares_mesh:
+            raise ValueError("workers > 1 need a mesh they share: --mesh redis://...")
+        if (self.workers or 1) > 1 and not self._plain_tcp:
+            # Workers adopt the listening socket as plain TCP: TLS or a UNIX socket would break.
+            raise ValueError("workers > 1 share a plain tcp: WebSocket endpoint (TLS: in front)")
+        if self.auth_timeout >= self.handshake_timeout:
+            raise ValueError("auth_timeout must be shorter than handshake_timeout")
+
+    @property
+    def origins(self) -> list[str]:
+        """Origin patterns for Autobahn, which matches ``scheme://host:port`` (the port
+        always written): a pattern without a port gets ``:*``, so ``https://app.example.com``
+        means what an operator expects."""
+        patterns = []
+        for origin in (part.strip() for part in self.allowed_origins.split(",")):
+            if origin and "://" in origin and ":" not in origin.split("://", 1)[1]:
+                origin += ":*"
+            if origin:
+                patterns.append(origin)
+        return patterns
+
+    @property
+    def processes(self) -> int:
+        """How many processes accept on the WebSocket port: ``workers`` if given; otherwise,
+        with a shared mesh (Redis) and a plain ``tcp:`` WebSocket endpoint, one per core this
+        process may use; else one."""
+        if self.workers is not None:
+            return self.workers
+        return usable_cores() if self._shares_mesh and self._plain_tcp else 1
+
+    @property
+    def _shares_mesh(self) -> bool:
+        return not self.mesh.startswith("memory")
+
+    @property
+    def _plain_tcp(self) -> bool:
+        return self.ws.startswith("tcp:")
+
+    @property
+    def runs_market(self) -> bool:
+        """The market engine runs in this process (demo, or a feed given)."""
+        return bool(self.demo or self.feed or self.feed_udp or self.book_url)

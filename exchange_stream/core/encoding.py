@@ -1,0 +1,17 @@
+"""The one JSON encoder for everything the gateway writes: replies, notices, publish answers,
+market messages and worker reports.
+
+Compact (no spaces) and UTF-8 as is (``ensure_ascii=False``): a frame is as short as JSON
+allows, and every answer of the same value has the same bytes wherever it is made.
+"""
+
+from __future__ import annotations
+
+import json
+
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def encode(value: object) -> bytes:
+    """``value`` as compact JSON, UTF-8 encoded."""
+    return _encoder.encode(value).encode()

@@ -1,0 +1,166 @@
+"""The matching engine's events (docs/market.md, "Input"), parsed and checked.
+
+One JSON object per line or datagram. Prices and quantities are decimal strings and become
+``Decimal``; a number given as a JSON float is refused rather than rounded. Anything that
+does not parse raises :class:`MalformedEvent`, which the feed counts and skips.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from exchange_stream.core.channels import PRIVATE_TYPES, SYMBOL_PATTERN, normalize_uid
+
+Level = tuple[Decimal, Decimal]
+
+
+class MalformedEvent(ValueError):
+    """An input line or datagram that is not a valid event."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    symbol: str
+    id: int
+    price: Decimal
+    qty: Decimal
+    side: str  # the taker's side: "buy" or "sell"
+    ts: int  # milliseconds since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Book:
+    """A full book snapshot: bids best (highest) first, asks best (lowest) first."""
+
+    symbol: str
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class IndexPrice:
+    symbol: str
+    source: str
+    price: Decimal
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateEvent:
+    type: str  # balance, order, position, account
+    uid: str
+    data: object  # passed through as JSON
+
+
+Event = Trade | Book | IndexPrice | PrivateEvent
+
+
+def parse_event(line: bytes | str) -> Event:
+    try:
+        raw = json.loads(line, parse_float=_refuse_float)
+    except (ValueError, RecursionError) as error:
+        raise MalformedEvent(f"not JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise MalformedEvent("not a JSON object")
+    kind = raw.get("type")
+    if kind == "trade":
+        side = raw.get("side")
+        if side not in ("buy", "sell"):
+            raise MalformedEvent('"side" must be "buy" or "sell"')
+        return Trade(
+            _symbol(raw),
+            _integer(raw, "id"),
+            _positive(raw, "price"),
+            _positive(raw, "qty"),
+            side,
+            _integer(raw, "ts"),
+        )
+    if kind == "book":
+        bids = _levels(raw, "bids", reverse=True)
+        asks = _levels(raw, "asks", reverse=False)
+        if bids and asks and bids[0][0] >= asks[0][0]:
+            raise MalformedEvent("crossed book: best bid >= best ask")
+        return Book(_symbol(raw), bids, asks, _integer(raw, "ts"))
+    if kind == "index":
+        source = raw.get("source")
+        if not isinstance(source, str) or not source:
+            raise MalformedEvent('"source" must be a non-empty string')
+        return IndexPrice(_symbol(raw), source, _positive(raw, "price"), _integer(raw, "ts"))
+    if kind in PRIVATE_TYPES:
+        uid = normalize_uid(raw.get("uid"))
+        if uid is None:
+            raise MalformedEvent('"uid" must be a positive integer or [A-Za-z0-9_-]{1,64}')
+        if "data" not in raw:
+            raise MalformedEvent('"data" is missing')
+        return PrivateEvent(kind, uid, raw["data"])
+    raise MalformedEvent(f"unknown event type {kind!r}")
+
+
+def _refuse_float(text: str):
+    raise MalformedEvent(f"number {text} must be a decimal string")
+
+
+def _symbol(raw: dict) -> str:
+    symbol = raw.get("symbol")
+    if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
+        raise MalformedEvent('"symbol" must be a symbol like BTCUSDT')
+    return symbol
+
+
+def _integer(raw: dict, key: str) -> int:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MalformedEvent(f'"{key}" must be a non-negative integer')
+    return value
+
+
+def decimal(text: object, what: str) -> Decimal:
+    """A finite Decimal from a decimal string."""
+    if not isinstance(text, str) or len(text) > 64:
+        raise MalformedEvent(f"{what} must be a decimal string")
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise MalformedEvent(f"{what} is not a decimal: {text!r}") from None
+    if not value.is_finite():
+        raise MalformedEvent(f"{what} must be finite")
+    return value
+
+
+def _positive(raw: dict, key: str) -> Decimal:
+    value = decimal(raw.get(key), f'"{key}"')
+    if value <= 0:
+        raise MalformedEvent(f'"{key}" must be positive')
+    return value
+
+
+def _levels(raw: dict, key: str, reverse: bool) -> tuple[Level, ...]:
+    """Book levels: the hot part of parsing (a book is hundreds of decimals), so the checks
+    are inlined rather than one call per number."""
+    levels = raw.get(key)
+    if not isinstance(levels, list):
+        raise MalformedEvent(f'"{key}" must be a list of [price, qty]')
+    book: dict[Decimal, Decimal] = {}
+    try:
+        for level in levels:
+            if type(level) is not list:
+                raise ValueError
+            price_text, qty_text = level
+            if type(price_text) is not str or type(qty_text) is not str:
+                raise ValueError
+            if len(price_text) > 64 or len(qty_text) > 64:
+                raise ValueError
+            price, qty = Decimal(price_text), Decimal(qty_text)
+            # NaN fails these comparisons with InvalidOperation; infinities fail is_finite
+            if not (price > 0 and qty >= 0 and price.is_finite() and qty.is_finite()):
+                raise ValueError
+            if qty:
+                book[price] = qty
+    except (ValueError, InvalidOperation):
+        raise MalformedEvent(
+            f'"{key}" must be a list of [price, qty], decimal strings, price > 0, qty >= 0'
+        ) from None
+    return tuple(sorted(book.items(), reverse=reverse))

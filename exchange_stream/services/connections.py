@@ -1,0 +1,136 @@
+"""A node's client connections: who may connect, the open sessions, and the drain.
+
+Three small parts the WebSocket adapter and the wiring share: :class:`Admission` counts
+connections per node and per address, :class:`SessionRegistry` holds every open session (and
+finds a uid's sessions for a kick), and :class:`Drain` closes them all politely on shutdown.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+
+from exchange_stream.core.config import GatewayConfig
+from exchange_stream.core.wire import CloseCode, encode_notice
+from exchange_stream.interfaces import IAuthenticator, IClientConnection
+from exchange_stream.services.node import Node
+from exchange_stream.services.session import Session
+
+
+class Admission:
+    """Connections on this node and per client address, within the configured limits."""
+
+    def __init__(
+        self, max_connections: int, max_per_address: int, is_draining: Callable[[], bool]
+    ) -> None:
+        self._max_connections = max_connections
+        self._max_per_address = max_per_address
+        self._is_draining = is_draining
+        self._per_address: dict[str, int] = {}
+        self._admitted = 0
+
+    def enter(self, address: str) -> tuple[int, str] | None:
+        """Count a new connection from ``address``, or say why not (HTTP status, reason)."""
+        if self._is_draining():
+            return 503, "server shutting down"
+        if self._admitted >= self._max_connections:
+            return 503, "too many connections on this node"
+        if self._per_address.get(address, 0) >= self._max_per_address:
+            return 429, "too many connections from your address"
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        self._admitted += 1
+        return None
+
+    def leave(self, address: str) -> None:
+        """A connection that :meth:`enter` counted has closed."""
+        self._admitted -= 1
+        left = self._per_address.get(address, 0) - 1
+        if left > 0:
+            self._per_address[address] = left
+        else:
+            self._per_address.pop(address, None)
+
+
+class SessionRegistry:
+    """Every open session of this process, with the connection it speaks through."""
+
+    def __init__(
+        self,
+        node: Node,
+        authenticator: IAuthenticator,
+        config: GatewayConfig,
+        clock: IReactorTime,
+    ) -> None:
+        self._node = node
+        self._authenticator = authenticator
+        self._config = config
+        self._clock = clock
+        self._sessions: dict[Session, IClientConnection] = {}
+
+    def open(self, connection: IClientConnection) -> Session:
+        session = Session(connection, self._node, self._authenticator, self._config, self._clock)
+        self._sessions[session] = connection
+        return session
+
+    def end(self, session: Session) -> None:
+        """The session's connection has closed: give back its subscriptions."""
+        session.end()
+        self._sessions.pop(session, None)
+
+    def connections(self) -> Iterable[IClientConnection]:
+        return self._sessions.values()
+
+    def kick(self, uid: str) -> None:
+        """Log ``uid`` out of every session here. A kick is rare, so it looks through the
+        sessions rather than keep an index by uid on the path of every auth."""
+        for session in list(self._sessions):
+            if session.uid == uid:
+                session.log_out("kicked")
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+class Drain:
+    """Shutting down politely: refuse new connections and publishes (503) while ``draining``,
+    then close every client with 4200 ("reconnect now") at a random moment of the window,
+    each with a notice giving a random reconnect delay of up to a second, so that the clients
+    of a node do not all land on the others at once."""
+
+    close_timeout = 2.0  # after the window, for the last closing handshakes
+
+    def __init__(
+        self,
+        connections: Callable[[], Iterable[IClientConnection]],
+        clock: IReactorTime,
+        window: float,
+        chance: random.Random | None = None,
+    ) -> None:
+        self._connections = connections
+        self._clock = clock
+        self._window = window
+        self._random = chance or random.Random()
+        self.draining = False
+
+    def start(self, window: float | None = None) -> Deferred:
+        """Fires when every client is gone, or ``close_timeout`` after the window (default:
+        the configured one)."""
+        window = self._window if window is None else window
+        self.draining = True
+        closing = []
+        for connection in list(self._connections()):
+            self._clock.callLater(self._random.uniform(0, window), self._send_away, connection)
+            closing.append(connection.is_closed)
+        everyone = DeferredList(closing, consumeErrors=True)
+        everyone.addTimeout(window + self.close_timeout, self._clock)
+        return everyone.addErrback(lambda _: None)
+
+    def _send_away(self, connection: IClientConnection) -> None:
+        reconnect_in = self._random.randint(0, 1000)
+        connection.send_reply(encode_notice({"type": "reconnect", "reconnectInMs": reconnect_in}))
+        connection.close(
+            CloseCode.RECONNECT, f"server shutting down; reconnect in {reconnect_in} ms"
+        )

@@ -1,0 +1,205 @@
+"""The market engine: routes events to the computations and publishes their output.
+
+It runs on a clock (the reactor, or a fake one in tests): every ``push_interval`` it flushes
+depth diffs and trade batches, every ``kline_interval`` the changed klines, and every second
+the ticker and the mark price (each only when changed). Output goes to a ``publish`` callable
+with the mesh's signature, so the engine runs the same inside a gateway (publishing into its
+node) or on its own (publishing into a Redis mesh).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from exchange_stream.core.market.depth import DepthBook
+from exchange_stream.core.market.events import Book, Event, IndexPrice, PrivateEvent, Trade
+from exchange_stream.core.market.kline import INTERVAL_MS, KlineSeries
+from exchange_stream.core.market.markprice import MarkPrice
+from exchange_stream.core.market.ticker import RollingTicker
+from exchange_stream.core.market.trades import TradeBatcher
+from exchange_stream.core.publication import MeshUnavailable, Publication
+from exchange_stream.services.periodic import PeriodicService
+
+Publish = Callable[[str, Publication, Publication | None], Deferred]
+
+
+@dataclass(frozen=True)
+class MarketSettings:
+    prefix: str = "ex:"
+    push_interval: float = 0.1  # depth diffs and trade batches, seconds
+    kline_interval: float = 0.5
+    depth_levels: int = 200
+    impact_notional: Decimal = Decimal(25_000)
+    funding_cap: Decimal = Decimal("0.003")
+    index_stale_ms: int = 30_000
+
+
+class _Symbol:
+    """Everything the engine keeps for one symbol."""
+
+    def __init__(self, symbol: str, settings: MarketSettings) -> None:
+        self.depth = DepthBook(symbol, settings.depth_levels)
+        self.trades = TradeBatcher(symbol)
+        self.ticker = RollingTicker(symbol)
+        self.klines = [KlineSeries(symbol, interval) for interval in INTERVAL_MS]
+        self.mark = MarkPrice(
+            symbol, settings.impact_notional, settings.index_stale_ms, settings.funding_cap
+        )
+        self.book: Book | None = None
+        self.last_price: Decimal | None = None
+        self.last_trade = (-1, -1)  # (ts, id) of the trade that set last_price
+        self.last_ticker: dict | None = None
+        self.last_mark: dict | None = None
+
+
+def _without_ts(message: dict | None) -> dict | None:
+    return None if message is None else {k: v for k, v in message.items() if k != "ts"}
+
+
+class MarketEngine(PeriodicService):
+    log = Logger()
+
+    def __init__(
+        self,
+        publish: Publish,
+        settings: MarketSettings | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        super().__init__(clock)
+        self._publish = publish
+        self.settings = settings or MarketSettings()
+        self._symbols: dict[str, _Symbol] = {}
+        self.events = 0
+        self.published = 0
+        self.publish_failures = 0
+
+    # -- input ----------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> None:
+        """Take one event from the matching engine (already parsed and checked)."""
+        self.events += 1
+        if isinstance(event, PrivateEvent):
+            channel = f"{self.settings.prefix}{event.uid}@{event.type}"
+            self._send(channel, f"@{event.type}", event.data)
+            return
+        state = self._symbol(event.symbol)
+        if isinstance(event, Trade):
+            state.trades.add(event)
+            state.ticker.add(event)
+            if (event.ts, event.id) > state.last_trade:
+                state.last_price, state.last_trade = event.price, (event.ts, event.id)
+            for series in state.klines:
+                for closed in series.add(event):
+                    self._send_kline(event.symbol, series.interval, closed)
+        elif isinstance(event, Book):
+            state.book = event
+            state.depth.offer(event)
+        elif isinstance(event, IndexPrice):
+            state.mark.add_index(event)
+
+    def _symbol(self, symbol: str) -> _Symbol:
+        state = self._symbols.get(symbol)
+        if state is None:
+            state = self._symbols[symbol] = _Symbol(symbol, self.settings)
+        return state
+
+    # -- schedule -------------------------------------------------------------------------
+
+    def periodic(self) -> list[tuple[float, Callable[[], object]]]:
+        return [
+            (self.settings.push_interval, self.push),
+            (self.settings.kline_interval, self.push_klines),
+            (1.0, self.push_every_second),
+        ]
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    def push(self) -> None:
+        """Depth diffs and trade batches since the last push."""
+        for symbol, state in self._symbols.items():
+            depth = state.depth.flush()
+            if depth is not None:
+                update, snapshot = depth
+                self._send(self._public(symbol, "depth"), f"{symbol}@depth", update, snapshot)
+            trades = state.trades.flush()
+            if trades is not None:
+                self._send(self._public(symbol, "trades"), f"{symbol}@trades", trades)
+
+    def push_klines(self) -> None:
+        now = self._now_ms()
+        for symbol, state in self._symbols.items():
+            for series in state.klines:
+                for closed in series.advance(now):
+                    self._send_kline(symbol, series.interval, closed)
+                change = series.take_change()
+                if change is not None:
+                    self._send_kline(symbol, series.interval, change)
+
+    def push_every_second(self) -> None:
+        """Ticker and mark price, each only when it changed; mark price samples."""
+        now = self._now_ms()
+        for symbol, state in self._symbols.items():
+            ticker = state.ticker.message(now)
+            if _without_ts(ticker) != _without_ts(state.last_ticker):
+                state.last_ticker = ticker
+                self._send(self._public(symbol, "ticker"), f"{symbol}@ticker", ticker, retain=True)
+            state.mark.sample(now, state.book)
+            mark = state.mark.message(now, state.last_price)
+            if _without_ts(mark) != _without_ts(state.last_mark):
+                state.last_mark = mark
+                channel = self._public(symbol, "markprice")
+                self._send(channel, f"{symbol}@markprice", mark, retain=True)
+
+    # -- output ---------------------------------------------------------------------------
+
+    def _public(self, symbol: str, kind: str) -> str:
+        return f"{self.settings.prefix}{symbol}@{kind}"
+
+    def _send_kline(self, symbol: str, interval: str, bar: dict) -> None:
+        names = [f"kline_{interval}"] + (["kline"] if interval == "1m" else [])
+        for name in names:
+            self._send(self._public(symbol, name), f"{symbol}@{name}", bar, retain=True)
+
+    def _send(
+        self,
+        channel: str,
+        event: str,
+        data: object,
+        snapshot: dict | None = None,
+        retain: bool = False,
+    ) -> None:
+        message = _envelope(event, data)
+        kept = message if retain else (_envelope(event, snapshot) if snapshot else None)
+        sent = self._publish(channel, message, kept)
+        sent.addCallbacks(self._sent, self._failed, errbackArgs=(channel,))
+
+    def _sent(self, _nodes: int) -> None:
+        self.published += 1
+
+    def _failed(self, failure, channel: str) -> None:
+        self.publish_failures += 1
+        if failure.check(MeshUnavailable):
+            if self.publish_failures % 1000 == 1:
+                self.log.warn(
+                    "market engine: mesh unavailable, {count} publishes failed so far",
+                    count=self.publish_failures,
+                )
+        else:
+            self.log.failure(
+                "market engine: publishing to {channel} failed", failure, channel=channel
+            )
+
+
+def _envelope(event: str, data: object) -> Publication:
+    text = json.dumps({"event": event, "data": data}, separators=(",", ":"), ensure_ascii=False)
+    return Publication(text.encode())

@@ -1,0 +1,179 @@
+"""A simulated matching engine for ``--demo``: random-walk order flow for a few symbols.
+
+Each step (50 ms) moves each symbol's mid price by a few ticks now and then, refreshes a
+60-level book a side (a few levels change size, levels follow the mid), and prints a few
+trades at the touch. Every second each symbol gets index prices from three sources; now and
+then a demo user (uids 1001 to 1005) gets an order, balance, position or account event. It feeds
+the engine the same event objects the TCP/UDP feeds produce.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from twisted.internet.interfaces import IReactorTime
+
+from exchange_stream.core.market.depth import text
+from exchange_stream.core.market.events import Book, Event, IndexPrice, PrivateEvent, Trade
+from exchange_stream.services.periodic import PeriodicService
+
+DEMO_UIDS = (1001, 1002, 1003, 1004, 1005)
+DEMO_TOKENS = {f"demo-{uid}": uid for uid in DEMO_UIDS}
+
+
+@dataclass
+class Market:
+    """One simulated symbol; prices are kept in whole ticks."""
+
+    symbol: str
+    mid_ticks: int
+    tick: Decimal
+    lot: Decimal
+    levels: int = 60
+    bids: dict[int, int] = field(default_factory=dict)  # price in ticks -> qty in lots
+    asks: dict[int, int] = field(default_factory=dict)
+
+    def price(self, ticks: int) -> Decimal:
+        return ticks * self.tick
+
+    def qty(self, lots: int) -> Decimal:
+        return lots * self.lot
+
+
+def demo_markets() -> list[Market]:
+    return [
+        # lots of a few hundred USDT, so that the book holds the mark price's impact notional
+        Market("BTCUSDT", 640_000, Decimal("0.1"), Decimal("0.01")),
+        Market("ETHUSDT", 340_000, Decimal("0.01"), Decimal("0.1")),
+        Market("SOLUSDT", 15_000, Decimal("0.01"), Decimal("1")),
+        Market("BNBUSDT", 60_000, Decimal("0.01"), Decimal("1")),
+        Market("XRPUSDT", 6_000, Decimal("0.0001"), Decimal("1000")),
+    ]
+
+
+class Simulator(PeriodicService):
+    start_now = True
+
+    def __init__(
+        self,
+        handle: Callable[[Event], None],
+        clock: IReactorTime,
+        markets: list[Market] | None = None,
+        rng: random.Random | None = None,
+        step: float = 0.05,
+    ) -> None:
+        super().__init__(clock)
+        self._handle = handle
+        self.markets = markets or demo_markets()
+        self._rng = rng or random.Random()
+        self._step = step
+        self._trade_id = 0
+        self._order_id = 0
+
+    def periodic(self) -> list[tuple[float, Callable[[], object]]]:
+        return [(self._step, self.step), (1.0, self.index), (0.3, self.private)]
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    def step(self) -> None:
+        now = self._now_ms()
+        for market in self.markets:
+            self._walk(market)
+            self._refresh_book(market)
+            for _ in range(self._rng.choice((0, 0, 1, 1, 2, 3))):
+                self._trade(market, now)
+            self._handle(self._book(market, now))
+
+    @staticmethod
+    def _book(market: Market, now: int) -> Book:
+        def levels(side: dict[int, int], best_first_descending: bool):
+            ordered = sorted(side.items(), reverse=best_first_descending)
+            return tuple((market.price(p), market.qty(q)) for p, q in ordered)
+
+        return Book(market.symbol, levels(market.bids, True), levels(market.asks, False), now)
+
+    def _walk(self, market: Market) -> None:
+        if self._rng.random() < 0.3:
+            market.mid_ticks += self._rng.choice((-3, -2, -1, -1, 1, 1, 2, 3))
+
+    def _refresh_book(self, market: Market) -> None:
+        """Levels follow the mid; a few change size each step; an empty level now and then."""
+        for side, sign in ((market.bids, -1), (market.asks, 1)):
+            wanted = {market.mid_ticks + sign * k for k in range(1, market.levels + 1)}
+            for price in list(side):
+                if price not in wanted:
+                    del side[price]
+            for price in wanted:
+                if price not in side:
+                    side[price] = self._size(market, price)
+            for price in self._rng.sample(sorted(side), k=max(1, len(side) // 12)):
+                if self._rng.random() < 0.15 and abs(price - market.mid_ticks) > 3:
+                    del side[price]  # a level emptied; it may come back later
+                else:
+                    side[price] = self._size(market, price)
+
+    def _size(self, market: Market, price: int) -> int:
+        distance = abs(price - market.mid_ticks)
+        return self._rng.randint(1, 20) * (1 + distance // 10)
+
+    def _trade(self, market: Market, now: int) -> None:
+        side = self._rng.choice(("buy", "sell"))
+        book = market.asks if side == "buy" else market.bids
+        if not book:
+            return
+        price = min(book) if side == "buy" else max(book)
+        self._trade_id += 1
+        lots = self._rng.randint(1, 5)
+        self._handle(
+            Trade(market.symbol, self._trade_id, market.price(price), market.qty(lots), side, now)
+        )
+
+    def index(self) -> None:
+        now = self._now_ms()
+        for market in self.markets:
+            for source in ("binance", "okx", "bybit"):
+                drift = Decimal(self._rng.randint(-5, 5)) / 10_000
+                price = (market.price(market.mid_ticks) * (1 + drift)).quantize(market.tick)
+                self._handle(IndexPrice(market.symbol, source, price, now))
+
+    def private(self) -> None:
+        uid = self._rng.choice(DEMO_UIDS)
+        market = self._rng.choice(self.markets)
+        kind = self._rng.choice(("order", "order", "balance", "position", "account"))
+        price = text(market.price(market.mid_ticks))
+        if kind == "order":
+            self._order_id += 1
+            data = {
+                "orderId": self._order_id,
+                "symbol": market.symbol,
+                "side": self._rng.choice(("buy", "sell")),
+                "price": price,
+                "qty": text(market.qty(self._rng.randint(1, 10))),
+                "status": self._rng.choice(("new", "partially_filled", "filled", "canceled")),
+                "ts": self._now_ms(),
+            }
+        elif kind == "balance":
+            data = {
+                "uid": uid,
+                "balances": [
+                    {
+                        "asset": "USDT",
+                        "available": f"{self._rng.randint(1000, 99999)}.25",
+                        "locked": "100.00",
+                    }
+                ],
+            }
+        elif kind == "position":
+            data = {
+                "symbol": market.symbol,
+                "side": "long",
+                "qty": text(market.qty(self._rng.randint(1, 50))),
+                "entryPrice": price,
+            }
+        else:
+            data = {"uid": uid, "level": "VIP1", "updated": self._now_ms()}
+        self._handle(PrivateEvent(kind, str(uid), data))
