@@ -28,33 +28,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peers import (
+from common import (
     LOOPBACK,
     BenchmarkError,
+    CpuSnapshot,
+    GatewayCode,
+    Processes,
+    header_line,
+    progress,
+    run_header,
+    table,
+)
+from peers import (
     ExchangeStream,
     LoadClients,
     Nchan,
-    Processes,
-    PublishStats,
-    Snapshot,
+    PipelinedPublisher,
+    System,
     compile_wsload,
-    paced_sends,
-    progress,
-    read_http_response,
-    run_header,
+    http_request,
+    payload,
     sum_clients,
-    table,
+    websocket_publisher,
 )
-from websockets.sync.client import connect as ws_connect
 
 PATHS = ("ws-batch", "ws", "http-batch", "http", "nchan")
 
@@ -69,149 +70,78 @@ class NchanOwnChannels(Nchan):
     sub_path = "/sub?id=C%d"
 
 
-def payload(seq: int, sent_ns: int, size: int) -> str:
-    """The text wsload checks: ``size`` bytes with the channel's ``seq`` and the send time."""
-    head = f'{{"event":"trades","data":{{"seq":{seq},"t":{sent_ns},"pad":"'
-    return head + "x" * (size - len(head) - 3) + '"}}'
+def publisher(path: str, system: System) -> PipelinedPublisher:
+    """One connection for ``path``: exchange-stream's ``/ws/v1`` or HTTP API, or nchan's."""
+    if path.startswith("ws"):
+        url = f"ws://{LOOPBACK}:{system.api_port}/ws/v1"
+        return websocket_publisher(url, lambda answer: json.loads(answer)["E"] is None)
+    return system.publisher()
 
 
-# Builds one request's bytes from (channel number, seq in that channel) pairs and the size.
-Request = Callable[[list[tuple[int, int]], int], bytes]
-
-
-class Pipelined:
-    """Requests of ``batch`` publishes on one connection, at most ``window`` unanswered.
-
-    ``send`` writes a request's bytes, ``answer`` blocks for the next answer and says whether
-    it accepted every publish in it; a thread reads the answers and frees window slots.
+def requests(path: str, port: int, channels: int, messages: int, batch: int, size: int):
+    """Request n's bytes: publishes n * batch onwards (``messages`` in all), round-robin over
+    the channels: publish m goes to channel m % channels as that channel's seq m // channels.
     """
+    ids = iter(range(messages + 1))  # /ws/v1 request ids
 
-    def __init__(
-        self, send: Callable[[bytes], None], answer: Callable[[], bool], request: Request
-    ) -> None:
-        self._send, self._answer, self._request = send, answer, request
+    def texts(number: int, sent_ns: int) -> list[tuple[int, str]]:
+        first = number * batch
+        return [
+            (m % channels, payload(m // channels, sent_ns, size, event="trades"))
+            for m in range(first, min(first + batch, messages))
+        ]
 
-    def run(self, channels: int, messages: int, batch: int, size: int, window: int) -> PublishStats:
-        stats = PublishStats()
-        sizes = [min(batch, messages - first) for first in range(0, messages, batch)]
-        slots = threading.Semaphore(window)
-        reader = threading.Thread(target=self._answers, args=(sizes, slots, stats))
-        reader.start()
-        try:
-            for number in paced_sends(len(sizes), None, slots, stats):
-                first = number * batch
-                pairs = [(n % channels, n // channels) for n in range(first, first + sizes[number])]
-                sent_ns = time.monotonic_ns()
-                self._send(self._request(pairs, size))
-                stats.first_ns = stats.first_ns or sent_ns
-                stats.last_ns = sent_ns
-                stats.sent += len(pairs)
-        except OSError as error:
-            stats.error = f"send: {error}"
-        finally:
-            reader.join(60)
-        return stats
+    def request(number: int, sent_ns: int) -> bytes:
+        if path == "nchan":
+            ((channel, text),) = texts(number, sent_ns)
+            return http_request(port, f"/pub?id=C{channel}", text.encode())
+        items = [{"c": f"ex:C{c}USDT@trades", "d": text} for c, text in texts(number, sent_ns)]
+        publishes = items if batch > 1 else items[0]
+        if path.startswith("ws"):
+            message = {"m": "mesh.publish", "p": publishes, "i": next(ids)}
+            return json.dumps(message, separators=(",", ":")).encode()
+        body = json.dumps(publishes, separators=(",", ":")).encode()
+        return http_request(port, "/v1/mesh/publish", body)
 
-    def _answers(self, sizes: list[int], slots: threading.Semaphore, stats: PublishStats) -> None:
-        try:
-            for size in sizes:
-                if self._answer():
-                    stats.answered += size
-                else:
-                    stats.refused += size
-                slots.release()
-        except Exception as error:  # a closed socket or WebSocket: the run is over
-            stats.error = stats.error or f"answers: {error!r}"
-        finally:
-            slots.release(len(sizes) or 1)
+    return request
 
 
-def _items(pairs: list[tuple[int, int]], size: int) -> list[dict[str, str]]:
-    sent_ns = time.monotonic_ns()
-    return [{"c": f"ex:C{c}USDT@trades", "d": payload(seq, sent_ns, size)} for c, seq in pairs]
-
-
-def _http(port: int, path: str, body: bytes) -> bytes:
-    head = f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Length: {len(body)}"
-    return head.encode() + b"\r\n\r\n" + body
-
-
-def http_publisher(port: int, batch: bool, nchan: bool = False) -> tuple[Pipelined, Any]:
-    """Pipelined POSTs on one keep-alive connection: exchange-stream's API, or nchan's."""
-    sock = socket.create_connection((LOOPBACK, port), timeout=30)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    file = sock.makefile("rb")
-
-    def request(pairs: list[tuple[int, int]], size: int) -> bytes:
-        if nchan:
-            ((channel, seq),) = pairs
-            body = payload(seq, time.monotonic_ns(), size).encode()
-            return _http(port, f"/pub?id=C{channel}", body)
-        items = _items(pairs, size)
-        body = json.dumps(items if batch else items[0], separators=(",", ":")).encode()
-        return _http(port, "/v1/mesh/publish", body)
-
-    def answer() -> bool:
-        status, body = read_http_response(file)
-        return status in (201, 202) if nchan else status == 200 and b'"E":null' in body
-
-    return Pipelined(sock.sendall, answer, request), sock
-
-
-def ws_publisher(port: int, batch: bool) -> tuple[Pipelined, Any]:
-    """exchange-stream's persistent publish API, ``/ws/v1``."""
-    ws = ws_connect(f"ws://{LOOPBACK}:{port}/ws/v1", compression=None, max_size=None,
-                    ping_interval=None)  # fmt: skip
-    counter = iter(range(1 << 62))
-
-    def request(pairs: list[tuple[int, int]], size: int) -> bytes:
-        items = _items(pairs, size)
-        message = {"m": "mesh.publish", "p": items if batch else items[0], "i": next(counter)}
-        return json.dumps(message, separators=(",", ":")).encode()
-
-    def answer() -> bool:
-        return json.loads(ws.recv(timeout=30))["E"] is None
-
-    return Pipelined(lambda data: ws.send(data.decode()), answer, request), ws
-
-
-def run_path(path: str, args: argparse.Namespace, processes: Processes, binary: Path,
-             workdir: Path) -> dict[str, Any]:  # fmt: skip
+def run_path(
+    path: str, args: argparse.Namespace, processes: Processes, binary: Path, workdir: Path,
+    code: GatewayCode,
+) -> dict[str, Any]:  # fmt: skip
     """Start the server afresh, subscribe the clients, publish, measure, stop."""
     directory = workdir / path
     directory.mkdir()
-    system = (NchanOwnChannels if path == "nchan" else OwnChannels)(processes, directory)
+    system = (NchanOwnChannels if path == "nchan" else OwnChannels)(processes, directory, code)
     batch = args.batch if path.endswith("batch") else 1
     window = args.window if batch > 1 else args.single_window
     per_channel = args.messages // args.channels
     messages = per_channel * args.channels
+    sizes = [min(batch, messages - first) for first in range(0, messages, batch)]
     progress(f"{path}: {args.channels:,} channels x {per_channel} messages, "
              f"{batch} a request, {window} in flight ...")  # fmt: skip
     try:
         system.start()
+        port = system.ws_port if path == "nchan" else system.api_port
+        request = requests(path, port, args.channels, messages, batch, args.size)
         with LoadClients(
             processes, binary, system, args.channels, per_channel, args.size,
             timeout=args.timeout, per_process=19_000,
         ) as clients:  # fmt: skip
             clients.wait_ready(90)
-            if path == "nchan":
-                publisher, connection = http_publisher(system.ws_port, False, nchan=True)
-            elif path.startswith("ws"):
-                publisher, connection = ws_publisher(system.api_port, batch > 1)
-            else:
-                publisher, connection = http_publisher(system.api_port, batch > 1)
-            with connection:
-                before = Snapshot.take(system.measured_pid)
-                stats = publisher.run(args.channels, messages, batch, args.size, window)
+            with publisher(path, system) as connection:
+                before = CpuSnapshot.take(system.measured_pid)
+                stats = connection.run(request, sizes, None, window)
                 reports = clients.results(grace=30)
-                after = Snapshot.take(system.measured_pid)
-        problems = [line for line in system.log_problems()[:3]]
+                after = CpuSnapshot.take(system.measured_pid)
+        problems = system.log_problems()[:3]
     finally:
         system.stop()
     load = sum_clients(reports)
     wall = after.wall - before.wall
     window_s = (load["last_ns"] - stats.first_ns) / 1e9
-    server = after.server - before.server
+    server = after.processes[0] - before.processes[0]
     figures = {
         "path": path, "batch": batch, "window": window, "published": stats.answered,
         "refused": stats.refused, "error": stats.error, "received": load["received"],
@@ -231,8 +161,8 @@ def run_path(path: str, args: argparse.Namespace, processes: Processes, binary: 
     return figures
 
 
-def report(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
-    lines = [" ".join(f"{key}={value}" for key, value in header.items()), ""]
+def report(rows: list[dict[str, Any]], header: dict[str, object]) -> str:
+    lines = [header_line(header), ""]
     lines.append(table(
         ["path", "batch", "in flight", "publishes/s", "server us/publish", "server %",
          "client %", "publisher %", "p50 ms", "p99 ms", "lost/dup/corrupt", "check"],
@@ -262,23 +192,24 @@ def main() -> int:
                         help="single-publish requests in flight")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--json", action="store_true", help="the figures as JSON")
+    GatewayCode.add_options(parser)
     args = parser.parse_args()
     paths = args.paths.split(",")
     if unknown := set(paths) - set(PATHS):
         parser.error(f"unknown paths: {', '.join(sorted(unknown))}")
-    processes = Processes()
     rows = []
     try:
-        with tempfile.TemporaryDirectory(prefix="channels-") as workdir:
-            binary = compile_wsload(Path(workdir))
+        with tempfile.TemporaryDirectory(prefix="channels-") as scratch, Processes() as processes:
+            workdir = Path(scratch)
+            code = GatewayCode.chosen(args, workdir)
+            header = run_header(code)
+            progress(header_line(header))
+            binary = compile_wsload(workdir)
             for path in paths:
-                rows.append(run_path(path, args, processes, binary, Path(workdir)))
+                rows.append(run_path(path, args, processes, binary, workdir, code))
     except (BenchmarkError, KeyboardInterrupt) as error:
         print(f"channels: {error!r}", file=sys.stderr)
         return 1
-    finally:
-        processes.stop_all()
-    header = run_header()
     print(json.dumps({"header": header, "rows": rows}, indent=1) if args.json
           else report(rows, header))  # fmt: skip
     return 1 if any(row["problems"] for row in rows) else 0

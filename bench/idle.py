@@ -1,7 +1,8 @@
 """Idle connections: RSS per connection, idle CPU with heartbeats on, and time to drain.
 
-Starts ``twistd exchange-stream``, opens ``--connections`` WebSocket connections (default
-10,000) from client processes, each subscribed to one channel, and measures:
+Starts ``twistd exchange-stream`` (the checkout, ``--rev`` or ``--installed``), opens
+``--connections`` WebSocket connections (default 10,000) from client processes, each
+subscribed to one channel, and measures:
 
 - server RSS per idle connection (RSS with the connections minus RSS at rest, divided),
 - server CPU while idle for ``--idle-seconds`` (heartbeats on: ping frames every
@@ -24,45 +25,56 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import websockets
-from common import cpu_seconds, rss_kib, start_gateway
-from fanout import RedisProcess, redis_server_executable
+from common import (
+    HERE,
+    BenchmarkError,
+    Gateway,
+    GatewayCode,
+    Processes,
+    child_pids,
+    header_line,
+    process_cpu_seconds,
+    raise_fd_limit,
+    read_line,
+    rss_kib,
+    run_header,
+    start_gateway,
+    start_redis,
+)
 
-HERE = Path(__file__).parent
 
-
-async def hold(url: str, count: int, source: str) -> None:
-    """Open ``count`` subscribed connections from address ``source``, say "ready", wait until
-    all are closed by the server, then print the time of the last close."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+async def hold(url: str, count: int, source: str, limit: float) -> None:
+    """Open ``count`` subscribed connections from address ``source``, say "ready", wait
+    until the server has closed them all (``limit`` seconds at most), then print the time of
+    the last close."""
+    raise_fd_limit()
     connections = []
     for index in range(count):
         ws = await websockets.connect(
             url, ping_interval=None, open_timeout=30, local_addr=(source, 0)
         )
         await ws.send(json.dumps({"op": "subscribe", "channel": f"S{index % 100}@ticker"}))
-        await ws.recv()
+        await asyncio.wait_for(ws.recv(), 30)
         connections.append(ws)
     print("ready", flush=True)
     last_close = 0.0
 
-    async def wait_closed(ws) -> None:
+    async def wait_closed(ws: websockets.ClientConnection) -> None:
         nonlocal last_close
         await ws.wait_closed()
         last_close = max(last_close, time.time())
 
-    await asyncio.gather(*(wait_closed(ws) for ws in connections))
+    await asyncio.wait_for(asyncio.gather(*(wait_closed(ws) for ws in connections)), limit)
     print(f"closed {last_close}", flush=True)
 
 
@@ -74,29 +86,29 @@ def main() -> None:
     parser.add_argument("--ping-interval", type=float, default=20.0)
     parser.add_argument("--drain-seconds", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=1, help="gateway processes")
+    GatewayCode.add_options(parser)
     args = parser.parse_args()
     options = [
         "--max-connections-per-ip", "1000000", "--max-connections", "1000000",
         "--op-rate", "1000", "--ping-interval", str(args.ping_interval),
         "--drain-seconds", str(args.drain_seconds), "--workers", str(args.workers),
     ]  # fmt: skip
-    with contextlib.ExitStack() as stack:
+    raise_fd_limit()
+    with tempfile.TemporaryDirectory(prefix="idle-") as scratch, Processes() as processes:
+        workdir = Path(scratch)
+        code = GatewayCode.chosen(args, workdir)
+        print(header_line(run_header(code)))
         if args.workers > 1:
-            redis = stack.enter_context(RedisProcess(redis_server_executable()))
-            options += ["--mesh", redis.url]
-        run(args, *start_gateway(*options))
-
-
-def gateway_pids(pid: int) -> list[int]:
-    """The gateway and its workers."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid, *map(int, children)]
+            options += ["--mesh", start_redis(processes, workdir).url]
+        gateway = start_gateway(processes, code, workdir, *options)
+        run(args, processes, gateway)
 
 
 def wait_for_workers(api: str, workers: int) -> None:
+    """Until ``/healthz`` says every worker reports (30 s at most)."""
     for _ in range(300):
         try:
-            with urllib.request.urlopen(f"{api}/healthz") as answer:
+            with urllib.request.urlopen(f"{api}/healthz", timeout=2) as answer:
                 health = json.load(answer)
         except urllib.error.HTTPError as unhealthy:  # 503 until the mesh is up everywhere
             health = json.load(unhealthy)
@@ -106,54 +118,55 @@ def wait_for_workers(api: str, workers: int) -> None:
         ):
             return
         time.sleep(0.1)
-    raise RuntimeError("the workers did not report")
+    raise BenchmarkError("the workers did not report")
 
 
-def run(args: argparse.Namespace, server: subprocess.Popen, url: str, api: str) -> None:
+def run(args: argparse.Namespace, processes: Processes, gateway: Gateway) -> None:
+    wait_for_workers(gateway.api_url, args.workers)
+    time.sleep(0.5)
+    pids = [gateway.process.pid, *child_pids(gateway.process.pid)]
+    rest = sum(map(rss_kib, pids))
+    share = args.connections // args.client_procs
+    limit = args.idle_seconds + args.drain_seconds + 120
+    opening = time.perf_counter()
     clients = []
-    try:
-        wait_for_workers(api, args.workers)
-        time.sleep(0.5)
-        pids = gateway_pids(server.pid)
-        rest = sum(map(rss_kib, pids))
-        share = args.connections // args.client_procs
-        opening = time.perf_counter()
-        for number in range(args.client_procs):
-            code = (
-                f"import asyncio, sys; sys.path.insert(0, {str(HERE)!r}); import idle; "
-                f"asyncio.run(idle.hold({url!r}, {share}, '127.0.0.{number + 1}'))"
-            )
-            clients.append(
-                subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-            )
-        for client in clients:
-            assert client.stdout.readline().strip() == "ready"
-        opened = time.perf_counter() - opening
-        time.sleep(2)
-        loaded = sum(map(rss_kib, pids))
-        cpu_before = sum(map(cpu_seconds, pids))
-        time.sleep(args.idle_seconds)
-        idle_cpu = (sum(map(cpu_seconds, pids)) - cpu_before) / args.idle_seconds
-        total = share * args.client_procs
-        sigterm = time.time()
-        server.send_signal(signal.SIGTERM)
-        last_close = max(float(c.stdout.readline().split()[1]) for c in clients)
-        server.wait(60)
-        exited = time.time()
-        print(f"idle connections ({os.cpu_count()} CPUs, {len(pids)} gateway processes)")
-        print(f"  connections  {total:,} opened in {opened:.1f} s, each subscribed to 1 channel")
-        print(f"  server RSS   {rest / 1024:.1f} MiB at rest, {loaded / 1024:.1f} MiB loaded: "
-              f"{(loaded - rest) / total:.1f} KiB per idle connection")  # fmt: skip
-        print(f"  idle CPU     {idle_cpu * 100:.2f} % of a core over {args.idle_seconds:.0f} s "
-              f"(ping frames every {args.ping_interval:.0f} s)")  # fmt: skip
-        print(f"  drain        last client sent away {last_close - sigterm:.2f} s after SIGTERM "
-              f"(window {args.drain_seconds:.0f} s); process exited after "
-              f"{exited - sigterm:.2f} s")  # fmt: skip
-    finally:
-        for process in [server, *clients]:
-            if process.poll() is None:
-                process.kill()
+    for number in range(args.client_procs):
+        code = (
+            f"import asyncio, sys; sys.path.insert(0, {str(HERE)!r}); import idle; "
+            f"asyncio.run(idle.hold({gateway.ws_url!r}, {share}, '127.0.0.{number + 1}', {limit}))"
+        )
+        command = [sys.executable, "-c", code]
+        clients.append(processes.spawn(command, stdout=subprocess.PIPE, text=True))
+    for client in clients:
+        if read_line(client.stdout, 120, "idle client") != "ready":
+            raise BenchmarkError("an idle client did not say ready")
+    opened = time.perf_counter() - opening
+    time.sleep(2)
+    loaded = sum(map(rss_kib, pids))
+    cpu_before = sum(map(process_cpu_seconds, pids))
+    time.sleep(args.idle_seconds)
+    idle_cpu = (sum(map(process_cpu_seconds, pids)) - cpu_before) / args.idle_seconds
+    total = share * args.client_procs
+    sigterm = time.time()
+    gateway.process.send_signal(signal.SIGTERM)
+    closes = [read_line(c.stdout, args.drain_seconds + 60, "idle client") for c in clients]
+    last_close = max(float(line.split()[1]) for line in closes)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        gateway.process.wait(60)
+    exited = time.time()
+    print(f"idle connections ({len(pids)} gateway processes)")
+    print(f"  connections  {total:,} opened in {opened:.1f} s, each subscribed to 1 channel")
+    print(f"  server RSS   {rest / 1024:.1f} MiB at rest, {loaded / 1024:.1f} MiB loaded: "
+          f"{(loaded - rest) / total:.1f} KiB per idle connection")  # fmt: skip
+    print(f"  idle CPU     {idle_cpu * 100:.2f} % of a core over {args.idle_seconds:.0f} s "
+          f"(ping frames every {args.ping_interval:.0f} s)")  # fmt: skip
+    print(f"  drain        last client sent away {last_close - sigterm:.2f} s after SIGTERM "
+          f"(window {args.drain_seconds:.0f} s); process exited after "
+          f"{exited - sigterm:.2f} s")  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BenchmarkError as error:
+        sys.exit(f"idle.py: {error}")

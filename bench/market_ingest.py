@@ -14,9 +14,9 @@ import argparse
 import json
 import os
 import random
-import resource
 import time
 
+from common import header_line, own_cpu_seconds, pinned, run_header
 from twisted.internet.task import Clock
 
 from exchange_stream.market.engine import MarketEngine, MarketSettings
@@ -53,11 +53,6 @@ def make_lines(count: int, symbols: int, rng: random.Random) -> list[bytes]:
     return lines
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -66,8 +61,7 @@ def main() -> None:
     parser.add_argument("--events-per-tick", type=int, default=2_000,
                         help="events between two 100 ms engine ticks")  # fmt: skip
     args = parser.parse_args()
-    if args.core >= 0:
-        os.sched_setaffinity(0, {args.core})
+    print(header_line(run_header()))
     lines = make_lines(args.events, args.symbols, random.Random(7))
     sizes = sum(len(line) for line in lines)
 
@@ -78,13 +72,14 @@ def main() -> None:
     engine.startService()
     feed = FeedInput(engine.handle)
 
-    started_wall, started_cpu = time.perf_counter(), cpu_seconds()
-    for index, line in enumerate(lines, 1):
-        feed.raw(line, "bench")
-        if index % args.events_per_tick == 0:
-            clock.advance(0.1)
-    clock.advance(1.0)
-    wall, cpu = time.perf_counter() - started_wall, cpu_seconds() - started_cpu
+    with pinned({args.core} if args.core >= 0 else None):
+        started_wall, started_cpu = time.perf_counter(), own_cpu_seconds()
+        for index, line in enumerate(lines, 1):
+            feed.raw(line, "bench")
+            if index % args.events_per_tick == 0:
+                clock.advance(0.1)
+        clock.advance(1.0)
+        wall, cpu = time.perf_counter() - started_wall, own_cpu_seconds() - started_cpu
 
     print("market engine ingest")
     print(f"  events       {args.events:,} ({sizes / args.events:.0f} bytes average), "

@@ -9,6 +9,8 @@ and ``libnginx-mod-nchan`` must be installed; a full run takes about 3-4 minutes
     .venv/bin/python bench/peers.py --systems exchange-stream-redis --scenarios saturated,rate
     .venv/bin/python bench/peers.py --clients 500 --rate 50  # other sizes
     .venv/bin/python bench/peers.py --json > peers.json      # figures as JSON on stdout
+    .venv/bin/python bench/peers.py --rev HEAD               # the last commit's gateway
+    .venv/bin/python bench/peers.py --systems exchange-stream --profile /tmp/prof
     .venv/bin/python bench/peers.py --help                   # every option
 
 Progress goes to stderr, the tables (or the JSON) to stdout. The exit status is 1 if any
@@ -16,13 +18,18 @@ scenario lost, duplicated or corrupted a message, or had a connection closed.
 
 The three systems, each started afresh for every scenario, pinned to CPU 0:
 
-* **exchange-stream**: this checkout (``PYTHONPATH`` is the repository) under
-  ``twistd -n exchange-stream``; clients send ``{"op":"subscribe",...}`` and wait for
-  ``{"result":true}``; one publish is ``POST /v1/mesh/publish``.
+* **exchange-stream**: ``twistd -n exchange-stream`` running this checkout as it is
+  (``PYTHONPATH`` is the repository), a ``git archive`` of ``--rev``, or the ``--installed``
+  package; clients send ``{"op":"subscribe",...}`` and wait for ``{"result":true}``; one
+  publish is ``POST /v1/mesh/publish``. ``--profile DIR`` runs it under twistd's cProfile
+  (about three times slower) and leaves one pstats file per run in DIR.
 * **nchan**: nginx with one worker and a generated configuration (``nchan_publisher`` on
   ``/pub``, ``nchan_subscriber websocket`` on ``/sub``); CPU and RSS are the worker's.
-* **exchange-stream-redis** (only when named): two nodes on a throwaway ``redis-server``,
-  the clients on node B, the publisher on node A's API; node B's figures;
+* **exchange-stream-redis** (only when named): two nodes on a throwaway ``redis-server``
+  (a free port, never 6379; it must report our pid before it is used), the clients on node
+  B, the publisher on node A's API; node B's figures, and the CPU of node A and Redis in a
+  line under the tables. Node A answers once Redis took the ``PUBLISH``, so the saturated
+  publisher runs ahead of the fan-out: its latency is queueing;
 * **websockets**: ``bench/peer_websockets.py``, ``websockets.broadcast`` to a set; the
   publisher is one WebSocket connection to ``/pub``.
 
@@ -74,18 +81,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import http.client
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import pwd
 import queue
 import re
 import resource
-import select
 import shutil
 import signal
 import socket
@@ -94,162 +96,48 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any
 
+from common import (
+    HERE,
+    LOOPBACK,
+    BenchmarkError,
+    CpuSnapshot,
+    Gateway,
+    GatewayCode,
+    Processes,
+    child_pids,
+    command_output,
+    free_port,
+    header_line,
+    progress,
+    raise_fd_limit,
+    read_line,
+    rss_kib,
+    run_header,
+    start_gateway,
+    start_redis,
+    table,
+    wait_until,
+)
 from websockets.sync.client import connect as ws_connect
 
-HERE = Path(__file__).resolve().parent
-REPOSITORY = HERE.parent
-LOOPBACK = "127.0.0.1"  # The only address this benchmark talks to.
 SERVER_CPU, LOAD_CPU = 0, 1
 CHANNEL = "BTCUSDT@depth"
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 SYSTEMS = ("exchange-stream", "nchan", "websockets")  # the default; also exchange-stream-redis
 SCENARIOS = ("saturated", "rate", "idle")
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-
-
-class BenchmarkError(Exception):
-    """The benchmark cannot run, or a result would be meaningless."""
-
-
-def progress(text: str) -> None:
-    """Progress goes to stderr so that ``--json`` output on stdout stays clean."""
-    print(text, file=sys.stderr, flush=True)
-
-
-# --- Processes -----------------------------------------------------------------------------
-
-
-class Processes:
-    """Every process the benchmark started, so that each is stopped on the way out.
-
-    Each child gets its own session (process group), so one signal reaches a server's
-    workers too (nginx), and Ctrl-C in the terminal reaches only this script, whose
-    ``finally`` then stops the children.
-    """
-
-    def __init__(self) -> None:
-        self._running: list[subprocess.Popen] = []
-
-    def spawn(self, command: list[str], *, cpu: int, **popen: Any) -> subprocess.Popen:
-        """Start ``command`` pinned to ``cpu``.
-
-        Affinity is inherited at fork, and ``sched_setaffinity(0)`` changes the calling
-        thread only, so the thread pins itself, forks, and pins itself back. Unlike a
-        ``preexec_fn`` this is safe while other threads run, and unlike pinning the child
-        after the fact it covers processes and threads the child starts at once (nginx).
-        """
-        own = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {cpu})
-        try:
-            process = subprocess.Popen(command, start_new_session=True, **popen)
-        finally:
-            os.sched_setaffinity(0, own)
-        self._running.append(process)
-        return process
-
-    def stop(self, process: subprocess.Popen, timeout: float = 10.0) -> None:
-        """SIGTERM to the process group, SIGKILL if it is still there after ``timeout``.
-
-        Only while the leader is not reaped: until then its pid (the group's id) cannot
-        have been given to another process.
-        """
-        if process in self._running:
-            self._running.remove(process)
-        for signum, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signum)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(wait)
-                break
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream:
-                with contextlib.suppress(OSError):
-                    stream.close()
-
-    def stop_all(self) -> None:
-        for process in reversed(self._running[:]):
-            self.stop(process)
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from ``/proc/PID/stat`` (in clock ticks, 10 ms)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is field 3, "state"
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
-
-
-def process_rss_kib(pid: int) -> int:
-    """Resident memory (``VmRSS``) of a process in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise BenchmarkError(f"no VmRSS for process {pid}")
-
-
-def machine_cpu_seconds() -> tuple[dict[str, float], float, float]:
-    """Busy CPU seconds since boot from ``/proc/stat``, for ``cpu`` (all) and each CPU; the
-    interrupt part of it (irq + softirq, all CPUs); and steal (all CPUs).
-
-    Busy is user + nice + system + irq + softirq (not idle, iowait or steal). Loopback TCP
-    does much of its work in softirq; this kernel also charges that time to the stime of
-    the process it interrupted (the sender, mostly), so it is part of the process figures
-    too and is shown only to tell how much of them is the kernel's network stack. Steal is
-    time the hypervisor gave to someone else: a high one makes a run slow and noisy.
-    """
-    busy: dict[str, float] = {}
-    interrupts = steal = 0.0
-    with open("/proc/stat") as file:
-        for line in file:
-            if not line.startswith("cpu"):
-                break
-            name, *values = line.split()
-            user, nice, system, _idle, _iowait, irq, softirq, stolen = map(int, values[:8])
-            busy[name] = (user + nice + system + irq + softirq) / CLOCK_TICK
-            if name == "cpu":
-                interrupts, steal = (irq + softirq) / CLOCK_TICK, stolen / CLOCK_TICK
-    return busy, interrupts, steal
-
-
-def own_cpu_seconds() -> float:
-    """CPU of this process, all threads: the publisher (and a little bookkeeping)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
-
-
-def wait_until(
-    ready: Callable[[], bool], timeout: float, what: str, alive: subprocess.Popen
-) -> None:
-    """Poll ``ready`` every 50 ms until it holds; fail if ``alive`` exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if alive.poll() is not None:
-            raise BenchmarkError(f"{what}: the process exited ({alive.returncode})")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            if ready():
-                return
-        time.sleep(0.05)
-    raise BenchmarkError(f"{what}: not ready after {timeout:.0f} s")
 
 
 # --- What is published ---------------------------------------------------------------------
 
 
-def payload(seq: int, sent_ns: int, size: int) -> str:
+def payload(seq: int, sent_ns: int, size: int, event: str = CHANNEL) -> str:
     """The published text, ``size`` bytes; wsload finds seq and T in it by their keys."""
-    head = f'{{"event":"{CHANNEL}","data":{{"seq":{seq},"t":{sent_ns},"pad":"'
+    head = f'{{"event":"{event}","data":{{"seq":{seq},"t":{sent_ns},"pad":"'
     return head + "x" * (size - len(head) - 3) + '"}}'
 
 
@@ -262,27 +150,21 @@ class PublishStats:
     refused: int = 0
     first_ns: int = 0
     last_ns: int = 0
-    max_lag_s: float = 0.0  # with --rate: the worst delay of a send behind its schedule
+    max_lag_s: float = 0.0  # with a rate: the worst delay of a send behind its schedule
     error: str | None = None
-
-
-class Publisher(Protocol):
-    """Publishes ``count`` payloads in order, at most ``window`` unanswered at a time."""
-
-    def run(self, count: int, size: int, rate: float | None, window: int) -> PublishStats: ...
 
 
 def paced_sends(
     count: int, rate: float | None, slots: threading.Semaphore, stats: PublishStats
 ) -> Iterator[int]:
-    """Yield each seq when it may go: on schedule (``rate``) and with a free window slot.
+    """Yield each number when it may go: on schedule (``rate``) and with a free window slot.
 
     Stops early when the answer side has set ``stats.error`` or no slot frees up in 30 s.
     """
     start = time.monotonic()
-    for seq in range(count):
+    for number in range(count):
         if rate:
-            delay = start + seq / rate - time.monotonic()
+            delay = start + number / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
         if not slots.acquire(timeout=30) and not stats.error:
@@ -290,69 +172,79 @@ def paced_sends(
         if stats.error:
             return
         if rate:
-            stats.max_lag_s = max(stats.max_lag_s, time.monotonic() - start - seq / rate)
-        yield seq
+            stats.max_lag_s = max(stats.max_lag_s, time.monotonic() - start - number / rate)
+        yield number
 
 
-class HttpPublisher:
-    """HTTP/1.1 POSTs pipelined on one keep-alive connection, at most ``window`` unanswered.
+# Builds request n's bytes, given the send time that its payloads carry.
+Request = Callable[[int, int], bytes]
 
-    A thread reads the answers in order (Content-Length or chunked bodies), checks each one
-    with ``accept`` and frees a window slot. The one connection keeps publishes in order.
+
+class PipelinedPublisher:
+    """Publish requests on one connection, at most ``window`` of them unanswered.
+
+    ``send`` writes one request's bytes; ``answer`` blocks for the next answer and says
+    whether it accepted every publish in its request; ``close`` ends the connection, which
+    also wakes a reader waiting for an answer that will not come. A thread reads the answers
+    in order and frees window slots. One connection keeps the publishes in order, so every
+    client must see seq 0, 1, 2, ...
     """
 
     def __init__(
-        self, port: int, request: Callable[[str], bytes], accept: Callable[[int, bytes], bool]
-    ) -> None:
-        self._port, self._request, self._accept = port, request, accept
+        self, send: Callable[[bytes], object], answer: Callable[[], bool],
+        close: Callable[[], None],
+    ) -> None:  # fmt: skip
+        self._send, self._answer, self._close = send, answer, close
 
-    def run(self, count: int, size: int, rate: float | None, window: int) -> PublishStats:
+    def __enter__(self) -> PipelinedPublisher:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._close()
+
+    def run(
+        self, request: Request, sizes: list[int], rate: float | None, window: int
+    ) -> PublishStats:
+        """Send ``request(n, sent_ns)`` for every n, paced at ``rate`` requests/s if given;
+        ``sizes[n]`` is how many publishes request n carries."""
         stats = PublishStats()
         slots = threading.Semaphore(window)
-        sock = socket.create_connection((LOOPBACK, self._port), timeout=30)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reader = threading.Thread(target=self._answers, args=(sock, count, slots, stats))
+        reader = threading.Thread(target=self._answers, args=(sizes, slots, stats))
         reader.start()
         done = False
         try:
-            for seq in paced_sends(count, rate, slots, stats):
+            for number in paced_sends(len(sizes), rate, slots, stats):
                 sent_ns = time.monotonic_ns()
-                sock.sendall(self._request(payload(seq, sent_ns, size)))
+                self._send(request(number, sent_ns))
                 stats.first_ns = stats.first_ns or sent_ns
                 stats.last_ns = sent_ns
-                stats.sent += 1
+                stats.sent += sizes[number]
             done = True
-        except OSError as error:
-            stats.error = f"send: {error}"
+        except Exception as error:  # OSError, or websockets' ConnectionClosed
+            stats.error = f"send: {error!r}"
         finally:
             if not done:  # An error or Ctrl-C: the reader is not to wait for more answers.
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            reader.join(40)
-            sock.close()
+                self._close()
+            reader.join(60)
         return stats
 
-    def _answers(
-        self, sock: socket.socket, count: int, slots: threading.Semaphore, stats: PublishStats
-    ) -> None:
-        file = sock.makefile("rb")
+    def _answers(self, sizes: list[int], slots: threading.Semaphore, stats: PublishStats) -> None:
         try:
-            while stats.answered + stats.refused < count and not stats.error:
-                status, body = read_http_response(file)
-                if self._accept(status, body):
-                    stats.answered += 1
+            for size in sizes:
+                if stats.error:
+                    break
+                if self._answer():
+                    stats.answered += size
                 else:
-                    stats.refused += 1
-                    if stats.refused == 1:
-                        progress(f"  publish refused: {status} {body[:200]!r}")
+                    stats.refused += size
                 slots.release()
-        except (OSError, ValueError) as error:
+        except Exception as error:  # a closed socket or WebSocket, a timeout: the run is over
             stats.error = stats.error or f"answers: {error!r}"
         finally:
-            slots.release(count)  # Wake the sender if it waits for a slot.
+            slots.release(len(sizes) or 1)  # Wake the sender if it waits for a slot.
 
 
-def read_http_response(file: Any) -> tuple[int, bytes]:
+def read_http_response(file: IO[bytes]) -> tuple[int, bytes]:
     """One HTTP/1.1 response from a buffered socket file: (status, body)."""
     status_line = file.readline(8192)
     if not status_line:
@@ -373,62 +265,57 @@ def read_http_response(file: Any) -> tuple[int, bytes]:
     return status, file.read(int(headers.get("content-length", "0")))
 
 
-class WebSocketPublisher:
-    """Publishes on one WebSocket connection to ``/pub`` of the websockets peer.
+def http_request(port: int, path: str, body: bytes) -> bytes:
+    """A keep-alive POST as it goes on the wire."""
+    head = f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Length: {len(body)}"
+    return head.encode() + b"\r\n\r\n" + body
 
-    That protocol has no answers, so the publisher also subscribes on ``/sub`` and counts a
-    message as answered when it comes back there: the same bound on messages in flight as
-    the HTTP publishers have (otherwise only TCP buffers would hold the publisher back).
-    """
 
-    def __init__(self, port: int) -> None:
-        self._url = f"ws://{LOOPBACK}:{port}"
+def http_publisher(port: int, accept: Callable[[int, bytes], bool]) -> PipelinedPublisher:
+    """Pipelined POSTs on one keep-alive connection; ``accept(status, body)`` judges answers."""
+    sock = socket.create_connection((LOOPBACK, port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    file = sock.makefile("rb")
 
-    def run(self, count: int, size: int, rate: float | None, window: int) -> PublishStats:
-        stats = PublishStats()
-        slots = threading.Semaphore(window)
-        options: dict[str, Any] = {"compression": None, "open_timeout": 10, "ping_interval": None}
-        with (
-            ws_connect(f"{self._url}/sub", **options) as echo,
-            ws_connect(f"{self._url}/pub", **options) as pub,
-        ):
-            reader = threading.Thread(target=self._echoes, args=(echo, count, slots, stats))
-            reader.start()
-            done = False
-            try:
-                for seq in paced_sends(count, rate, slots, stats):
-                    sent_ns = time.monotonic_ns()
-                    pub.send(payload(seq, sent_ns, size))
-                    stats.first_ns = stats.first_ns or sent_ns
-                    stats.last_ns = sent_ns
-                    stats.sent += 1
-                done = True
-            except Exception as error:  # websockets raises its own errors, not only OSError
-                stats.error = f"send: {error!r}"
-            finally:
-                if not done:  # An error or Ctrl-C: the reader is not to wait for more echoes.
-                    echo.close()
-                reader.join(40)
-        return stats
+    def close() -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
 
-    @staticmethod
-    def _echoes(echo: Any, count: int, slots: threading.Semaphore, stats: PublishStats) -> None:
-        try:
-            while stats.answered < count and not stats.error:
-                echo.recv(timeout=30)
-                stats.answered += 1
-                slots.release()
-        except Exception as error:  # TimeoutError or a websockets ConnectionClosed
-            stats.error = stats.error or f"echo: {error!r}"
-        finally:
-            slots.release(count)
+    return PipelinedPublisher(sock.sendall, lambda: accept(*read_http_response(file)), close)
+
+
+def websocket_publisher(
+    url: str, accept: Callable[[str], bool], echo_url: str | None = None
+) -> PipelinedPublisher:
+    """Text frames on one WebSocket connection; ``accept`` judges the next frame that comes
+    back, on the ``echo_url`` connection if given (opened first), else on the same one."""
+    options: dict[str, Any] = {"compression": None, "max_size": None, "open_timeout": 10,
+                               "ping_interval": None}  # fmt: skip
+    echo = ws_connect(echo_url, **options) if echo_url else None
+    connection = ws_connect(url, **options)
+    answers = echo or connection
+
+    def close() -> None:
+        answers.close()
+        connection.close()
+
+    return PipelinedPublisher(
+        lambda data: connection.send(data.decode()),
+        lambda: accept(str(answers.recv(timeout=30))),
+        close,
+    )
 
 
 # --- The systems ---------------------------------------------------------------------------
 
 
 class System:
-    """A server under test: how to start it, where clients connect, how to publish."""
+    """A server under test: how to start it, where clients connect, how to publish.
+
+    Every process ``start`` runs is in ``running`` and ``stop`` ends them; ``process`` is the
+    one whose CPU and RSS are the server's. ``code`` and ``profile`` are for exchange-stream.
+    """
 
     name = ""
     sub_path = ""
@@ -436,28 +323,39 @@ class System:
     reply: str | None = None  # the answer it waits for
     log_error = re.compile(r"Traceback|Unhandled|#(error|critical)\]|\[(error|crit|alert|emerg)\]")
 
-    def __init__(self, processes: Processes, workdir: Path) -> None:
-        self.processes, self.workdir = processes, workdir
-        self.ws_port = free_port()
+    def __init__(
+        self, processes: Processes, workdir: Path, code: GatewayCode, profile: Path | None = None
+    ) -> None:
+        self.processes, self.workdir, self.code, self.profile = processes, workdir, code, profile
+        self.ws_port = 0
         self.log = workdir / f"{self.name}.log"
-        self.process: subprocess.Popen | None = None
+        self.running: list[subprocess.Popen] = []
 
     def start(self) -> None:
         raise NotImplementedError
 
-    def publisher(self) -> Publisher:
+    def publisher(self) -> PipelinedPublisher:
+        raise NotImplementedError
+
+    def publish_request(self, text: str) -> bytes:
+        """What the publisher sends to publish ``text``."""
         raise NotImplementedError
 
     @property
     def measured_pid(self) -> int:
         """The process whose CPU and RSS are the server's."""
-        assert self.process is not None
-        return self.process.pid
+        return self.running[-1].pid
+
+    def side_pids(self) -> dict[str, int]:
+        """Other processes of the system whose CPU is shown, by role."""
+        return {}
+
+    def logs(self) -> list[Path]:
+        return [self.log]
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.processes.stop(self.process)
-            self.process = None
+        while self.running:
+            self.processes.stop(self.running.pop())
 
     def log_tail(self, lines: int = 4) -> list[str]:
         """The last lines of the server's log: why it did not start, usually."""
@@ -466,10 +364,11 @@ class System:
         return [line for line in self.log.read_text(errors="replace").splitlines() if line][-lines:]
 
     def log_problems(self) -> list[str]:
-        """Error lines in the server's log (a Python traceback, nginx [error] and worse)."""
-        if not self.log.exists():
-            return []
-        lines = self.log.read_text(errors="replace").splitlines()
+        """Error lines in the logs (a Python traceback, nginx [error] and worse)."""
+        lines = [
+            line for log in self.logs() if log.exists()
+            for line in log.read_text(errors="replace").splitlines()
+        ]  # fmt: skip
         return [line for line in lines if self.log_error.search(line)]
 
 
@@ -480,77 +379,50 @@ class ExchangeStream(System):
     reply = '{"result":true}'
 
     def start(self) -> None:
-        self.api_port = free_port()
-        self.process = self.twistd(self.ws_port, self.api_port, self.log)
+        gateway = self.start_node(self.name, profile=self.profile)
+        self.ws_port, self.api_port = gateway.ws_port, gateway.api_port
 
-    def twistd(self, ws_port: int, api_port: int, log_path: Path, *options: str):
-        """``twistd -n exchange-stream`` from this checkout, pinned, once healthy."""
-        twistd = Path(sys.executable).parent / "twistd"
-        if not twistd.exists():
-            raise BenchmarkError(f"{twistd} not found: run this with the repository's venv")
-        path = [str(REPOSITORY), *filter(None, [os.environ.get("PYTHONPATH")])]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))  # this checkout runs
-        command = [
-            str(twistd), "-n", "--pidfile=", "exchange-stream",
-            "--ws", f"tcp:{ws_port}:interface={LOOPBACK}",
-            "--api", f"tcp:{api_port}:interface={LOOPBACK}",
-            "--max-connections-per-ip", "100000", *options,
-        ]  # fmt: skip
-        with log_path.open("w") as log:
-            process = self.processes.spawn(
-                command, cpu=SERVER_CPU, env=env, cwd=self.workdir, stdout=log, stderr=log,
-                stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+    def start_node(self, name: str, *options: str, profile: Path | None = None) -> Gateway:
+        """One ``twistd exchange-stream`` of ``code``, pinned to the server CPU, healthy."""
+        gateway = start_gateway(
+            self.processes, self.code, self.workdir, "--max-connections-per-ip", "100000",
+            *options, name=name, cpu=SERVER_CPU, profile=profile,
+        )  # fmt: skip
+        self.running.append(gateway.process)
+        return gateway
 
-        def healthy() -> bool:
-            url = f"http://{LOOPBACK}:{api_port}/healthz"
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                return answer.status == 200
-
-        wait_until(healthy, 30, "exchange-stream /healthz", process)
-        return process
-
-    def publisher(self) -> Publisher:
-        head = (
-            f"POST /v1/mesh/publish HTTP/1.1\r\nHost: {LOOPBACK}:{self.api_port}\r\n"
-            "Content-Type: application/json\r\nContent-Length: "
+    def publisher(self) -> PipelinedPublisher:
+        return http_publisher(
+            self.api_port, lambda status, body: status == 200 and b'"E":null' in body
         )
 
-        def request(text: str) -> bytes:
-            body = json.dumps({"c": f"ex:{CHANNEL}", "d": text}, separators=(",", ":"))
-            return f"{head}{len(body)}\r\n\r\n{body}".encode()
-
-        return HttpPublisher(
-            self.api_port, request, lambda status, body: status == 200 and b'"E":null' in body
-        )
+    def publish_request(self, text: str) -> bytes:
+        body = json.dumps({"c": f"ex:{CHANNEL}", "d": text}, separators=(",", ":"))
+        return http_request(self.api_port, "/v1/mesh/publish", body.encode())
 
 
 class ExchangeStreamRedis(ExchangeStream):
     """Two exchange-stream nodes on a throwaway Redis: the clients on node B, the publisher
     on node A's API, so every message goes A → Redis PUBLISH → B → clients. Both nodes and
-    Redis are pinned to the server CPU; the figures are node B's (the fan-out)."""
+    Redis are pinned to the server CPU; the figures are node B's (the fan-out), with node A's
+    and Redis's CPU beside them."""
 
     name = "exchange-stream-redis"
 
     def start(self) -> None:
-        from fanout import RedisProcess, redis_server_executable
+        redis = start_redis(self.processes, self.workdir, cpu=SERVER_CPU)
+        self.running.append(redis.process)
+        mesh = ("--mesh", redis.url, "--workers", "1")  # one process per node
+        node_a = self.start_node("node-a", *mesh)
+        node_b = self.start_node(self.name, *mesh, profile=self.profile)
+        self.ws_port, self.api_port = node_b.ws_port, node_a.api_port
+        self.roles = {"node A": node_a.process.pid, "redis": redis.process.pid}
 
-        self.redis = RedisProcess(redis_server_executable())
-        self.redis.__enter__()
-        os.sched_setaffinity(self.redis.pid, {SERVER_CPU})
-        mesh = ("--mesh", self.redis.url, "--workers", "1")
-        self.api_port = free_port()  # node A's: the publisher's
-        self.node_a = self.twistd(free_port(), self.api_port, self.workdir / "node-a.log", *mesh)
-        self.process = self.twistd(self.ws_port, free_port(), self.log, *mesh)
+    def side_pids(self) -> dict[str, int]:
+        return self.roles
 
-    def stop(self) -> None:
-        super().stop()
-        if getattr(self, "node_a", None) is not None:
-            self.processes.stop(self.node_a)
-            self.node_a = None
-        if getattr(self, "redis", None) is not None:
-            self.redis.__exit__(None, None, None)
-            self.redis = None
+    def logs(self) -> list[Path]:
+        return [self.log, self.workdir / "node-a.log"]
 
 
 class Nchan(System):
@@ -608,40 +480,36 @@ http {{
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         if not Path(nginx).exists() or not NCHAN_MODULE.exists():
             raise BenchmarkError("needs nginx and libnginx-mod-nchan (apt-get install both)")
+        self.ws_port = free_port()
         conf = self.workdir / "nginx.conf"
         conf.write_text(self.config(nginx))
         command = [nginx, "-p", str(self.workdir), "-c", str(conf), "-e", str(self.log)]
         with (self.workdir / "nginx.out").open("w") as out:
-            self.process = self.processes.spawn(
+            master = self.processes.spawn(
                 command, cpu=SERVER_CPU, stdout=out, stderr=out, stdin=subprocess.DEVNULL
             )
-        self.worker = 0
+        self.running.append(master)
 
         def listening() -> bool:
-            workers = child_pids(self.process.pid)
+            workers = child_pids(master.pid)
             if len(workers) != 1:
                 return False
             self.worker = workers[0]
             socket.create_connection((LOOPBACK, self.ws_port), timeout=1).close()
             return True
 
-        wait_until(listening, 15, "nginx with one worker", self.process)
+        wait_until(listening, 15, "nginx with one worker", master)
 
     @property
     def measured_pid(self) -> int:
         return self.worker  # The master only forks and waits.
 
-    def publisher(self) -> Publisher:
-        head = (
-            f"POST /pub?id=BTCUSDT HTTP/1.1\r\nHost: {LOOPBACK}:{self.ws_port}\r\n"
-            "Content-Type: application/json\r\nContent-Length: "
-        )
-
-        def request(text: str) -> bytes:
-            return f"{head}{len(text)}\r\n\r\n{text}".encode()
-
+    def publisher(self) -> PipelinedPublisher:
         # 201 Created (the channel has subscribers) or 202 Accepted (it has none).
-        return HttpPublisher(self.ws_port, request, lambda status, _body: status in (201, 202))
+        return http_publisher(self.ws_port, lambda status, _body: status in (201, 202))
+
+    def publish_request(self, text: str) -> bytes:
+        return http_request(self.ws_port, "/pub?id=BTCUSDT", text.encode())
 
 
 def worker_user(nginx: str) -> str:
@@ -652,23 +520,11 @@ def worker_user(nginx: str) -> str:
     chowns it to the worker's user (default ``nobody``). The worker runs as that directory's
     owner instead, so the chown changes nothing on the machine.
     """
-    built = subprocess.run([nginx, "-V"], capture_output=True, text=True, timeout=10).stderr
+    built = command_output(nginx, "-V")
     match = re.search(r"--http-client-body-temp-path=(\S+)", built)
     if os.geteuid() != 0 or match is None or not Path(match.group(1)).exists():
         return "# (user: the default)"
     return f"user {pwd.getpwuid(Path(match.group(1)).stat().st_uid).pw_name};"  # chown: uid only
-
-
-def child_pids(parent: int) -> list[int]:
-    """Processes whose parent is ``parent`` (from ``/proc/*/stat``)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text()
-                if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
-                    children.append(int(entry.name))
-    return children
 
 
 class WebsocketsPeer(System):
@@ -676,23 +532,28 @@ class WebsocketsPeer(System):
     sub_path = "/sub"
 
     def start(self) -> None:
+        self.ws_port = free_port()
         command = [sys.executable, str(HERE / "peer_websockets.py"), "--port", str(self.ws_port)]
         with self.log.open("w") as log:
-            self.process = self.processes.spawn(
+            process = self.processes.spawn(
                 command, cpu=SERVER_CPU, stdout=subprocess.PIPE, stderr=log,
                 stdin=subprocess.DEVNULL, text=True,
             )  # fmt: skip
-        stdout = self.process.stdout
-        assert stdout is not None
+        self.running.append(process)
+        assert process.stdout is not None
+        if read_line(process.stdout, 15, "websockets peer") != "ready":
+            raise BenchmarkError("websockets peer: did not say ready")
 
-        def ready() -> bool:  # select first: a readline alone could wait forever
-            readable, _, _ = select.select([stdout], [], [], 0.05)
-            return bool(readable) and stdout.readline().strip() == "ready"
+    def publisher(self) -> PipelinedPublisher:
+        """That protocol has no answers, so the publisher also subscribes on ``/sub`` and
+        counts a message as answered when it comes back there: the same bound on messages in
+        flight as the HTTP publishers have (otherwise only TCP buffers would hold it back).
+        """
+        url = f"ws://{LOOPBACK}:{self.ws_port}"
+        return websocket_publisher(f"{url}/pub", lambda _echo: True, echo_url=f"{url}/sub")
 
-        wait_until(ready, 15, "websockets peer", self.process)
-
-    def publisher(self) -> Publisher:
-        return WebSocketPublisher(self.ws_port)
+    def publish_request(self, text: str) -> bytes:
+        return text.encode()
 
 
 SYSTEM_CLASSES: dict[str, type[System]] = {
@@ -825,26 +686,6 @@ class LoadClients:
 # --- Scenarios -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """CPU counters at one instant: wall clock, the server, this process, the machine."""
-
-    wall: float
-    server: float
-    own: float
-    busy: dict[str, float]  # "cpu" (all CPUs), "cpu0", "cpu1", ...
-    interrupts: float
-    steal: float
-
-    @classmethod
-    def take(cls, server_pid: int) -> Snapshot:
-        busy, interrupts, steal = machine_cpu_seconds()
-        return cls(
-            time.monotonic(), process_cpu_seconds(server_pid), own_cpu_seconds(), busy,
-            interrupts, steal,
-        )  # fmt: skip
-
-
 @dataclass
 class Result:
     """One system in one scenario; ``problems`` lists what makes it invalid (empty: fine)."""
@@ -872,25 +713,33 @@ def run_delivery(
 ) -> dict[str, Any]:
     """Subscribe ``--clients``, publish ``messages`` (paced at ``rate`` if given), measure."""
     window = args.rate_window if rate else args.window
+    sides = system.side_pids()
+
+    def request(seq: int, sent_ns: int) -> bytes:
+        return system.publish_request(payload(seq, sent_ns, args.size))
+
     with LoadClients(
         system.processes, binary, system, args.clients, messages, args.size,
         timeout=args.timeout, per_process=args.per_process,
-    ) as clients:  # fmt: skip
+    ) as clients, system.publisher() as publisher:  # fmt: skip
         clients.wait_ready(90)
-        before = Snapshot.take(system.measured_pid)
-        stats = system.publisher().run(messages, args.size, rate, window)
+        before = CpuSnapshot.take(system.measured_pid, *sides.values())
+        stats = publisher.run(request, [1] * messages, rate, window)
         reports = clients.results(grace=args.grace)
-        after = Snapshot.take(system.measured_pid)
+        after = CpuSnapshot.take(system.measured_pid, *sides.values())
     load = sum_clients(reports)
     wall = after.wall - before.wall
     delivered = load["received"]
     window_s = (load["last_ns"] - stats.first_ns) / 1e9 if delivered else 0.0
-    server, publisher = after.server - before.server, after.own - before.own
+    spent = [end - start for start, end in zip(before.processes, after.processes, strict=True)]
+    server, side = spent[0], spent[1:]
+    publisher_cpu = after.own - before.own
     busy = {cpu: after.busy[cpu] - before.busy[cpu] for cpu in before.busy}
     interrupts = after.interrupts - before.interrupts
     machine, clients_cpu = busy["cpu"], load["cpu_s"]
     per_delivery = 1e6 / delivered if delivered else math.nan
     publish_s = (stats.last_ns - stats.first_ns) / 1e9
+    ours = server + sum(side) + clients_cpu + publisher_cpu
     return {
         "publishes": stats.answered, "publish_refused": stats.refused,
         "publish_error": stats.error, "publish_s": publish_s,
@@ -902,14 +751,15 @@ def run_delivery(
         "server_cpu_us_per_msg": server * per_delivery,
         "machine_cpu_us_per_msg": machine * per_delivery,
         "server_cpu_pct": 100 * server / wall,
+        "side_cpu_pct": {role: 100 * cpu / wall for role, cpu in zip(sides, side, strict=True)},
         "client_cpu_pct": 100 * clients_cpu / wall,
-        "publisher_cpu_pct": 100 * publisher / wall,
+        "publisher_cpu_pct": 100 * publisher_cpu / wall,
         "interrupts_cpu_pct": 100 * interrupts / wall,
         "steal_pct": 100 * (after.steal - before.steal) / wall,
-        "other_cpu_pct": 100 * (machine - server - clients_cpu - publisher) / wall,
+        "other_cpu_pct": 100 * (machine - ours) / wall,
         "server_core_busy_pct": 100 * busy[f"cpu{SERVER_CPU}"] / wall,
         "load_core_busy_pct": 100 * busy[f"cpu{LOAD_CPU}"] / wall,
-        "server_rss_kib": process_rss_kib(system.measured_pid),
+        "server_rss_kib": rss_kib(system.measured_pid),
         "clients": load,
     }  # fmt: skip
 
@@ -917,7 +767,7 @@ def run_delivery(
 def run_idle(system: System, args: argparse.Namespace, binary: Path) -> dict[str, Any]:
     """RSS of the server at rest and with ``--idle-connections`` idle subscribers."""
     time.sleep(1.0)  # Let the server settle after start-up.
-    rss_before = process_rss_kib(system.measured_pid)
+    rss_before = rss_kib(system.measured_pid)
     started = time.monotonic()
     with LoadClients(
         system.processes, binary, system, args.idle_connections, 0, args.size,
@@ -925,11 +775,12 @@ def run_idle(system: System, args: argparse.Namespace, binary: Path) -> dict[str
     ) as clients:  # fmt: skip
         clients.wait_ready(120)
         connect_s = time.monotonic() - started
-        rss_connected = process_rss_kib(system.measured_pid)
-        before = Snapshot.take(system.measured_pid)
+        rss_connected = rss_kib(system.measured_pid)
+        before = CpuSnapshot.take(system.measured_pid)
         time.sleep(args.idle_seconds)
-        after = Snapshot.take(system.measured_pid)
-        rss_after = process_rss_kib(system.measured_pid)
+        after = CpuSnapshot.take(system.measured_pid)
+        idle_s = after.wall - before.wall
+        rss_after = rss_kib(system.measured_pid)
         clients.stop()
         load = sum_clients(clients.results(grace=15))
     return {
@@ -937,7 +788,7 @@ def run_idle(system: System, args: argparse.Namespace, binary: Path) -> dict[str
         "rss_before_kib": rss_before, "rss_connected_kib": rss_connected,
         "rss_after_kib": rss_after,
         "kib_per_connection": (rss_after - rss_before) / load["connections"],
-        "idle_cpu_pct": 100 * (after.server - before.server) / (after.wall - before.wall),
+        "idle_cpu_pct": 100 * (after.processes[0] - before.processes[0]) / idle_s,
         "clients": load,
     }  # fmt: skip
 
@@ -959,12 +810,13 @@ def check(figures: dict[str, Any]) -> list[str]:
 
 def run_scenario(
     name: str, scenario: str, args: argparse.Namespace, processes: Processes, binary: Path,
-    workdir: Path,
+    workdir: Path, code: GatewayCode,
 ) -> Result:  # fmt: skip
     """Start ``name`` afresh, run ``scenario`` on it, stop it, and check the outcome."""
     directory = workdir / f"{name}-{scenario}"
     directory.mkdir()
-    system = SYSTEM_CLASSES[name](processes, directory)
+    profile = args.profile / f"{name}-{scenario}.pstats" if args.profile else None
+    system = SYSTEM_CLASSES[name](processes, directory, code, profile)
     result = Result(name, scenario)
     progress(f"{name} / {scenario} ...")
     try:
@@ -1004,23 +856,13 @@ def summary(result: Result) -> str:
     return text + ("; PROBLEMS: " + "; ".join(result.problems) if result.problems else "")
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
-    lines = [headers, ["-" * width for width in widths], *rows]
-    return "\n".join(
-        "  ".join(cell.rjust(width) if index else cell.ljust(width)
-                  for index, (cell, width) in enumerate(zip(line, widths, strict=True)))
-        for line in lines
-    )  # fmt: skip
-
-
 def ms(us: float) -> str:
     return f"{us / 1000:.1f}" if us < 100_000 else f"{us / 1000:.0f}"
 
 
 def report(results: list[Result], header: dict[str, Any]) -> str:
     """The readable tables: deliveries, their CPU, idle connections, then any problems."""
-    out = [" ".join(f"{key}={value}" for key, value in header.items()), ""]
+    out = [header_line(header), ""]
     delivery = [r for r in results if r.scenario != "idle" and r.figures]
     if delivery:
         rows, cpu_rows = [], []
@@ -1076,38 +918,14 @@ def report(results: list[Result], header: dict[str, Any]) -> str:
             ["system", "idle connections", "RSS before MiB", "RSS after MiB", "KiB/conn",
              "idle CPU %", "connect s", "check"], rows))  # fmt: skip
         out.append("")
+    for r in delivery:
+        if sides_pct := r.figures["side_cpu_pct"]:
+            sides = ", ".join(f"{role} {pct:.0f} %" for role, pct in sides_pct.items())
+            out.append(f"{r.system} / {r.scenario}: {sides} of one core besides the server")
     for r in results:
         if r.problems:
             out.append(f"PROBLEMS {r.system} / {r.scenario}: " + "; ".join(r.problems))
     return "\n".join(out)
-
-
-def run_header() -> dict[str, Any]:
-    """When, which code and which versions: enough to compare a run with another."""
-
-    def output(*command: str) -> str:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            done = subprocess.run(command, capture_output=True, text=True, timeout=10)
-            return (done.stdout + done.stderr).strip()
-        return "?"
-
-    # Uncommitted changes to the code under test (bench/ itself is left out).
-    dirty = output("git", "-C", str(REPOSITORY), "status", "--porcelain", "--", ".", ":!bench")
-    versions = {
-        package: importlib.metadata.version(package)
-        for package in ("twisted", "autobahn", "websockets")
-    }
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "commit": output("git", "-C", str(REPOSITORY), "rev-parse", "--short", "HEAD"),
-        "code_dirty": bool(dirty),
-        "python": platform.python_version(),
-        **versions,
-        "nginx": output("nginx", "-v").rpartition("/")[2],
-        "nchan": output("dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"),
-        "cpus": os.cpu_count(),
-        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
-    }
 
 
 # --- Main ----------------------------------------------------------------------------------
@@ -1133,6 +951,13 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--grace", type=float, default=15.0, help="wait after the last publish")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--keep-logs", action="store_true", help="keep the temporary dir")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="run exchange-stream under cProfile: pstats in DIR, one a run",
+    )
+    GatewayCode.add_options(parser)
     args = parser.parse_args()
     args.systems = [name.strip() for name in args.systems.split(",") if name.strip()]
     args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
@@ -1146,6 +971,8 @@ def parse_arguments() -> argparse.Namespace:
         parser.error("--size must leave room for seq and T (at least 120 bytes)")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     args.per_process = min(args.per_process, hard - 100)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     return args
 
 
@@ -1155,26 +982,36 @@ def on_sigterm(_signum: int, _frame: object) -> None:
     sys.exit(143)
 
 
+def peer_versions(systems: list[str]) -> dict[str, str]:
+    """nginx's and nchan's versions, when nchan is in the run."""
+    if "nchan" not in systems:
+        return {}
+    return {
+        "nginx": command_output("nginx", "-v").rpartition("/")[2],
+        "nchan": command_output("dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"),
+    }
+
+
 def main() -> int:
     args = parse_arguments()
     if not {SERVER_CPU, LOAD_CPU} <= os.sched_getaffinity(0):
         raise BenchmarkError(f"needs CPUs {SERVER_CPU} and {LOAD_CPU}")
     os.sched_setaffinity(0, {LOAD_CPU})  # The publisher (this process) runs with the load.
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # Inherited by the servers.
+    raise_fd_limit()  # Inherited by the servers and the load clients.
     signal.signal(signal.SIGTERM, on_sigterm)
-    header = run_header()
-    progress(" ".join(f"{key}={value}" for key, value in header.items()))
-    processes = Processes()
     workdir = Path(tempfile.mkdtemp(prefix="peers-"))
     results: list[Result] = []
     try:
-        binary = compile_wsload(workdir)
-        for name in args.systems:
-            for scenario in args.scenarios:
-                results.append(run_scenario(name, scenario, args, processes, binary, workdir))
+        with Processes() as processes:
+            code = GatewayCode.chosen(args, workdir)
+            header = run_header(code, **peer_versions(args.systems))
+            progress(header_line(header))
+            binary = compile_wsload(workdir)
+            for name in args.systems:
+                for scenario in args.scenarios:
+                    result = run_scenario(name, scenario, args, processes, binary, workdir, code)
+                    results.append(result)
     finally:
-        processes.stop_all()
         if args.keep_logs:
             progress(f"logs kept in {workdir}")
         else:
