@@ -19,9 +19,9 @@ import time
 from common import header_line, own_cpu_seconds, pinned, run_header
 from twisted.internet.task import Clock
 
-from exchange_stream.market.engine import MarketEngine, MarketSettings
-from exchange_stream.market.feed import FeedInput
-from exchange_stream.mesh import MemoryMesh
+from exchange_stream.adapters.feed import FeedInput
+from exchange_stream.services.market_engine import MarketEngine, MarketSettings
+from exchange_stream.services.memory_mesh import MemoryMesh
 
 
 def make_lines(count: int, symbols: int, rng: random.Random) -> list[bytes]:
