@@ -9,7 +9,6 @@ node) or on its own (publishing into a Redis mesh).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -18,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from exchange_stream.core.encoding import encode
 from exchange_stream.core.market.depth import DepthBook
 from exchange_stream.core.market.events import Book, Event, IndexPrice, PrivateEvent, Trade
 from exchange_stream.core.market.kline import INTERVAL_MS, KlineSeries
@@ -201,5 +201,4 @@ class MarketEngine(PeriodicService):
 
 
 def _envelope(event: str, data: object) -> Publication:
-    text = json.dumps({"event": event, "data": data}, separators=(",", ":"), ensure_ascii=False)
-    return Publication(text.encode())
+    return Publication(encode({"event": event, "data": data}))

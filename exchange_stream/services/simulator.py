@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from twisted.internet.interfaces import IReactorTime
 
-from exchange_stream.core.market.depth import text
+from exchange_stream.core.market.decimals import text
 from exchange_stream.core.market.events import Book, Event, IndexPrice, PrivateEvent, Trade
 from exchange_stream.services.periodic import PeriodicService
 

@@ -11,14 +11,10 @@ from __future__ import annotations
 import zlib
 from decimal import Decimal
 
+from exchange_stream.core.market.decimals import text
 from exchange_stream.core.market.events import Book, Level
 
 CHECKSUM_LEVELS = 25
-
-
-def text(value: Decimal) -> str:
-    """A decimal as the wire shows it: fixed-point, never an exponent."""
-    return format(value, "f")
 
 
 def checksum_text(bids: list[list[str]], asks: list[list[str]]) -> str:

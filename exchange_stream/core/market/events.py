@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from exchange_stream.core.channels import PRIVATE_TYPES, SYMBOL_PATTERN, normalize_uid
+from exchange_stream.core.market.decimals import canonical
 
 Level = tuple[Decimal, Decimal]
 
@@ -122,7 +123,7 @@ def decimal(text: object, what: str) -> Decimal:
     if not isinstance(text, str) or len(text) > 64:
         raise MalformedEvent(f"{what} must be a decimal string")
     try:
-        value = Decimal(text)
+        value = canonical(text)
     except InvalidOperation:
         raise MalformedEvent(f"{what} is not a decimal: {text!r}") from None
     if not value.is_finite():
@@ -153,7 +154,7 @@ def _levels(raw: dict, key: str, reverse: bool) -> tuple[Level, ...]:
                 raise ValueError
             if len(price_text) > 64 or len(qty_text) > 64:
                 raise ValueError
-            price, qty = Decimal(price_text), Decimal(qty_text)
+            price, qty = canonical(price_text), canonical(qty_text)
             # NaN fails these comparisons with InvalidOperation; infinities fail is_finite
             if not (price > 0 and qty >= 0 and price.is_finite() and qty.is_finite()):
                 raise ValueError

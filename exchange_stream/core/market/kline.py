@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from exchange_stream.core.market.depth import text
+from exchange_stream.core.market.decimals import text
 from exchange_stream.core.market.events import Trade
 
 INTERVAL_MS = {

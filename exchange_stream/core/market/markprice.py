@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from exchange_stream.core.market.depth import text
+from exchange_stream.core.market.decimals import text
 from exchange_stream.core.market.events import Book, IndexPrice, Level
 
 FUNDING_INTERVAL_MS = 8 * 3_600_000

@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from exchange_stream.core.market.depth import text
+from exchange_stream.core.market.decimals import text
 from exchange_stream.core.market.events import Trade
 
 MINUTE_MS = 60_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from exchange_stream.core.market.depth import text
+from exchange_stream.core.market.decimals import text
 from exchange_stream.core.market.events import Trade
 
 
