@@ -44,18 +44,9 @@ from common import (
     run_header,
     table,
 )
-from peers import (
-    ExchangeStream,
-    LoadClients,
-    Nchan,
-    PipelinedPublisher,
-    System,
-    compile_wsload,
-    http_request,
-    payload,
-    sum_clients,
-    websocket_publisher,
-)
+from publishers import PipelinedPublisher, http_request, payload, websocket_publisher
+from systems import ExchangeStream, Nchan, System
+from wsload import LoadClients, compile_wsload, sum_clients
 
 PATHS = ("ws-batch", "ws", "http-batch", "http", "nchan")
 
