@@ -14,6 +14,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 
+from exchange_stream.core.encoding import encode
 from exchange_stream.core.market.events import Event, MalformedEvent, parse_event
 from exchange_stream.services.periodic import PeriodicService
 
@@ -145,4 +146,4 @@ class BookPoller(PeriodicService):
         for book in answer if isinstance(answer, list) else [answer]:
             if isinstance(book, dict):
                 book = {"type": "book", **book}
-            self._feed.raw(json.dumps(book), self.url)
+            self._feed.raw(encode(book), self.url)

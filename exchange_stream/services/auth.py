@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from exchange_stream.core.channels import normalize_uid
+from exchange_stream.core.encoding import encode
 from exchange_stream.interfaces import IAuthenticator
 
 
@@ -91,7 +92,7 @@ class HttpAuthenticator:
     def _ask(self, token: str):
         response = yield self._http.post(
             self.url,
-            data=json.dumps({"token": token}).encode(),
+            data=encode({"token": token}),
             headers={b"Content-Type": [b"application/json"]},
         )
         body = yield treq.content(response)
