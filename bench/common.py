@@ -90,11 +90,10 @@ def read_line(stream: IO[str], timeout: float, what: str) -> str:
     return line.strip()
 
 
-def raise_fd_limit() -> int:
+def raise_fd_limit() -> None:
     """Open-file soft limit up to the hard one (children inherit it): one fd a connection."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 # --- Child processes -----------------------------------------------------------------------
@@ -196,9 +195,10 @@ class GatewayCode:
     def add_options(parser: argparse.ArgumentParser) -> None:
         code = parser.add_mutually_exclusive_group()
         code.add_argument(
-            "--installed", action="store_true",
+            "--installed",
+            action="store_true",
             help="run the exchange_stream installed in this venv, not the checkout",
-        )  # fmt: skip
+        )
         code.add_argument(
             "--rev",
             help="run this git revision (a git archive in a temporary directory): figures "
@@ -344,15 +344,10 @@ def start_redis(processes: Processes, workdir: Path, cpu: int | None = None) -> 
 # --- /proc figures -------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str]:
-    """``/proc/PID/stat`` after the command name; ``[0]`` is field 3, the state."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2 :].split()
-
-
 def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (in clock ticks of 10 ms)."""
-    fields = _stat_fields(pid)
+    """utime + stime of a process (in clock ticks of 10 ms) from ``/proc/PID/stat``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name: [0] is field 3
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
 
 

@@ -76,9 +76,11 @@ class PipelinedPublisher:
     """
 
     def __init__(
-        self, send: Callable[[bytes], object], answer: Callable[[], bool],
+        self,
+        send: Callable[[bytes], object],
+        answer: Callable[[], bool],
         close: Callable[[], None],
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._send, self._answer, self._close = send, answer, close
 
     def __enter__(self) -> PipelinedPublisher:
@@ -175,8 +177,9 @@ def websocket_publisher(
 ) -> PipelinedPublisher:
     """Text frames on one WebSocket connection; ``accept`` judges the next frame that comes
     back, on the ``echo_url`` connection if given (opened first), else on the same one."""
-    options: dict[str, Any] = {"compression": None, "max_size": None, "open_timeout": 10,
-                               "ping_interval": None}  # fmt: skip
+    options: dict[str, Any] = {
+        "compression": None, "max_size": None, "open_timeout": 10, "ping_interval": None,
+    }  # fmt: skip
     echo = ws_connect(echo_url, **options) if echo_url else None
     connection = ws_connect(url, **options)
     answers = echo or connection

@@ -49,8 +49,9 @@ NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 class System:
     """A server under test: how to start it, where clients connect, how to publish.
 
-    Every process ``start`` runs is in ``running`` and ``stop`` ends them; ``process`` is the
-    one whose CPU and RSS are the server's. ``code`` and ``profile`` are for exchange-stream.
+    Every process ``start`` runs is in ``running`` and ``stop`` ends them; ``measured_pid``
+    is the one whose CPU and RSS are the server's. ``code`` and ``profile`` are for
+    exchange-stream.
     """
 
     name = ""
