@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from txredisapi import RedisProtocol, SubscriberProtocol
 from zope.interface import implementer
 
+from exchange_stream.adapters.upstream import redis_command
 from exchange_stream.core.meshurl import RedisAddress
 from exchange_stream.core.publication import MeshUnavailable, Publication
 from exchange_stream.interfaces import IMesh, IMeshReceiver
@@ -219,7 +220,7 @@ class RedisMesh(MultiService):
             confirmations = [self._expect(b"subscribe", channel) for channel in channels]
             self._resubscribed = False
             DeferredList(confirmations).addCallback(self._mark_resubscribed, connection)
-            connection.transport.write(connection._build_command("SUBSCRIBE", *channels))
+            connection.transport.write(redis_command(connection, "SUBSCRIBE", *channels))
         log.info(
             "Redis mesh: subscriber connection up, {count} channels subscribed",
             count=len(channels),
@@ -304,7 +305,7 @@ class RedisMesh(MultiService):
         if connection is None:
             return succeed(None)
         confirmed = self._expect(kind, channel)
-        connection.transport.write(connection._build_command(kind.decode().upper(), channel))
+        connection.transport.write(redis_command(connection, kind.decode().upper(), channel))
         return confirmed
 
     def _expect(self, kind: bytes, channel: str) -> Deferred:
