@@ -1,0 +1,73 @@
+"""The canary for ``adapters.upstream``: each private member of Twisted, Autobahn or
+txredisapi that the gateway reaches into still exists and has the shape it relies on. When
+one of these fails after an upgrade, the fix is in ``exchange_stream/adapters/upstream.py``.
+"""
+
+import inspect
+
+import pytest
+import pytest_twisted
+from autobahn.websocket.protocol import PreparedMessage, WebSocketServerProtocol
+from twisted.application import strports
+from twisted.internet import abstract, reactor, tcp
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from txredisapi import RedisProtocol
+
+from exchange_stream.adapters.fastwrite import prepare_frame
+from exchange_stream.adapters.upstream import (
+    compresses,
+    listening_port,
+    quiet_http_client,
+    redis_command,
+    tcp_send_queue_empty,
+)
+from exchange_stream.testing import in_memory_gateway
+
+
+@pytest_twisted.ensureDeferred
+async def test_listening_port_fires_and_leaves_the_service_able_to_stop():
+    service = strports.service("tcp:0:interface=127.0.0.1", Factory.forProtocol(Protocol))
+    service.startService()
+    port = await listening_port(service)
+    assert IListeningPort.providedBy(port)
+    await service.stopService()  # it still has its port: stopping closes it
+    assert not port.connected
+
+
+def test_file_descriptors_keep_their_queue_where_tcp_send_queue_empty_reads_it():
+    descriptor = abstract.FileDescriptor()
+    assert descriptor.dataBuffer == b"" and descriptor._tempDataLen == 0
+    assert descriptor._writeDisconnected is False
+    assert issubclass(tcp.Server, abstract.FileDescriptor)
+    assert not tcp_send_queue_empty(StringTransport())  # any other transport: plain path
+
+
+def test_the_connection_pool_builds_connections_with_its_private_factory():
+    pool = HTTPConnectionPool(reactor)
+    assert pool._factory is _HTTP11ClientFactory
+    assert quiet_http_client(reactor) is not None
+
+
+def test_txredisapi_builds_commands_in_resp():
+    command = redis_command(RedisProtocol(), "SUBSCRIBE", "a", b"b")
+    assert command == b"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$1\r\nb\r\n"
+
+
+def test_autobahn_keeps_the_negotiated_compression_and_prepares_frames():
+    memory = in_memory_gateway()
+    protocol = memory.gateway.factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    assert protocol._perMessageCompress is None and not compresses(protocol)
+    parameters = list(inspect.signature(PreparedMessage).parameters)
+    assert parameters == ["payload", "isBinary", "applyMask", "doNotCompress"]
+    assert prepare_frame(b"hi").payloadHybi == b"\x81\x02hi"  # FIN + text, unmasked
+    assert "send_queue" in vars(protocol) and isinstance(protocol, WebSocketServerProtocol)
+
+
+def test_listening_port_refuses_a_service_that_has_not_started():
+    service = strports.service("tcp:0:interface=127.0.0.1", Factory.forProtocol(Protocol))
+    with pytest.raises(RuntimeError):
+        listening_port(service)
