@@ -17,7 +17,7 @@ from twisted.web.static import File
 
 from exchange_stream.adapters.upstream import listening_port
 from exchange_stream.adapters.web import QuietSite, mount
-from exchange_stream.adapters.workers import WorkerPool
+from exchange_stream.adapters.workers import WorkerPool, process_count
 from exchange_stream.core.config import GatewayConfig
 from exchange_stream.gateway import Gateway
 from exchange_stream.options import Options
@@ -36,7 +36,7 @@ def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiS
     config = options if isinstance(options, GatewayConfig) else options.config
     # Injected parts (an embedding application's mesh or authenticator) exist in this
     # process only: workers would build their own from the config.
-    processes = config.processes if config.workers is not None or not gateway_args else 1
+    processes = process_count(config) if config.workers is not None or not gateway_args else 1
     injected = sorted(gateway_args.keys() - {"reactor"})
     if processes > 1 and injected:
         raise ValueError("workers > 1 cannot share injected " + ", ".join(injected))

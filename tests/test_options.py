@@ -5,7 +5,8 @@ import os
 import pytest
 from twisted.python import usage
 
-from exchange_stream.core.config import GatewayConfig, usable_cores
+from exchange_stream.adapters.workers import process_count, usable_cores
+from exchange_stream.core.config import GatewayConfig
 from exchange_stream.options import Options
 
 
@@ -79,14 +80,14 @@ def test_redis_mesh_url_is_accepted():
 def test_workers_default_to_one_per_core_with_a_shared_mesh_and_to_one_without():
     cores = usable_cores()
     assert 1 <= cores <= len(os.sched_getaffinity(0))
-    assert parse().processes == 1
-    assert parse("--mesh", "redis://127.0.0.1:6379/0").processes == cores
+    assert process_count(parse()) == 1
+    assert process_count(parse("--mesh", "redis://127.0.0.1:6379/0")) == cores
     redis_tls = ("--mesh", "redis://127.0.0.1:6379/0", "--ws", "ssl:6790:privateKey=k.pem")
-    assert parse(*redis_tls).processes == 1  # workers would adopt the socket as plain TCP
+    assert process_count(parse(*redis_tls)) == 1  # workers would adopt the socket as plain TCP
     with pytest.raises(usage.UsageError, match="plain tcp"):
         parse(*redis_tls, "--workers", "2")
-    assert parse("--mesh", "redis://127.0.0.1:6379/0", "--workers", "1").processes == 1
-    assert parse("--workers", "1").processes == 1
+    assert process_count(parse("--mesh", "redis://127.0.0.1:6379/0", "--workers", "1")) == 1
+    assert process_count(parse("--workers", "1")) == 1
     with pytest.raises(usage.UsageError, match="workers must be positive"):
         parse("--workers", "0")
     with pytest.raises(usage.UsageError, match="need a mesh they share"):

@@ -25,6 +25,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from twisted.application.service import Service
 from twisted.internet.address import IPv6Address
@@ -103,6 +104,28 @@ def _figures(line: bytes) -> dict[str, int] | None:
     if not all(type(value) is int for value in figures.values()):
         return None
     return figures
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (taskset, cpusets), capped by a cgroup CPU quota
+    (containers): one process per core must not mean more processes than CPU time."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return cores or 1
+    if quota != "max":
+        cores = min(cores or 1, max(1, -(-int(quota) // int(period))))
+    return cores or 1
+
+
+def process_count(config: GatewayConfig) -> int:
+    """How many processes accept on the WebSocket port: ``workers`` if given; otherwise,
+    with a shared mesh (Redis) and a plain ``tcp:`` WebSocket endpoint, one per core this
+    process may use; else one."""
+    if config.workers is not None:
+        return config.workers
+    return usable_cores() if config.shares_mesh and config.plain_tcp else 1
 
 
 @implementer(IProcessReports)

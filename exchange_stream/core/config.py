@@ -6,9 +6,7 @@ embedding application builds it directly.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from exchange_stream.core.meshurl import check_mesh_url
 
@@ -19,19 +17,6 @@ def check_udp(value: str) -> str:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"--feed-udp takes [interface:]port, not {value!r}")
     return value
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (taskset, cpusets), capped by a cgroup CPU quota
-    (containers): one process per core must not mean more processes than CPU time."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-    except (OSError, ValueError):
-        return cores or 1
-    if quota != "max":
-        cores = min(cores or 1, max(1, -(-int(quota) // int(period))))
-    return cores or 1
 
 
 @dataclass(frozen=True)
@@ -91,9 +76,9 @@ class GatewayConfig:
                 raise ValueError(f"{name} must be 0 (off) or positive")
         if self.workers is not None and self.workers <= 0:
             raise ValueError("workers must be positive")
-        if (self.workers or 1) > 1 and not self._shares_mesh:
+        if (self.workers or 1) > 1 and not self.shares_mesh:
             raise ValueError("workers > 1 need a mesh they share: --mesh redis://...")
-        if (self.workers or 1) > 1 and not self._plain_tcp:
+        if (self.workers or 1) > 1 and not self.plain_tcp:
             # Workers adopt the listening socket as plain TCP: TLS or a UNIX socket would break.
             raise ValueError("workers > 1 share a plain tcp: WebSocket endpoint (TLS: in front)")
         if self.auth_timeout >= self.handshake_timeout:
@@ -113,20 +98,13 @@ class GatewayConfig:
         return patterns
 
     @property
-    def processes(self) -> int:
-        """How many processes accept on the WebSocket port: ``workers`` if given; otherwise,
-        with a shared mesh (Redis) and a plain ``tcp:`` WebSocket endpoint, one per core this
-        process may use; else one."""
-        if self.workers is not None:
-            return self.workers
-        return usable_cores() if self._shares_mesh and self._plain_tcp else 1
-
-    @property
-    def _shares_mesh(self) -> bool:
+    def shares_mesh(self) -> bool:
+        """Several processes or nodes can share this mesh (not ``memory:``)."""
         return not self.mesh.startswith("memory")
 
     @property
-    def _plain_tcp(self) -> bool:
+    def plain_tcp(self) -> bool:
+        """The WebSocket endpoint is plain TCP, a socket worker processes can adopt."""
         return self.ws.startswith("tcp:")
 
     @property
