@@ -3,7 +3,7 @@
 Twisted's ``transport.write`` always queues: it registers the socket for writability with
 epoll and sends on the next reactor turn, after which it unregisters it again. When a node
 writes one small frame to each of many connections per message, those two ``epoll_ctl`` calls
-per connection are a large part of the cost (bench/fanout's profile). When the connection's
+per connection are a large part of the cost (a profile of the broadcast benchmark, bench/RESULTS.md). When the connection's
 queue is empty, the same bytes can go out with one ``send`` right away; what the kernel does
 not take is queued as before, so ordering and flow control are unchanged.
 
@@ -123,7 +123,7 @@ class FastSendProtocol(WebSocketServerProtocol):
 
     Autobahn's own path (``sendData``) does a ``transport.write`` per frame and formats a debug
     log line and updates traffic statistics on every send: a third of the cost of a delivery in
-    bench/fanout's profile. Every frame of an open connection (pushes, replies, the close
+    the broadcast benchmark's profile. Every frame of an open connection (pushes, replies, the close
     frame) goes through the same turn writer, so frames keep their order. Before the
     connection opens (the handshake answer, which may be followed at once by a close) and for
     compression or Autobahn's queued synchronous sends, Autobahn's path is used, after what the
