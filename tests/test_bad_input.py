@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 from exchange_stream.core.channels import PRIVATE_TYPES, InvalidChannel, parse_channel
 from exchange_stream.core.config import GatewayConfig
 from exchange_stream.core.wire import ERROR_MESSAGES, OpError, parse_request
-from tests.support import start_gateway
-from tests.test_installed import free_port
+from tests.support import free_port, start_gateway
 
 
 @pytest_twisted.ensureDeferred

@@ -14,8 +14,7 @@ from exchange_stream.core.config import GatewayConfig
 from exchange_stream.gateway import Gateway
 from exchange_stream.service import makeService, mount
 from exchange_stream.services.auth import StaticAuthenticator
-from tests.support import LOCAL, connect, publish
-from tests.test_installed import free_port
+from tests.support import LOCAL, connect, free_port, http_client, publish
 
 
 @pytest_twisted.ensureDeferred
@@ -56,8 +55,6 @@ async def test_resources_mount_in_an_existing_site():
         client = await connect(number, "/realtime/ws")
         assert await client.request({"op": "auth", "token": "app-token"}) == {"result": True}
         await client.request({"op": "subscribe", "channel": "@order"})
-        from tests.support import http_client
-
         response = await http_client().post(
             f"http://127.0.0.1:{number}/internal/v1/mesh/publish",
             data=json.dumps({"c": "ex:u-7@order", "d": '{"id":1}'}).encode(),

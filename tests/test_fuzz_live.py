@@ -12,7 +12,6 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from exchange_stream.core.wire import ERROR_MESSAGES
-from tests.test_installed import auth_url, gateway  # noqa: F401  (fixtures)
 
 _scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
 _values = st.recursive(
@@ -70,14 +69,14 @@ class Connection:
 
 
 @pytest.fixture
-def gateway_args():
+def twistd_args():
     """The parser is what is fuzzed here, not the rate limit."""
     return ["--op-rate", "1000000", "--op-burst", "1000000"]
 
 
 @pytest.fixture
-def connection(gateway):  # noqa: F811
-    url, _, log = gateway
+def connection(twistd_gateway):
+    url, _, log = twistd_gateway
     with contextlib.ExitStack() as stack:
         yield Connection(url, stack)
     text = log.read_text()

@@ -2,7 +2,6 @@
 
 import contextlib
 import json
-import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import pytest_twisted
 import treq
-from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -19,26 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as sync_connect
 
 from exchange_stream.core.config import GatewayConfig
-from tests.support import Client, ClientProtocol, http_client, publish, start_gateway
-from tests.test_installed import http, real_gateway
-from tests.test_redis_mesh import until
-
-
-async def handshake(
-    port: int, path: str = "/exchange-stream", **factory_args
-) -> tuple[Client | None, int | None]:
-    """Connect; return (client, None) or (None, the HTTP status that refused us)."""
-    client = Client()
-    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}", **factory_args)
-    factory.protocol = ClientProtocol
-    factory.client = client
-    await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
-    try:
-        await client.opened
-    except ConnectionError as refused:
-        status = re.search(r"upgrade failed \[(\d+)\]", str(refused))
-        return None, int(status.group(1)) if status else None
-    return client, None
+from tests.support import handshake, http, http_client, publish, real_gateway, start_gateway, until
 
 
 @pytest_twisted.ensureDeferred

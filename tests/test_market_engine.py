@@ -19,8 +19,7 @@ from exchange_stream.core.market.events import Book, IndexPrice, PrivateEvent, T
 from exchange_stream.core.publication import MeshUnavailable
 from exchange_stream.market_service import market_service
 from exchange_stream.services.market_engine import MarketEngine, MarketSettings
-from tests.support import start_gateway
-from tests.test_installed import free_port
+from tests.support import free_port, start_gateway
 
 T0 = 1_732_540_800.0  # seconds, 2024-11-25T13:20:00Z
 

@@ -9,22 +9,7 @@ from exchange_stream.core.publication import Publication
 from exchange_stream.interfaces import IMesh
 from exchange_stream.services.memory_mesh import MemoryMesh
 from exchange_stream.services.node import Node
-
-
-class Recorder:
-    """A subscriber that records the prepared frames written to it."""
-
-    def __init__(self):
-        self.frames = []
-
-    def sendPreparedMessage(self, prepared):
-        self.frames.append(prepared)
-
-
-def subscribe_live(node, subscriber, channel):
-    """Subscribe and release at once, as a session does after answering."""
-    subscribed = node.subscribe(subscriber, channel)
-    return subscribed.addCallback(lambda snapshot: node.release(subscriber, channel, snapshot))
+from tests.support import Recorder, subscribe_live
 
 
 def prepare(payload, binary):

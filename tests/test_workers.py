@@ -20,15 +20,7 @@ from websockets.sync.client import connect
 from exchange_stream.adapters.workers import REPORT_FD, WorkerPool
 from exchange_stream.core.config import GatewayConfig
 from exchange_stream.services.figures import FIGURES
-from tests.redis_server import RedisServer
-from tests.test_installed import http, real_gateway
-
-
-@pytest.fixture
-def redis_server():
-    server = RedisServer()
-    yield server
-    server.close()
+from tests.support import eventually, http, real_gateway
 
 
 def children_of(pid: int) -> list[int]:
@@ -85,14 +77,6 @@ def metric(api: str, name: str) -> float | None:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return None
-
-
-def eventually(check, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(0.1)
-    return result
 
 
 def test_workers_report_to_the_first_process_and_one_that_dies_is_restarted(tmp_path, redis_server):

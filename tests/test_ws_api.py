@@ -3,8 +3,7 @@
 import pytest_twisted
 
 from exchange_stream.core.config import GatewayConfig
-from tests.support import connect, start_gateway
-from tests.test_hardening import handshake
+from tests.support import connect, handshake, start_gateway
 
 
 @pytest_twisted.ensureDeferred
