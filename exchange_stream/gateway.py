@@ -10,13 +10,14 @@ it uses; nothing below this module knows the gateway.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 
 from exchange_stream.adapters.fastwrite import TurnWriter, prepare_frame
 from exchange_stream.adapters.upstream import quiet_http_client
@@ -38,7 +39,7 @@ from exchange_stream.services.connections import Admission, Drain, SessionRegist
 from exchange_stream.services.control_receiver import ControlReceiver
 from exchange_stream.services.figures import NodeFigures, ProcessFigures
 from exchange_stream.services.health import Health
-from exchange_stream.services.heartbeat import Heartbeat
+from exchange_stream.services.heartbeat import Heartbeat, Peer
 from exchange_stream.services.market_engine import MarketSettings
 from exchange_stream.services.metrics import GatewayMetrics
 from exchange_stream.services.node import Node
@@ -65,7 +66,9 @@ class Gateway(MultiService):
         process runs the market engine."""
         super().__init__()
         if reactor is None:
-            from twisted.internet import reactor
+            from twisted.internet import reactor as installed
+
+            reactor = installed
         self.config = config = config or GatewayConfig()
         self.reactor = reactor
         self.mesh = mesh if mesh is not None else open_mesh(config.mesh, reactor)
@@ -102,9 +105,10 @@ class Gateway(MultiService):
         self.publisher = Publisher(self.node, self._is_draining, self.metrics)
         self._control = ControlReceiver(self.sessions.kick)
         if config.ping_interval:
-            heartbeat = Heartbeat(
-                self.sessions.connections, reactor, config.ping_interval, config.ping_timeout
-            )
+            # Every connection registered here is a GatewayFactory's protocol, which is an
+            # IHeartbeatPeer as well as an IClientConnection.
+            peers = cast("Callable[[], Iterable[Peer]]", self.sessions.connections)
+            heartbeat = Heartbeat(peers, reactor, config.ping_interval, config.ping_timeout)
             heartbeat.setServiceParent(self)
         self.market = None
         if config.runs_market and serves_market:
@@ -145,7 +149,7 @@ class Gateway(MultiService):
         drained.addCallback(lambda _: self.mesh.unsubscribe(CONTROL_CHANNEL, self._control))
         return drained.addCallback(lambda _: super(Gateway, self).stopService())
 
-    def websocket_resource(self) -> Resource:
+    def websocket_resource(self) -> IResource:
         """The WebSocket endpoint, to mount at ``config.path`` of a ``twisted.web`` site."""
         return WebSocketResource(self.factory)
 

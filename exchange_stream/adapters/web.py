@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site, UnsupportedMethod
 
 from exchange_stream.core.encoding import encode
@@ -87,7 +87,12 @@ class PublishResource(Resource):
             return _json_body(request, *at_once[0])
         hung_up: list[bool] = []
         request.notifyFinish().addErrback(lambda _: hung_up.append(True))
-        answered.addCallback(lambda _: hung_up or _finish(request, *at_once[0]))
+
+        def finish(_: object) -> None:
+            if not hung_up:
+                _finish(request, *at_once[0])
+
+        answered.addCallback(finish)
         return NOT_DONE_YET
 
     def _read(self, request: Request) -> tuple[list[PublishRequest], bool]:
@@ -95,6 +100,7 @@ class PublishResource(Resource):
             given = request.getHeader(b"Authorization") or b""
             if not hmac.compare_digest(given, self._expected_authorization):
                 raise ApiError(401, 102, "missing or wrong bearer token")
+        assert request.content is not None  # twisted.web reads the body before rendering
         body = request.content.read(self._max_body + 1)
         if len(body) > self._max_body:
             raise ApiError(413, 103, f"body larger than {self._max_body} bytes")
@@ -135,7 +141,7 @@ def api_root(
     publisher: Publisher,
     health: Health,
     registry: CollectorRegistry,
-    websocket_api: Resource,
+    websocket_api: IResource,
     authorization: bytes | None,
     max_body: int,
 ) -> Resource:
@@ -161,14 +167,14 @@ class QuietSite(Site):
 
     displayTracebacks = False
 
-    def __init__(self, resource: Resource, timeout: float = 60, forms: bool = True) -> None:
+    def __init__(self, resource: IResource, timeout: float = 60, forms: bool = True) -> None:
         super().__init__(resource, timeout=timeout, parsePOSTFormSubmission=forms)
 
     def log(self, request: object) -> None:
         pass
 
 
-def mount(root: Resource, path: str, resource: Resource) -> None:
+def mount(root: Resource, path: str, resource: IResource) -> None:
     """Put ``resource`` at ``path`` (e.g. ``/exchange-stream`` or ``/ws/v2``) under ``root``."""
     segments = [segment.encode() for segment in path.strip("/").split("/")]
     parent = root
