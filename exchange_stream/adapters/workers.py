@@ -28,9 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from twisted.application.service import Service
+from twisted.internet import tcp
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -137,9 +139,9 @@ class WorkerPool(Service):
         self._count = count
         self._reactor = reactor
         self._listening: Callable[[], Deferred] | None = None
-        self._port = None
-        self._workers: dict[int, tuple[_Worker, object]] = {}
-        self._restarts: dict[int, object] = {}  # number -> the DelayedCall of its restart
+        self._port: tcp.Port | None = None  # the shared listener: --workers needs tcp:
+        self._workers: dict[int, tuple[_Worker, IProcessTransport]] = {}
+        self._restarts: dict[int, IDelayedCall] = {}  # number -> the DelayedCall of its restart
         self._delays: dict[int, float] = {}
         self.retired = dict.fromkeys(COUNTERS, 0)  # counters of worker processes that ended
 
@@ -171,7 +173,7 @@ class WorkerPool(Service):
         super().startService()
         self._listening().addCallback(self._spawn_all)
 
-    def _spawn_all(self, port) -> None:
+    def _spawn_all(self, port: tcp.Port) -> None:
         self._port = port
         for number in range(1, self._count):
             self._spawn(number)
@@ -181,7 +183,9 @@ class WorkerPool(Service):
         self._restarts.pop(number, None)
         if not self.running:
             return
-        ipv6 = isinstance(self._port.getHost(), IPv6Address)
+        port = self._port
+        assert port is not None  # _spawn_all set it before the first spawn
+        ipv6 = isinstance(port.getHost(), IPv6Address)
         family = socket.AF_INET6 if ipv6 else socket.AF_INET
         environment = dict(os.environ)
         environment[CONFIG_ENVIRONMENT] = json.dumps(dataclasses.asdict(self._config))
@@ -191,7 +195,7 @@ class WorkerPool(Service):
             sys.executable,
             [sys.executable, "-m", "exchange_stream.worker", str(int(family))],
             env=environment,
-            childFDs={0: "w", 1: 1, 2: 2, LISTENING_FD: self._port.fileno(), REPORT_FD: "r"},
+            childFDs={0: "w", 1: 1, 2: 2, LISTENING_FD: port.fileno(), REPORT_FD: "r"},
         )
         self._workers[number] = (worker, transport)
         worker.ended.addCallback(self._ended, worker)
