@@ -10,11 +10,13 @@ may leave unsent.
 from __future__ import annotations
 
 from types import FunctionType
+from typing import TypeVar, cast
 
-from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -26,6 +28,8 @@ from exchange_stream.services.connections import Admission, SessionRegistry
 from exchange_stream.services.session import Session
 
 log = Logger()
+
+P = TypeVar("P", bound=WebSocketServerProtocol)
 
 
 @implementer(IClientConnection, IHeartbeatPeer, IPushProducer)
@@ -46,13 +50,17 @@ class GatewayProtocol(FastSendProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         # twisted.web's HTTPChannel registered itself for the handshake; the connection is
-        # ours now, so is its flow control.
-        if getattr(self.transport, "producer", None) is not None:
-            self.transport.unregisterProducer()
-        self.transport.registerProducer(self, True)
+        # ours now, so is its flow control. (A TCP or TLS transport is also its consumer,
+        # which Protocol's ITransport does not say.)
+        transport = cast(IConsumer, self.transport)
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        transport.registerProducer(self, True)
 
     def onConnect(self, request) -> None:
-        address = self.transport.getPeer().host  # IPv4 or IPv6 alike
+        assert self.transport is not None  # connected before the handshake
+        # IPv4 or IPv6 alike: a TCP or TLS listener's peer (a UNIXAddress has no host).
+        address = cast("IPv4Address | IPv6Address", self.transport.getPeer()).host
         header = self.factory.real_ip_header
         if header and request.headers.get(header):
             address = request.headers[header].split(",")[-1].strip()
@@ -67,7 +75,9 @@ class GatewayProtocol(FastSendProtocol):
 
     def onOpen(self) -> None:
         # What only the handshake needed is a couple of KiB per idle connection otherwise.
-        self.http_headers = self.http_request_data = self.http_response_data = None
+        # Autobahn's attributes are typed by their values, so not as optional; nothing reads
+        # them after the handshake.
+        self.http_headers = self.http_request_data = self.http_response_data = None  # type: ignore[assignment]
         self.session = self.factory.sessions.open(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -177,11 +187,11 @@ class GatewayFactory(WebSocketServerFactory):
             # Pages opened from a file send Origin "null"; allowed only when any origin is.
             allowNullOrigin=origins == ["*"],
         )
-        self.protocol = options_on_the_class(self)
+        self.protocol = options_on_the_class(self.protocol, self)
 
 
-def options_on_the_class(factory: WebSocketServerFactory) -> type:
-    """A subclass of ``factory.protocol`` that holds the factory's protocol options.
+def options_on_the_class(base: type[P], factory: WebSocketServerFactory) -> type[P]:
+    """A subclass of ``base`` (``factory.protocol``) that holds the factory's protocol options.
 
     Autobahn copies each of its ~35 options from the factory into every new connection's
     ``__dict__`` unless the protocol class has it already. Kept on the class, they cost nothing
@@ -189,9 +199,9 @@ def options_on_the_class(factory: WebSocketServerFactory) -> type:
     (1.6 KiB). Options set on the factory after this call would not reach new connections.
     Functions (``perMessageCompressionAccept``) are wrapped so that they stay unbound.
     """
-    base = factory.protocol
     options = {}
     for name in base.CONFIG_ATTRS:
         value = getattr(factory, name)
         options[name] = staticmethod(value) if isinstance(value, FunctionType) else value
-    return type(base.__name__, (base,), {**options, "__module__": base.__module__})
+    subclass = type(base.__name__, (base,), {**options, "__module__": base.__module__})
+    return cast("type[P]", subclass)  # type() with three arguments is typed as a plain type
