@@ -17,9 +17,11 @@ import sys
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IReactorSocket
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from exchange_stream.adapters.workers import (
     CONFIG_ENVIRONMENT,
@@ -41,7 +43,7 @@ class _WatchParent(Protocol):
     def __init__(self, reactor) -> None:
         self._reactor = reactor
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         with contextlib.suppress(ReactorNotRunning):  # stopping already
             self._reactor.stop()
 
@@ -55,8 +57,12 @@ def main() -> None:
     config = GatewayConfig(**json.loads(os.environ[CONFIG_ENVIRONMENT]))
     gateway = Gateway(config, reactor=reactor, serves_market=False)
     gateway.startService()
-    port = reactor.adoptStreamPort(
-        LISTENING_FD, socket.AddressFamily(int(sys.argv[1])), websocket_site(gateway)
+    # IReactorSocket asks for a bare ServerFactory, whose protocol type variable is invariant:
+    # no concrete factory (a Site's is ServerFactory[HTTPChannel]) matches it.
+    port = IReactorSocket(reactor).adoptStreamPort(
+        LISTENING_FD,
+        socket.AddressFamily(int(sys.argv[1])),
+        websocket_site(gateway),  # type: ignore[arg-type]
     )
     os.close(LISTENING_FD)  # the port holds its own copy
 
@@ -73,10 +79,10 @@ def main() -> None:
 
     reactor.addSystemEventTrigger("before", "shutdown", drain)
     parent = _WatchParent(reactor)
-    StandardIO(parent, stdin=0, stdout=REPORT_FD, reactor=reactor)
-    report = LoopingCall(
-        lambda: parent.transport.write(encode(gateway.process_figures.read()) + b"\n")
-    )
+    # twisted.internet.stdio picks the POSIX StandardIO at run time; mypy reads the Windows
+    # one, which has no stdin or stdout.
+    reports = StandardIO(parent, stdin=0, stdout=REPORT_FD, reactor=reactor)  # type: ignore[call-arg]
+    report = LoopingCall(lambda: reports.write(encode(gateway.process_figures.read()) + b"\n"))
     report.clock = reactor
     report.start(REPORT_INTERVAL).addErrback(stop_reporting)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C reaches the first process
