@@ -68,7 +68,9 @@ def redis_endpoint(address: RedisAddress, reactor) -> IStreamClientEndpoint:
     verified against the system's CAs or the given ``ca`` file."""
     if address.path is not None:
         return UNIXClientEndpoint(reactor, address.path, timeout=5)
-    endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=5)
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(
+        reactor, address.host, address.port, timeout=5
+    )
     if address.tls:
         from twisted.internet.ssl import Certificate, optionsForClientTLS
 
@@ -90,8 +92,11 @@ class _RedisFactory(Factory):
 
     noisy = False
     isLazy = False  # txredisapi: report AUTH/SELECT errors to connectionError only
+    protocol: type[RedisProtocol]  # always given (Factory declares it optional)
 
-    def __init__(self, protocol: type, address: RedisAddress, mesh: RedisMesh, ready) -> None:
+    def __init__(
+        self, protocol: type[RedisProtocol], address: RedisAddress, mesh: RedisMesh, ready
+    ) -> None:
         self.protocol = protocol
         self._address = address
         self.mesh = mesh
@@ -250,7 +255,7 @@ class RedisMesh(MultiService):
         if connection is None:
             return fail(MeshUnavailable("Redis command connection is down"))
         if snapshot is None:
-            command = ("PUBLISH", channel, encode_wire(publication))
+            command: tuple[object, ...] = ("PUBLISH", channel, encode_wire(publication))
         else:
             key = SNAPSHOT_KEY_PREFIX + channel
             message, kept = encode_wire(publication), encode_wire(snapshot)
@@ -310,7 +315,7 @@ class RedisMesh(MultiService):
 
     def _expect(self, kind: bytes, channel: str) -> Deferred:
         """A Deferred for Redis's next confirmation of ``kind`` for ``channel``."""
-        confirmed = Deferred()
+        confirmed: Deferred[None] = Deferred()
         self._waiting.setdefault((kind, channel.encode()), []).append(confirmed)
         return confirmed
 

@@ -49,7 +49,7 @@ def tcp_send_queue_empty(transport: Any) -> bool:
     return not (
         type(transport) is not tcp.Server
         or transport.dataBuffer
-        or getattr(transport, "_tempDataLen", 1)
+        or getattr(transport, "_tempDataLen", True)
         or getattr(transport, "_writeDisconnected", True)
         or not transport.connected
     )
