@@ -52,7 +52,7 @@ class MeshApiProtocol(FastSendProtocol):
                 raise invalid("a request is a JSON object")
             request_id = message.get("i")
             method, params = message.get("m"), message.get("p")
-            parse = METHODS.get(method)
+            parse = METHODS.get(method) if isinstance(method, str) else None
             if parse is None:
                 raise invalid(f'"m" must be one of {", ".join(METHODS)}')
             batch = method in BATCHES and isinstance(params, list)
