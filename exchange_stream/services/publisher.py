@@ -71,7 +71,8 @@ class Publisher:
         return sent(nodes)
 
     def _refused(self, failure: Failure) -> tuple[int, dict]:
-        if failure.check(ApiError):
+        error: ApiError
+        if isinstance(failure.value, ApiError):
             error = failure.value
         elif failure.check(MeshUnavailable):
             error = mesh_unavailable()
@@ -81,8 +82,12 @@ class Publisher:
         self.count_error(error)
         return error.status, error.answer()
 
-    def _batch_answer(self, outcomes: list[tuple[bool, object]]) -> tuple[int, dict]:
-        answers = [sent(value) if ok else self._refused(value) for ok, value in outcomes]
+    def _batch_answer(self, outcomes: list[tuple[bool, int | Failure]]) -> tuple[int, dict]:
+        # DeferredList: (True, nodes) for a publish accepted, (False, failure) for one refused.
+        answers = [
+            self._refused(value) if isinstance(value, Failure) else sent(value)
+            for _, value in outcomes
+        ]
         published = sum(ok for ok, _ in outcomes)
         if published:
             self._metrics.published.inc(published)

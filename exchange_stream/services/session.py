@@ -7,8 +7,10 @@ ops waiting behind a slow one is bounded; past the bound an op is refused at onc
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from exchange_stream.core.config import GatewayConfig
@@ -75,7 +77,7 @@ class Session:
         self._bucket = TokenBucket(config.op_rate, config.op_burst, clock.seconds())
         self._refused_in_a_row = 0
         self._abuse_limit = 2 * config.op_burst
-        self._expiry = None
+        self._expiry: IDelayedCall | None = None
 
     def handle_frame(self, text: bytes) -> None:
         """Handle one text frame from the client.
@@ -109,7 +111,9 @@ class Session:
         if self._closed:  # queued behind a slow op, and the client left meanwhile
             self._pending -= 1
             return None
-        answered = maybeDeferred(self._answer, text)
+        # maybeDeferred waits for the Deferred that _answer may return; Twisted's overloads
+        # cannot say so for a function that returns either a Deferred or a value.
+        answered = cast("Deferred[bytes | None]", maybeDeferred(self._answer, text))
         answered.addErrback(self._internal_error)
         answered.addCallback(self._reply)
         return answered
@@ -128,7 +132,7 @@ class Session:
         if not self._closed:
             self._connection.close(CloseCode.INTERNAL_ERROR, "internal error")
 
-    def _answer(self, text: bytes) -> Deferred | bytes | None:
+    def _answer(self, text: bytes) -> Deferred[bytes | None] | bytes | None:
         try:
             request = parse_request(text)
             handler = getattr(self, f"_op_{request.op}")
