@@ -3,9 +3,10 @@
 Twisted's ``transport.write`` always queues: it registers the socket for writability with
 epoll and sends on the next reactor turn, after which it unregisters it again. When a node
 writes one small frame to each of many connections per message, those two ``epoll_ctl`` calls
-per connection are a large part of the cost (a profile of the broadcast benchmark, bench/RESULTS.md). When the connection's
-queue is empty, the same bytes can go out with one ``send`` right away; what the kernel does
-not take is queued as before, so ordering and flow control are unchanged.
+per connection are a large part of the cost (the broadcast benchmark's profile, in
+bench/RESULTS.md). When the connection's queue is empty, the same bytes can go out with one
+``send`` right away; what the kernel does not take is queued as before, so ordering and flow
+control are unchanged.
 
 :class:`TurnWriter` goes one step further: what a reactor turn writes to one connection (a burst
 of fan-out frames from a Redis read, the answers to 500 pipelined ``/ws/v1`` requests, a reply

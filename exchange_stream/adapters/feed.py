@@ -11,8 +11,9 @@ import json
 from collections.abc import Callable
 
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from exchange_stream.core.encoding import encode
 from exchange_stream.core.market.events import Event, MalformedEvent, parse_event
@@ -65,6 +66,7 @@ class _LineFeed(Protocol):
     def connectionMade(self) -> None:
         self._buffer = b""
         self._skipping = False  # inside an overlong line: drop until its newline
+        assert self.transport is not None  # makeConnection sets it before connectionMade
         self._source = f"tcp {self.transport.getPeer()}"
         log.info("market feed: matching engine connected from {source}", source=self._source)
 
@@ -85,7 +87,7 @@ class _LineFeed(Protocol):
         if self._skipping:
             self._buffer = b""
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         log.info("market feed: {source} disconnected", source=self._source)
 
 

@@ -73,7 +73,9 @@ class MarketEngine(PeriodicService):
         clock: IReactorTime | None = None,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock
+            from twisted.internet import reactor as installed
+
+            clock = installed
         super().__init__(clock)
         self._publish = publish
         self.settings = settings or MarketSettings()
