@@ -59,8 +59,9 @@ class GatewayProtocol(FastSendProtocol):
 
     def onConnect(self, request) -> None:
         assert self.transport is not None  # connected before the handshake
-        # IPv4 or IPv6 alike: a TCP or TLS listener's peer (a UNIXAddress has no host).
-        address = cast("IPv4Address | IPv6Address", self.transport.getPeer()).host
+        peer = self.transport.getPeer()
+        # IPv4 or IPv6 alike; a UNIX socket's peers (a proxy in front) all count as one.
+        address = peer.host if isinstance(peer, IPv4Address | IPv6Address) else "unix"
         header = self.factory.real_ip_header
         if header and request.headers.get(header):
             address = request.headers[header].split(",")[-1].strip()
