@@ -132,20 +132,25 @@ def server_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
 class MemoryClient:
     """One WebSocket client of a gateway on a fake clock: the real handshake and frames, as
     bytes on a ``StringTransport``. Like a TCP transport, one that the gateway closes reports
-    ``connectionLost`` at the end of the turn. ``status`` is the handshake's HTTP status."""
+    ``connectionLost`` at the end of the turn. ``status`` is the handshake's HTTP status.
 
-    def __init__(self, gateway: Gateway, port: int = 5555, *headers: str) -> None:
+    It speaks to the gateway's WebSocket factory, or through ``site`` (``websocket_site``,
+    twisted.web's HTTP handling first, as on the real port) when one is given."""
+
+    def __init__(self, gateway: Gateway, port: int = 5555, *headers: str, site=None) -> None:
         self.clock = gateway.reactor
         address = IPv4Address("TCP", "127.0.0.1", port)
-        self.protocol = gateway.factory.buildProtocol(address)
+        self.protocol = (site or gateway.factory).buildProtocol(address)
         self.transport = StringTransport(peerAddress=address)
+        self.transport.protocol = self.protocol  # as on TCP: WebSocketResource replaces it
         self.protocol.makeConnection(self.transport)
-        self.lost = False
+        self._lost = False
         self.close_code: int | None = None
         self._read = 0
         self._unparsed = b""
         self.protocol.dataReceived(handshake_request(gateway.config.path, *headers))
         self.pump()
+        self.protocol = self.transport.protocol  # the WebSocket protocol, after a site
         head, _, _ = self.transport.value().partition(b"\r\n\r\n")
         self.status = int(head.split(b" ", 2)[1])
         self._read = len(head) + 4  # the frames after the answer are read by frames()
@@ -153,9 +158,15 @@ class MemoryClient:
     def pump(self) -> None:
         """End the reactor turn: pending frames are written, closed connections lost."""
         self.clock.advance(0)
-        if self.transport.disconnecting and not self.lost:
-            self.lost = True
+        if self.transport.disconnecting and not self._lost:
+            self._lost = True
             self.protocol.connectionLost(Failure(ConnectionDone()))
+
+    @property
+    def lost(self) -> bool:
+        """The connection is gone (after the end of the current turn)."""
+        self.pump()
+        return self._lost
 
     def send(self, message: object, opcode: int = 0x1) -> None:
         raw = message if isinstance(message, bytes | str) else json.dumps(message)
@@ -188,9 +199,21 @@ class MemoryClient:
 
     def disconnect(self) -> None:
         """The client's TCP connection ends."""
-        if not self.lost:
-            self.lost = True
+        if not self._lost:
+            self._lost = True
             self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def stub_request(stub, method: str, url: str, **kwargs) -> tuple[int, object, bytes]:
+    """One request through a ``treq.testing.StubTreq``, run to completion: (status, headers,
+    body)."""
+    results = []
+    stub.request(method, url, **kwargs).addCallback(
+        lambda r: treq.content(r).addCallback(lambda body: results.append((r, body)))
+    )
+    stub.flush()
+    response, body = results[0]
+    return response.code, response.headers, body
 
 
 def open_protocol(

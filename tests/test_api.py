@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import treq
 from treq.testing import StubTreq
 from twisted.internet.defer import fail, succeed
 from zope.interface import implementer
@@ -14,7 +13,7 @@ from exchange_stream.gateway import Gateway
 from exchange_stream.interfaces import IMesh
 from exchange_stream.services.auth import StaticAuthenticator
 from exchange_stream.services.memory_mesh import MemoryMesh
-from tests.support import Recorder, subscribe_live
+from tests.support import Recorder, stub_request, subscribe_live
 
 URL = "http://api/v1/mesh/publish"
 
@@ -49,20 +48,9 @@ def api(mesh=None, **config):
     return gateway, StubTreq(gateway.api_resource())
 
 
-def call(client, method, url, **kwargs):
-    """Run one request to completion and return (status, headers, body bytes)."""
-    results = []
-    client.request(method, url, **kwargs).addCallback(
-        lambda r: treq.content(r).addCallback(lambda body: results.append((r, body)))
-    )
-    client.flush()
-    response, body = results[0]
-    return response.code, response.headers, body
-
-
 def publish(client, body, **kwargs):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    status, _, answer = call(client, "POST", URL, data=raw, **kwargs)
+    status, _, answer = stub_request(client, "POST", URL, data=raw, **kwargs)
     return status, json.loads(answer)
 
 
@@ -129,27 +117,27 @@ def test_mesh_refusal_is_503_104(available):
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_other_methods_on_publish_are_405(method):
     _, client = api()
-    status, headers, _ = call(client, method, URL)
+    status, headers, _ = stub_request(client, method, URL)
     assert status == 405
     assert headers.getRawHeaders("allow") == ["POST"]
 
 
 def test_methods_twisted_web_does_not_know_are_501():
     _, client = api()
-    assert call(client, "PUT", URL)[0] == 501
+    assert stub_request(client, "PUT", URL)[0] == 501
 
 
 def test_paths_below_publish_are_404():
     _, client = api()
-    assert call(client, "POST", URL + "/more", data=b'{"c":"ex:x","d":"x"}')[0] == 404
+    assert stub_request(client, "POST", URL + "/more", data=b'{"c":"ex:x","d":"x"}')[0] == 404
 
 
 def test_healthz_reflects_the_mesh():
     _, client = api()
-    status, _, body = call(client, "GET", "http://api/healthz")
+    status, _, body = stub_request(client, "GET", "http://api/healthz")
     assert status == 200 and json.loads(body)["mesh"] == "up"
     _, client = api(mesh=DownMesh(False))
-    status, _, body = call(client, "GET", "http://api/healthz")
+    status, _, body = stub_request(client, "GET", "http://api/healthz")
     assert status == 503 and json.loads(body)["status"] == "unavailable"
 
 
@@ -158,7 +146,7 @@ def test_metrics_in_prometheus_format():
     subscribe_live(gateway.node, Recorder(), "ex:x")
     publish(client, {"c": "ex:x", "d": "x"})
     publish(client, {"c": "ex:x"})
-    status, headers, body = call(client, "GET", "http://api/metrics")
+    status, headers, body = stub_request(client, "GET", "http://api/metrics")
     assert status == 200
     assert headers.getRawHeaders("content-type")[0].startswith("text/plain")
     text = body.decode()
@@ -210,9 +198,9 @@ def test_the_gateways_own_channels_are_refused(body):
 def test_kick_validates_the_uid():
     _, client = api()
     for body in ({}, {"uid": "1002@balance"}, {"uid": True}, [1]):
-        status, answer = call(client, "POST", "http://api/v1/mesh/kick", json=body)[0], None
+        status, answer = stub_request(client, "POST", "http://api/v1/mesh/kick", json=body)[0], None
         assert status == 400, body
-    status, _, answer = call(client, "POST", "http://api/v1/mesh/kick", json={"uid": 1001})
+    status, _, answer = stub_request(client, "POST", "http://api/v1/mesh/kick", json={"uid": 1001})
     assert (status, json.loads(answer)) == (200, {"E": None, "r": {"s": 0, "f": 0}})
 
 

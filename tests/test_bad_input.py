@@ -34,8 +34,10 @@ async def test_dead_auth_back_end_is_code_6_and_public_data_flows():
 
 @pytest_twisted.ensureDeferred
 async def test_slow_auth_back_end_times_out_without_blocking_others(auth_backend):
+    """Over HTTP: the request to a back end that does not answer in time is given up on (the
+    timings are in test_timeouts.py, on a fake clock)."""
     auth_backend.delay = 1.0
-    running = await start_gateway(GatewayConfig(auth_url=auth_backend.url, auth_timeout=0.3))
+    running = await start_gateway(GatewayConfig(auth_url=auth_backend.url, auth_timeout=0.1))
     try:
         waiting, other = await running.connect(), await running.connect()
         waiting.send({"op": "auth", "token": "token-1001"})

@@ -3,10 +3,7 @@
 import json
 
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
-from exchange_stream.core.config import GatewayConfig
 from tests.support import connect, start_gateway
 
 BALANCE = json.dumps({"event": "@balance", "data": {"uid": 1001, "balance": [{"BTC": "1.5"}]}})
@@ -216,17 +213,3 @@ async def test_stopping_the_gateway_tells_clients_to_reconnect(gateway_config):
         assert 0 <= notice["data"]["reconnectInMs"] <= 1000
         code, reason = await client.closed
         assert code == 4200 and "reconnect in" in reason
-
-
-@pytest_twisted.ensureDeferred
-async def test_connections_outlive_the_handshake_timeout(auth_backend):
-    """The HTTP idle timeout guards the handshake only, not the WebSocket after it."""
-    running = await start_gateway(
-        GatewayConfig(auth_url=auth_backend.url, auth_timeout=0.2, handshake_timeout=0.5)
-    )
-    try:
-        client = await running.connect()
-        await deferLater(reactor, 1.5, lambda: None)
-        assert (await client.request({"op": "ping", "id": 1}))["op"] == "pong"
-    finally:
-        await running.stop()
