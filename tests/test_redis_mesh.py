@@ -5,9 +5,10 @@ import json
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import deferLater
 
+from exchange_stream.adapters.redis_mesh import RedisMesh
 from exchange_stream.core.config import GatewayConfig
+from exchange_stream.services.selfcheck import SelfCheck
 from tests.redis_server import RedisServer
 from tests.support import publish, start_gateway, until
 
@@ -246,9 +247,16 @@ def redis_db(server, db):
     return redis.Redis(host="127.0.0.1", port=server.port, db=db)
 
 
+def failed_auths(server: RedisServer) -> int:
+    """AUTH attempts the server refused, from its ACL log."""
+    log = server.client().acl_log()
+    return sum(int(entry["count"]) for entry in log if entry["reason"] == "auth")
+
+
 @pytest_twisted.ensureDeferred
 async def test_password_protected_redis(auth_backend):
-    """A wrong password keeps the node unavailable (and retrying); the right one works."""
+    """Redis refuses a wrong password, which keeps the node unavailable; the right one works
+    (the retries with backoff are in test_redis_unit.py, on a fake clock)."""
     server = RedisServer(password="s3cret")
     wrong = await start_gateway(
         GatewayConfig(mesh=f"redis://:nope@127.0.0.1:{server.port}/0", auth_url=auth_backend.url)
@@ -258,7 +266,7 @@ async def test_password_protected_redis(auth_backend):
     )
     try:
         await until(lambda: right.gateway.mesh.available and right.gateway.mesh.receiving)
-        await deferLater(reactor, 1.0, lambda: None)
+        await until(lambda: failed_auths(server) >= 2)  # both of its connections were refused
         assert not wrong.gateway.mesh.available
         assert (await wrong.publish("ex:x", "{}"))[0] == 503
         assert (await right.publish("ex:x", "{}"))[0] == 200
@@ -268,17 +276,30 @@ async def test_password_protected_redis(auth_backend):
         server.close()
 
 
+def quick_self_check(mesh: RedisMesh, interval: float, timeout: float) -> None:
+    """Give ``mesh`` (not started yet) a self-check with shorter intervals than its own."""
+    mesh.removeService(mesh.self_check)
+    mesh.self_check = SelfCheck(mesh, mesh.restart_subscriber, reactor, interval, timeout)
+    mesh.self_check.setServiceParent(mesh)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_deaf_node_notices_and_heals(redis_server, auth_backend):
     """Redis cuts the node's subscriber connection for its output buffer limit while the
-    node is not reading (so it does not see the cut): the node stops hearing its heartbeat,
-    reports unhealthy, resubscribes, and delivers again."""
-    node = await start_node(redis_server, auth_backend)
+    node is not reading (so it does not see the cut), and still accepts its publishes: the
+    node stops hearing its heartbeat, reports unhealthy, resubscribes, and delivers again.
+    The intervals and the healing steps are in test_redis_unit.py, on a fake clock."""
+    mesh = RedisMesh(redis_server.url)
+    # Shorter than the default 2 s / 6 s, but the timeout stays longer than the reconnect's
+    # backoff (up to 1.75 s) and a beat: beats unheard while reconnecting must not count.
+    quick_self_check(mesh, interval=0.2, timeout=2.5)
+    config = GatewayConfig(mesh=redis_server.url, auth_url=auth_backend.url)
+    node = await start_gateway(config, mesh=mesh)
     try:
+        await until(lambda: mesh.available and mesh.receiving)
         client = await subscribed_client(node, "BTCUSDT@depth")
         direct = redis_server.client()
         direct.config_set("client-output-buffer-limit", "pubsub 64kb 32kb 1")
-        mesh = node.gateway.mesh
         mesh._subscriber.transport.pauseProducing()
         for _ in range(64):
             direct.publish("ex:BTCUSDT@depth", json.dumps({"pad": "x" * 16_000}))

@@ -5,6 +5,7 @@ publish fails at once while the mesh is down."""
 from dataclasses import dataclass
 
 import pytest
+from treq.testing import StubTreq
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -18,9 +19,11 @@ from exchange_stream.adapters.redis_mesh import (
     decode_wire,
     encode_wire,
 )
+from exchange_stream.core.config import GatewayConfig
 from exchange_stream.core.meshurl import RedisAddress
 from exchange_stream.core.publication import MeshUnavailable, Publication
 from exchange_stream.interfaces import IMesh
+from tests.support import MemoryClient, memory_gateway, stub_request
 
 
 def bulk(*items) -> bytes:
@@ -271,3 +274,83 @@ def test_no_deafness_claimed_while_heartbeats_cannot_be_published(setup):
     for _ in range(10):
         clock.advance(2)
     assert mesh.self_check.deaf_events == 0
+
+
+def answer_publishes(connection: Connection) -> None:
+    """Redis accepts every PUBLISH written on the command connection (no one hears it)."""
+    for _ in range(connection.written().count(b"PUBLISH\r\n")):
+        connection.protocol.dataReceived(b":0\r\n")
+
+
+def test_a_deaf_gateway_is_unhealthy_then_resubscribes_and_delivers_again(clock):
+    """The whole self-check: heartbeats accepted but not heard for longer than the timeout make
+    /healthz fail and drop the subscriber connection; the reconnect (after backoff) subscribes
+    every channel again in one command; hearing itself again makes the node healthy, and a
+    client's channel delivers as before."""
+    endpoint = FakeEndpoint()
+    mesh = RedisMesh("redis://127.0.0.1:6399/0", reactor=clock, endpoint=endpoint)
+    gateway = memory_gateway(clock, GatewayConfig(ping_interval=0), mesh=mesh)
+    api = StubTreq(gateway.api_resource())
+    commands, subscriber = endpoint.latest(subscriber=False), endpoint.latest(subscriber=True)
+    heartbeat = mesh.self_check.channel
+    for channel in (heartbeat, "es:control"):
+        subscriber.protocol.dataReceived(bulk("subscribe", channel, 1))
+    client = MemoryClient(gateway)
+    client.send({"op": "subscribe", "channel": "BTCUSDT@depth"})
+    subscriber.protocol.dataReceived(bulk("subscribe", "ex:BTCUSDT@depth", 1))
+    assert commands.written() == bulk("GET", "es:snapshot:ex:BTCUSDT@depth")
+    commands.protocol.dataReceived(b"$-1\r\n")  # no snapshot kept
+    assert client.messages() == [{"result": True}]
+    assert stub_request(api, "GET", "http://api/healthz")[0] == 200
+
+    for _ in range(4):  # t = 2 .. 8: beats accepted, none heard; the first is 6 s old
+        clock.advance(2)
+        answer_publishes(commands)
+    assert stub_request(api, "GET", "http://api/healthz")[0] == 200  # 6 s are allowed
+    clock.advance(2)  # t = 10: the first beat is 8 s old
+    answer_publishes(commands)
+    assert stub_request(api, "GET", "http://api/healthz")[0] == 503
+    assert subscriber.transport.disconnecting and mesh.self_check.deaf_events == 1
+    subscriber.lose()
+
+    for _ in range(3):  # the backoff
+        clock.advance(1)
+        answer_publishes(commands)
+    fresh = endpoint.latest(subscriber=True)
+    assert fresh is not subscriber
+    assert fresh.written() == bulk("SUBSCRIBE", heartbeat, "es:control", "ex:BTCUSDT@depth")
+    for channel in (heartbeat, "es:control", "ex:BTCUSDT@depth"):
+        fresh.protocol.dataReceived(bulk("subscribe", channel, 1))
+    assert stub_request(api, "GET", "http://api/healthz")[0] == 503  # not heard itself yet
+    clock.advance(2)
+    assert commands.written() == bulk("PUBLISH", heartbeat, "7")  # the beat at t = 14
+    commands.protocol.dataReceived(b":1\r\n")
+    fresh.protocol.dataReceived(bulk("message", heartbeat, "7"))
+    assert stub_request(api, "GET", "http://api/healthz")[0] == 200
+    fresh.protocol.dataReceived(bulk("message", "ex:BTCUSDT@depth", '{"after":"heal"}'))
+    assert client.messages() == [{"after": "heal"}]
+
+
+def test_a_wrong_password_keeps_the_mesh_down_and_retrying_with_backoff(clock):
+    """AUTH refused: the connection is dropped, publishing fails at once, and the mesh tries
+    again later and later, never every turn."""
+    endpoint = FakeEndpoint()
+    mesh = RedisMesh("redis://:nope@127.0.0.1:6399/0", reactor=clock, endpoint=endpoint)
+    mesh.startService()
+    attempts = []
+    for _ in range(3):
+        commands = endpoint.latest(subscriber=False)
+        attempts.append(clock.seconds())
+        assert commands.written() == bulk("AUTH", "nope")
+        commands.protocol.dataReceived(b"-WRONGPASS invalid username-password pair\r\n")
+        assert commands.transport.disconnecting and not mesh.available
+        commands.lose()
+        failures = []
+        mesh.publish("ex:a", Publication(b"x")).addErrback(failures.append)
+        assert failures[0].check(MeshUnavailable)
+        for _ in range(100):  # the next attempt, within 10 s
+            if endpoint.latest(subscriber=False) is not commands:
+                break
+            clock.advance(0.1)
+    assert attempts[1] - attempts[0] > 0.5 and attempts[2] - attempts[1] > 0.5  # backing off
+    mesh.stopService()
