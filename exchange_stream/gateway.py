@@ -71,7 +71,9 @@ class Gateway(MultiService):
             reactor = installed
         self.config = config = config or GatewayConfig()
         self.reactor = reactor
-        self.mesh = mesh if mesh is not None else open_mesh(config.mesh, reactor)
+        if mesh is None:
+            mesh = open_mesh(config.mesh, reactor, config.streams, config.idempotency_ttl)
+        self.mesh = mesh
         if IService.providedBy(self.mesh):
             self.mesh.setServiceParent(self)  # a mesh with connections starts and stops with us
         self.turn_writer = TurnWriter(reactor)  # every connection's frames, clients' and API's
@@ -165,6 +167,7 @@ class Gateway(MultiService):
             config.max_publish_size,
             config.ping_interval,
             config.ping_timeout,
+            config.streams,
         )
         return api_root(
             self.publisher,
@@ -173,4 +176,5 @@ class Gateway(MultiService):
             WebSocketResource(websocket_api),
             authorization,
             config.max_publish_size,
+            config.streams,
         )

@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from exchange_stream.core.publication import Publication
+from exchange_stream.core.streams import Position
 
 
 class IMeshReceiver(Interface):
@@ -34,16 +35,31 @@ class IMesh(Interface):
     deaf_events = Attribute("Times the node found itself deaf and resubscribed (0 for memory).")
 
     def publish(
-        channel: str, publication: Publication, snapshot: Publication | None = None
+        channel: str,
+        publication: Publication,
+        snapshot: Publication | None = None,
+        key: str | None = None,
     ) -> Deferred:
         """Accept ``publication`` for every node subscribed to ``channel``.
 
         With ``snapshot``, keep it as the channel's state for new subscribers, in the same
         step as the publish (so a snapshot is never older than a message that follows it).
-        Returns a Deferred that fires with the number of nodes that had subscribers (0: nobody
-        listens) once the mesh has accepted the message, or fails with ``MeshUnavailable``
-        when it was not sent.
+        On a stream channel (``core.streams``) the publication gets the next offset and joins
+        the channel's history in the same step. With ``key``, a second publish with the same
+        key on the same channel within the idempotency window is not sent again: it answers
+        what the first one did.
+
+        Returns a Deferred firing with a ``Published`` (the number of nodes that had
+        subscribers, 0 when nobody listens, and the position on a stream channel) once the
+        mesh has accepted the message; failing with ``MeshUnavailable`` when it was not sent,
+        or ``MeshOutcomeUnknown`` when it may have been.
         """
+
+    def history(channel: str, since: Position | None = None) -> Deferred:
+        """A Deferred firing with the stream channel's ``History``: its current position and,
+        when ``since`` is given and can be served (same epoch, still in the history), the
+        publications after it, in order. Fails with ``MeshUnavailable`` when the mesh cannot
+        answer now."""
 
     def snapshot(channel: str) -> Deferred:
         """A Deferred firing with the channel's kept ``Publication``, or None; never fails (a

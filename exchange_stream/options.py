@@ -40,6 +40,10 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("feed-udp", str, "run the market engine on JSON datagrams at [interface:]port"),
     ("book-url", str, "run the market engine on book snapshots polled from this URL"),
     ("book-interval", float, "seconds between --book-url polls"),
+    ("history-types", str, "channel types whose publications keep a history (offsets, recovery)"),
+    ("history-size", int, "publications a stream channel's history keeps"),
+    ("history-ttl", float, "seconds a publication stays in its channel's history"),
+    ("idempotency-ttl", float, 'seconds a publish\'s "k" is remembered (a retry cannot duplicate)'),
 ]
 _FLAGS: list[tuple[str, str]] = [
     ("demo", "simulated market, demo users demo-1001..demo-1005, demo page at /"),

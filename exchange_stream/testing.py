@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface import implementer
 
 from exchange_stream.core.config import GatewayConfig
 from exchange_stream.core.encoding import encode
 from exchange_stream.core.publication import MeshUnavailable, Publication
+from exchange_stream.core.streams import StreamPolicy
 from exchange_stream.gateway import Gateway
 from exchange_stream.interfaces import IAuthenticator, IClientConnection, IHeartbeatPeer, IMesh
 from exchange_stream.services.auth import AuthFailed, AuthUnavailable, Identity
@@ -42,18 +44,27 @@ class FakeMesh(MemoryMesh):
     While ``available`` is False every publish fails with ``MeshUnavailable`` (nothing is
     delivered), as the Redis mesh does while its command connection is down."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        clock: IReactorTime | None = None,
+        streams: StreamPolicy | None = None,
+        idempotency_ttl: float = 600.0,
+    ) -> None:
+        super().__init__(streams, idempotency_ttl, clock)
         self.available = True
         self.published: list[tuple[str, Publication]] = []
 
     def publish(
-        self, channel: str, publication: Publication, snapshot: Publication | None = None
+        self,
+        channel: str,
+        publication: Publication,
+        snapshot: Publication | None = None,
+        key: str | None = None,
     ) -> Deferred:
         if not self.available:
             return fail(MeshUnavailable("the fake mesh is switched off"))
         self.published.append((channel, publication))
-        return super().publish(channel, publication, snapshot)
+        return super().publish(channel, publication, snapshot, key)
 
 
 @implementer(IAuthenticator)
@@ -172,7 +183,10 @@ def in_memory_gateway(
 ) -> InMemoryGateway:
     """The real gateway, started, on a fake clock, a fake mesh and a fake authenticator
     that knows ``tokens`` (token → uid)."""
-    clock, mesh, auth = MemoryReactorClock(), FakeMesh(), FakeAuthenticator(tokens)
-    gateway = Gateway(config or GatewayConfig(), reactor=clock, mesh=mesh, authenticator=auth)
+    config = config or GatewayConfig()
+    clock = MemoryReactorClock()
+    mesh = FakeMesh(clock, config.streams, config.idempotency_ttl)
+    auth = FakeAuthenticator(tokens)
+    gateway = Gateway(config, reactor=clock, mesh=mesh, authenticator=auth)
     gateway.startService()
     return InMemoryGateway(gateway, clock, mesh, auth)

@@ -1,144 +1,57 @@
 """The Redis mesh: gateway nodes share one Redis; PUBLISH carries messages between them.
 
 Each node keeps two connections, each under a ``ClientService`` that reconnects with jittered
-exponential backoff: one for commands (PUBLISH, snapshots) and one in subscriber mode. A node
-SUBSCRIBEs a channel only while it has local subscribers for it, and after a reconnect it
-SUBSCRIBEs again, in one command, every channel it still wants.
+exponential backoff: one for commands (publishes, snapshots, history reads) and one in
+subscriber mode. A node SUBSCRIBEs a channel only while it has local subscribers for it, and
+after a reconnect it SUBSCRIBEs again, in one command, every channel it still wants.
+
+Pub/sub is at most once: a reconnect, a connection Redis cut for its output buffer, or a node
+that went deaf loses what was published meanwhile. So stream channels (``core.streams``)
+keep a history beside the pub/sub (``redis_wire``), every publication carries its position,
+and the node keeps each stream channel's :class:`~exchange_stream.core.streams.Sequence`:
+after a reconnect, and whenever an offset is skipped, it reads what it missed from the
+history and passes it on in order, once, before the live publications that came meanwhile.
+State channels get their snapshot again after a reconnect instead, so books resync.
 
 While the command connection is down, publishing fails at once with ``MeshUnavailable``
-(the API answers 503 and the back end may retry): nothing is queued to be sent later.
-
-Wire format on Redis (documented in docs/scaling.md, so back ends may PUBLISH directly):
-the message body is the payload, sent to clients as a text frame, unless it starts with a
-NUL byte: then the next byte says what follows, ``t`` (text) or ``b`` (binary frame).
-Parsing uses txredisapi's hiredis protocol (``hiredis`` is a dependency): txredisapi's
-pure-Python parser continues after each bulk string with ``callLater(0)`` on the global
-reactor, a reactor turn per message part on the hot path and untestable with a fake clock.
-
-A channel's snapshot is the value of the key ``SNAPSHOT_KEY_PREFIX + channel``, in the same
-format; a publish and its snapshot are written by one script, so they are atomic.
+(the API answers 503: nothing was sent). A publish whose answer does not come in time fails
+with ``MeshOutcomeUnknown``: it was written and may have been carried out.
 """
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from txredisapi import RedisProtocol, SubscriberProtocol
+from twisted.python.failure import Failure
+from txredisapi import RedisProtocol, ResponseError
 from zope.interface import implementer
 
+from exchange_stream.adapters import redis_wire
+from exchange_stream.adapters.redis_protocol import (
+    RedisConnectionFactory,
+    SubscriberConnection,
+    redis_endpoint,
+)
+from exchange_stream.adapters.redis_wire import decode_wire, encode_wire, key
 from exchange_stream.adapters.upstream import redis_command
 from exchange_stream.core.meshurl import RedisAddress
-from exchange_stream.core.publication import MeshUnavailable, Publication
+from exchange_stream.core.publication import (
+    MeshOutcomeUnknown,
+    MeshUnavailable,
+    Publication,
+    Published,
+)
+from exchange_stream.core.streams import History, Position, Sequence, StreamPolicy
 from exchange_stream.interfaces import IMesh, IMeshReceiver
 from exchange_stream.services.selfcheck import SelfCheck
 
-SNAPSHOT_KEY_PREFIX = "es:snapshot:"
-
-# KEYS[1] snapshot key; ARGV: channel, snapshot, message. SET and PUBLISH in one step, so a
-# new subscriber never reads a snapshot older than a message it then receives.
-_PUBLISH_WITH_SNAPSHOT = (
-    "redis.call('SET', KEYS[1], ARGV[2]) return redis.call('PUBLISH', ARGV[1], ARGV[3])"
-)
-
 log = Logger()
-
-
-def encode_wire(publication: Publication) -> bytes:
-    """A publication as a Redis message body (see the module docstring)."""
-    if publication.binary:
-        return b"\x00b" + publication.payload
-    if publication.payload[:1] == b"\x00":
-        return b"\x00t" + publication.payload
-    return publication.payload
-
-
-def decode_wire(body: bytes) -> Publication:
-    if body[:1] != b"\x00":
-        return Publication(body)
-    return Publication(body[2:], binary=body[1:2] == b"b")
-
-
-def redis_endpoint(address: RedisAddress, reactor) -> IStreamClientEndpoint:
-    """The Twisted endpoint that reaches ``address``: a UNIX socket, TCP, or TLS over TCP
-    verified against the system's CAs or the given ``ca`` file."""
-    if address.path is not None:
-        return UNIXClientEndpoint(reactor, address.path, timeout=5)
-    endpoint: IStreamClientEndpoint = HostnameEndpoint(
-        reactor, address.host, address.port, timeout=5
-    )
-    if address.tls:
-        from twisted.internet.ssl import Certificate, optionsForClientTLS
-
-        trust = None
-        if address.ca is not None:
-            with open(address.ca, "rb") as pem:
-                trust = Certificate.loadPEM(pem.read())
-        endpoint = wrapClientTLS(optionsForClientTLS(address.host, trustRoot=trust), endpoint)
-    return endpoint
-
-
-class _RedisFactory(Factory):
-    """Builds txredisapi protocols for a ``ClientService``.
-
-    txredisapi's own factories schedule on the global reactor; this one leaves connecting
-    and backoff to ``ClientService`` (with the injected reactor) and only configures the
-    protocol: raw bytes in and out (no charset, no number conversion), AUTH and SELECT.
-    """
-
-    noisy = False
-    isLazy = False  # txredisapi: report AUTH/SELECT errors to connectionError only
-    protocol: type[RedisProtocol]  # always given (Factory declares it optional)
-
-    def __init__(
-        self, protocol: type[RedisProtocol], address: RedisAddress, mesh: RedisMesh, ready
-    ) -> None:
-        self.protocol = protocol
-        self._address = address
-        self.mesh = mesh
-        self._ready = ready
-
-    def buildProtocol(self, addr):
-        connection = self.protocol(
-            charset=None,
-            convertNumbers=False,
-            password=self._address.password,
-            username=self._address.username,
-            dbid=self._address.db or None,
-        )
-        connection.factory = self
-        # Ready once AUTH and SELECT passed. Not ClientService's prepareConnection: a
-        # connection that drops while that is pending (a wrong password) trips its state
-        # machine; as a plain connection that drops, it is retried with backoff.
-        connection.whenConnected().addCallback(self._ready)
-        return connection
-
-    # Called by txredisapi when AUTH or SELECT fails; ClientService keeps retrying.
-    def stopTrying(self) -> None:
-        pass
-
-    def connectionError(self, why: str) -> None:
-        log.error("Redis mesh: {why}", why=why)
-
-
-class _Subscriber(SubscriberProtocol):
-    """Subscriber-mode connection: messages and (un)subscribe confirmations go to the mesh."""
-
-    def messageReceived(self, pattern, channel: bytes, message: bytes) -> None:
-        self.factory.mesh._received(channel, message)
-
-    def replyReceived(self, reply) -> None:
-        if isinstance(reply, list) and len(reply) == 3 and reply[0] in _CONFIRMATIONS:
-            self.factory.mesh._confirmed(reply[0], reply[1])
-        else:
-            super().replyReceived(reply)
-
-
-_CONFIRMATIONS = (b"subscribe", b"unsubscribe")
 
 
 @implementer(IMesh)
@@ -146,31 +59,47 @@ class RedisMesh(MultiService):
     """``--mesh redis://...``; a service: its connections open and close with the gateway."""
 
     publish_timeout = 5.0
+    retry_read_after = 0.5  # seconds: a history read that failed (Redis away) is tried again
 
-    def __init__(self, url: str, reactor=None, endpoint: IStreamClientEndpoint | None = None):
+    def __init__(
+        self,
+        url: str,
+        reactor: Any = None,
+        endpoint: IStreamClientEndpoint | None = None,
+        streams: StreamPolicy | None = None,
+        idempotency_ttl: float = 600.0,
+    ) -> None:
         super().__init__()
         if reactor is None:
-            from twisted.internet import reactor
+            from twisted.internet import reactor as installed
+
+            reactor = installed
         self._reactor = reactor
+        self._streams = streams or StreamPolicy()
+        self._idempotency_ttl = idempotency_ttl
         self.address = RedisAddress.from_url(url)
         endpoint = endpoint or redis_endpoint(self.address, reactor)
         policy = backoffPolicy(initialDelay=0.5, maxDelay=10.0)
         self._commands: RedisProtocol | None = None
-        self._subscriber: _Subscriber | None = None
+        self._subscriber: SubscriberConnection | None = None
         self._receivers: dict[str, list[IMeshReceiver]] = {}
+        self._in_effect: set[str] = set()  # confirmed on the current subscriber connection
+        self._resync: set[str] = set()  # state channels to give their snapshot again
         self._waiting: dict[tuple[bytes, bytes], list[Deferred]] = {}
+        self._sequences: dict[str, Sequence] = {}
+        self._reading: set[str] = set()  # stream channels with a history read in flight
         self._resubscribed = True
         self._stopping = False
         self.connects = 0
+        self.lost_publications = 0  # gone from the history too before a node could read them
         self.self_check = SelfCheck(self, self.restart_subscriber, reactor)
-        for protocol, ready in (
-            (RedisProtocol, self._commands_ready),
-            (_Subscriber, self._subscriber_ready),
+        for protocol, ready, receiver in (
+            (RedisProtocol, self._commands_ready, None),
+            (SubscriberConnection, self._subscriber_ready, self),
         ):
-            factory = _RedisFactory(protocol, self.address, self, ready)
-            ClientService(endpoint, factory, retryPolicy=policy, clock=reactor).setServiceParent(
-                self
-            )
+            factory = RedisConnectionFactory(protocol, self.address, ready, receiver)
+            service = ClientService(endpoint, factory, retryPolicy=policy, clock=reactor)
+            service.setServiceParent(self)
         self.self_check.setServiceParent(self)
 
     # -- state --------------------------------------------------------------------------
@@ -195,14 +124,17 @@ class RedisMesh(MultiService):
         """Connections made after the first two (one per connection kind)."""
         return max(0, self.connects - 2)
 
-    def stopService(self):
+    def stopService(self) -> Deferred:
         self._stopping = True  # connections closing now are not news
         return super().stopService()
 
     def restart_subscriber(self) -> None:
-        """Drop the subscriber connection; the reconnect subscribes everything afresh."""
-        if self._subscriber is not None:
+        """Drop the subscriber connection; the reconnect subscribes everything afresh and
+        reads from the histories what came meanwhile."""
+        if self._subscriber is not None and self._subscriber.transport is not None:
             self._subscriber.transport.abortConnection()
+
+    # -- connections --------------------------------------------------------------------
 
     def _commands_ready(self, connection: RedisProtocol) -> None:
         self._commands = connection
@@ -216,7 +148,7 @@ class RedisMesh(MultiService):
             if not self._stopping:
                 log.warn("Redis mesh: command connection lost; publishing refused until back")
 
-    def _subscriber_ready(self, connection: _Subscriber) -> None:
+    def _subscriber_ready(self, connection: SubscriberConnection) -> None:
         self._subscriber = connection
         self.connects += 1
         connection.whenDisconnected().addCallback(self._subscriber_lost)
@@ -225,71 +157,106 @@ class RedisMesh(MultiService):
             confirmations = [self._expect(b"subscribe", channel) for channel in channels]
             self._resubscribed = False
             DeferredList(confirmations).addCallback(self._mark_resubscribed, connection)
+            assert connection.transport is not None  # connected: it just said so
             connection.transport.write(redis_command(connection, "SUBSCRIBE", *channels))
         log.info(
             "Redis mesh: subscriber connection up, {count} channels subscribed",
             count=len(channels),
         )
 
-    def _mark_resubscribed(self, _, connection: _Subscriber) -> None:
+    def _mark_resubscribed(self, _: object, connection: SubscriberConnection) -> None:
         if self._subscriber is connection:
             self._resubscribed = True
 
-    def _subscriber_lost(self, connection: _Subscriber) -> None:
+    def _subscriber_lost(self, connection: SubscriberConnection) -> None:
         if self._subscriber is not connection:
             return
         self._subscriber = None
+        self._resync = {channel for channel in self._in_effect if channel not in self._sequences}
+        self._in_effect.clear()
+        for sequence in self._sequences.values():
+            sequence.interrupted()  # read what comes meanwhile once subscribed again
         if not self._stopping:
             log.warn("Redis mesh: subscriber connection lost; resubscribing after reconnect")
-        waiting, self._waiting = self._waiting, {}
-        for deferreds in waiting.values():
-            for deferred in deferreds:
-                deferred.callback(None)
+        # An unsubscribe is in effect once the connection is gone; a subscribe is not: it
+        # waits for the resubscription's confirmation.
+        for (kind, channel), deferreds in list(self._waiting.items()):
+            if kind == b"unsubscribe":
+                del self._waiting[(kind, channel)]
+                for deferred in deferreds:
+                    deferred.callback(None)
 
     # -- IMesh --------------------------------------------------------------------------
 
     def publish(
-        self, channel: str, publication: Publication, snapshot: Publication | None = None
+        self,
+        channel: str,
+        publication: Publication,
+        snapshot: Publication | None = None,
+        key: str | None = None,
     ) -> Deferred:
         connection = self._commands
         if connection is None:
             return fail(MeshUnavailable("Redis command connection is down"))
-        if snapshot is None:
-            command: tuple[object, ...] = ("PUBLISH", channel, encode_wire(publication))
-        else:
-            key = SNAPSHOT_KEY_PREFIX + channel
-            message, kept = encode_wire(publication), encode_wire(snapshot)
-            command = ("EVAL", _PUBLISH_WITH_SNAPSHOT, 1, key, channel, kept, message)
-        return self._execute(connection, command)
+        stream = self._streams.is_stream(channel)
+        body = encode_wire(publication)
+        if not stream and snapshot is None and key is None:
+            sent = self._execute(connection, ("PUBLISH", channel, body), written_matters=True)
+            return sent.addCallback(lambda nodes: Published(int(nodes)))
+        keys = [redis_wire.key(channel, kind) for kind in ("meta", "stream", "snapshot")]
+        keys.append(redis_wire.key(channel, f"key:{key or ''}"))
+        arguments = (
+            channel,
+            body,
+            encode_wire(snapshot) if snapshot is not None else b"",
+            "1" if stream else "0",
+            self._streams.size,
+            max(1, int(self._streams.ttl)),
+            os.urandom(6).hex(),
+            "1" if key is not None else "0",
+            max(1, int(self._idempotency_ttl)),
+        )
+        ran = self._script(connection, redis_wire.PUBLISH, keys, arguments, written_matters=True)
+        return ran.addCallback(redis_wire.published)
+
+    def history(self, channel: str, since: Position | None = None) -> Deferred:
+        return self._read_history(channel, since, catching_up=False)
 
     def snapshot(self, channel: str) -> Deferred:
         connection = self._commands
         if connection is None:
             return succeed(None)
-        reading = self._execute(connection, ("GET", SNAPSHOT_KEY_PREFIX + channel))
+        reading = self._execute(connection, ("GET", key(channel, "snapshot")))
 
-        def decoded(body):
+        def decoded(body: object) -> Publication | None:
             return decode_wire(body) if isinstance(body, bytes) else None
 
-        def unavailable(failure):
+        def unavailable(failure: Failure) -> None:
             failure.trap(MeshUnavailable)
             log.warn(
                 "Redis mesh: snapshot of {channel} not read: {why}",
                 channel=channel,
                 why=failure.getErrorMessage(),
             )
-            return None
 
         return reading.addCallbacks(decoded, unavailable)
 
     def subscribe(self, channel: str, receiver: IMeshReceiver) -> Deferred:
+        """Fires once Redis has confirmed the subscription (while the subscriber connection
+        is down: once the reconnect's resubscription is confirmed), so that every message
+        published from then on reaches ``receiver``."""
         receivers = self._receivers.setdefault(channel, [])
         if receiver in receivers:
             return succeed(None)
         receivers.append(receiver)
-        if len(receivers) > 1:
+        if self._streams.is_stream(channel):
+            self._sequences.setdefault(channel, Sequence())
+        if channel in self._in_effect:
             return succeed(None)
-        return self._send_subscription(b"subscribe", channel)
+        confirmed = self._expect(b"subscribe", channel)
+        if len(receivers) == 1 and self._subscriber is not None:
+            self._write_subscription(b"subscribe", channel)
+        return confirmed
 
     def unsubscribe(self, channel: str, receiver: IMeshReceiver) -> Deferred:
         receivers = self._receivers.get(channel)
@@ -299,19 +266,165 @@ class RedisMesh(MultiService):
         if receivers:
             return succeed(None)
         del self._receivers[channel]
-        return self._send_subscription(b"unsubscribe", channel)
-
-    # -- internals ----------------------------------------------------------------------
-
-    def _send_subscription(self, kind: bytes, channel: str) -> Deferred:
-        """Send (UN)SUBSCRIBE; fire on Redis's confirmation, or at once while disconnected
-        (the wish is kept in ``_receivers`` and applied on reconnect)."""
-        connection = self._subscriber
-        if connection is None:
+        self._sequences.pop(channel, None)
+        self._in_effect.discard(channel)
+        for waiting in self._waiting.pop((b"subscribe", channel.encode()), []):
+            waiting.callback(None)  # nobody waits for it any more
+        if self._subscriber is None:
             return succeed(None)
-        confirmed = self._expect(kind, channel)
-        connection.transport.write(redis_command(connection, kind.decode().upper(), channel))
+        confirmed = self._expect(b"unsubscribe", channel)
+        self._write_subscription(b"unsubscribe", channel)
         return confirmed
+
+    # -- subscriber events (redis_protocol.SubscriberEvents) ----------------------------
+
+    def confirmed(self, kind: bytes, channel: bytes) -> None:
+        name = channel.decode()
+        if kind == b"subscribe" and name in self._receivers:
+            resubscribed = name not in self._in_effect
+            self._in_effect.add(name)
+            if resubscribed:
+                self._resume(name)
+        waiting = self._waiting.get((kind, channel))
+        if not waiting:
+            return
+        # One SUBSCRIBE serves every wish to receive the channel; an UNSUBSCRIBE, its own.
+        fired = waiting[:] if kind == b"subscribe" else waiting[:1]
+        del waiting[: len(fired)]
+        if not waiting:
+            del self._waiting[(kind, channel)]
+        for deferred in fired:
+            deferred.callback(None)
+
+    def message(self, channel: bytes, body: bytes) -> None:
+        name = channel.decode()
+        if name not in self._receivers:
+            return  # unsubscribed while the message was on its way
+        publication = decode_wire(body)
+        sequence = self._sequences.get(name)
+        if sequence is None or publication.offset is None:
+            self._deliver(name, [publication])
+            return
+        self._deliver(name, sequence.arrived(publication))
+        if sequence.reading:
+            self._read_missed(name)
+
+    # -- catching up ----------------------------------------------------------------------
+
+    def _resume(self, channel: str) -> None:
+        """A channel is subscribed (again): a stream reads its baseline or what it missed,
+        a state channel that had subscribers before gets its snapshot again."""
+        sequence = self._sequences.get(channel)
+        if sequence is None:
+            if channel in self._resync:
+                self._resync.discard(channel)
+                self.snapshot(channel).addCallback(self._deliver_snapshot, channel)
+            return
+        if sequence.reading:
+            self._read_missed(channel)
+        elif sequence.last is None:
+            baseline = self._read_history(channel, None, catching_up=True)
+            baseline.addCallbacks(self._baseline, lambda _: None, callbackArgs=(channel,))
+
+    def _baseline(self, history: History, channel: str) -> None:
+        sequence = self._sequences.get(channel)
+        if sequence is not None:
+            sequence.baseline(history.position)
+
+    def _deliver_snapshot(self, snapshot: Publication | None, channel: str) -> None:
+        if snapshot is not None:
+            self._deliver(channel, [snapshot])
+
+    def _read_missed(self, channel: str) -> None:
+        """Read what the channel's sequence misses: one read in flight per channel, and
+        only once the channel is subscribed (``_resume`` asks again on confirmation)."""
+        sequence = self._sequences.get(channel)
+        since = sequence.read_from() if sequence is not None else None
+        if since is None or channel in self._reading or channel not in self._in_effect:
+            return
+        self._reading.add(channel)
+        reading = self._read_history(channel, since, catching_up=True)
+        reading.addCallbacks(
+            self._caught_up, self._read_failed, callbackArgs=(channel,), errbackArgs=(channel,)
+        )
+
+    def _caught_up(self, history: History, channel: str) -> None:
+        self._reading.discard(channel)
+        sequence = self._sequences.get(channel)
+        if sequence is None:
+            return
+        before = sequence.lost
+        self._deliver(channel, sequence.read(history))
+        if sequence.lost > before:
+            self.lost_publications += sequence.lost - before
+            log.warn(
+                "Redis mesh: {count} publications on {channel} were gone from the history "
+                "before this node could read them",
+                count=sequence.lost - before,
+                channel=channel,
+            )
+        if sequence.reading:
+            self._read_missed(channel)
+
+    def _read_failed(self, failure: Failure, channel: str) -> None:
+        failure.trap(MeshUnavailable, MeshOutcomeUnknown)
+        self._reactor.callLater(self.retry_read_after, self._retry_read, channel)
+
+    def _retry_read(self, channel: str) -> None:
+        if channel in self._reading:
+            self._reading.discard(channel)
+            self._read_missed(channel)
+
+    def _deliver(self, channel: str, publications: list[Publication]) -> None:
+        receivers = self._receivers.get(channel)
+        if not receivers or not publications:
+            return
+        for publication in publications:
+            for receiver in tuple(receivers):
+                receiver.receive(channel, publication)
+
+    # -- commands -----------------------------------------------------------------------
+
+    def _read_history(self, channel: str, since: Position | None, catching_up: bool) -> Deferred:
+        connection = self._commands
+        if connection is None:
+            return fail(MeshUnavailable("Redis command connection is down"))
+        keys = [key(channel, "meta"), key(channel, "stream")]
+        arguments = (
+            since.epoch if since is not None else "",
+            since.offset if since is not None else 0,
+            os.urandom(6).hex(),
+            max(1, int(self._streams.ttl)),
+            "1" if since is not None else "0",
+        )
+        ran = self._script(connection, redis_wire.HISTORY, keys, arguments)
+        ttl = self._streams.ttl
+        return ran.addCallback(redis_wire.history, since, ttl, catching_up)
+
+    def _script(
+        self,
+        connection: RedisProtocol,
+        script: redis_wire.Script,
+        keys: list[str],
+        arguments: tuple,
+        written_matters: bool = False,
+    ) -> Deferred:
+        """EVALSHA, and EVAL when Redis does not know the script (a restart flushes them)."""
+        command = ("EVALSHA", script.sha, len(keys), *keys, *arguments)
+        ran = self._execute(connection, command, written_matters, scripted=True)
+
+        def unknown_script(failure: Failure) -> Deferred:
+            failure.trap(_NoScript)
+            return self._execute(
+                connection, ("EVAL", script.source, len(keys), *keys, *arguments), written_matters
+            )
+
+        return ran.addErrback(unknown_script)
+
+    def _write_subscription(self, kind: bytes, channel: str) -> None:
+        connection = self._subscriber
+        assert connection is not None and connection.transport is not None
+        connection.transport.write(redis_command(connection, kind.decode().upper(), channel))
 
     def _expect(self, kind: bytes, channel: str) -> Deferred:
         """A Deferred for Redis's next confirmation of ``kind`` for ``channel``."""
@@ -319,35 +432,36 @@ class RedisMesh(MultiService):
         self._waiting.setdefault((kind, channel.encode()), []).append(confirmed)
         return confirmed
 
-    def _confirmed(self, kind: bytes, channel: bytes) -> None:
-        waiting = self._waiting.get((kind, channel))
-        if waiting:
-            waiting.pop(0).callback(None)
-            if not waiting:
-                del self._waiting[(kind, channel)]
-
-    def _received(self, channel: bytes, message: bytes) -> None:
-        name = channel.decode()
-        receivers = self._receivers.get(name)
-        if not receivers:
-            return  # unsubscribed while the message was on its way
-        publication = decode_wire(message)
-        for receiver in tuple(receivers):
-            receiver.receive(name, publication)
-
-    def _execute(self, connection: RedisProtocol, command: tuple) -> Deferred:
-        """Run one command; any failure is ``MeshUnavailable``. A reply that does not come
-        in time aborts the connection: replies are matched by order, so the connection
-        cannot be trusted after one is skipped."""
+    def _execute(
+        self,
+        connection: RedisProtocol,
+        command: tuple,
+        written_matters: bool = False,
+        scripted: bool = False,
+    ) -> Deferred:
+        """Run one command. Not sent: ``MeshUnavailable``. Sent, but no answer in time or the
+        connection lost before it: ``MeshOutcomeUnknown`` when ``written_matters`` (a
+        publish), else ``MeshUnavailable``. A reply that does not come in time aborts the
+        connection: replies are matched by order, so it cannot be trusted after one is
+        skipped."""
         try:
             reply = connection.execute_command(*command)
         except Exception as error:  # txredisapi raises ConnectionError when not connected
             return fail(MeshUnavailable(str(error)))
         reply.addTimeout(self.publish_timeout, self._reactor)
 
-        def classify(failure):
-            if failure.check(TimeoutError):
+        def classify(failure: Failure) -> None:
+            if failure.check(TimeoutError) and connection.transport is not None:
                 connection.transport.abortConnection()
-            raise MeshUnavailable(failure.getErrorMessage() or failure.type.__name__)
+            why = failure.getErrorMessage() or repr(failure.value)
+            if scripted and failure.check(ResponseError) and why.startswith("NOSCRIPT"):
+                raise _NoScript(why)
+            if failure.check(ResponseError):
+                raise MeshUnavailable(f"Redis refused it: {why}")  # it did not run
+            raise MeshOutcomeUnknown(why) if written_matters else MeshUnavailable(why)
 
         return reply.addErrback(classify)
+
+
+class _NoScript(Exception):
+    """Redis does not have the script (yet, or any more): send it whole."""

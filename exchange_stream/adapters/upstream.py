@@ -74,9 +74,9 @@ def redis_command(connection: RedisProtocol, *words: object) -> bytes:
     """One Redis command in RESP, as txredisapi 1.6's private ``_build_command`` writes it.
 
     The subscriber connection writes (UN)SUBSCRIBE itself and matches Redis's confirmations
-    per channel (``_Subscriber.replyReceived``): txredisapi's ``subscribe()`` would wait for
-    them in its reply queue, one per command, which a SUBSCRIBE of many channels answers many
-    times over."""
+    per channel (``SubscriberConnection.replyReceived``): txredisapi's ``subscribe()`` would
+    wait for them in its reply queue, one per command, which a SUBSCRIBE of many channels
+    answers many times over."""
     return connection._build_command(*words)
 
 

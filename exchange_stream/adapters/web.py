@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from functools import partial
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -25,6 +26,7 @@ from exchange_stream.core.mesh_api import (
     parse_kick,
     parse_publish,
 )
+from exchange_stream.core.streams import StreamPolicy
 from exchange_stream.services.health import Health
 from exchange_stream.services.publisher import Publisher
 
@@ -109,7 +111,7 @@ class PublishResource(Resource):
             raise refusal
         message = decode_body(body)
         if self._batches and isinstance(message, list):
-            return parse_batch(message), True
+            return parse_batch(message, self._parse), True
         return [self._parse(message)], False
 
 
@@ -144,6 +146,7 @@ def api_root(
     websocket_api: IResource,
     authorization: bytes | None,
     max_body: int,
+    streams: StreamPolicy,
 ) -> Resource:
     """``/v1/mesh/publish``, ``/v1/mesh/kick`` (``{"uid": 1001}``: every node ends that user's
     private subscriptions and login; ``s`` is the number of nodes reached), ``/ws/v1``,
@@ -151,7 +154,8 @@ def api_root(
     root, v1, mesh, websocket = Resource(), Resource(), Resource(), Resource()
     root.putChild(b"v1", v1)
     v1.putChild(b"mesh", mesh)
-    mesh.putChild(b"publish", PublishResource(publisher, authorization, max_body))
+    publish = partial(parse_publish, streams=streams)
+    mesh.putChild(b"publish", PublishResource(publisher, authorization, max_body, publish))
     kick = PublishResource(publisher, authorization, max_body, parse_kick, batches=False)
     mesh.putChild(b"kick", kick)
     root.putChild(b"ws", websocket)

@@ -16,6 +16,8 @@ the handshake needs ``Authorization: Bearer ...``.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
+from functools import partial
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
@@ -24,15 +26,16 @@ from exchange_stream.adapters.fastwrite import FastSendProtocol, TurnWriter
 from exchange_stream.core.encoding import encode
 from exchange_stream.core.mesh_api import (
     ApiError,
+    PublishRequest,
     decode_body,
     invalid,
     parse_batch,
     parse_kick,
     parse_publish,
 )
+from exchange_stream.core.streams import StreamPolicy
 from exchange_stream.services.publisher import Publisher
 
-METHODS = {"mesh.publish": parse_publish, "mesh.kick": parse_kick}
 BATCHES = {"mesh.publish"}
 
 
@@ -52,11 +55,12 @@ class MeshApiProtocol(FastSendProtocol):
                 raise invalid("a request is a JSON object")
             request_id = message.get("i")
             method, params = message.get("m"), message.get("p")
-            parse = METHODS.get(method) if isinstance(method, str) else None
+            methods = self.factory.methods
+            parse = methods.get(method) if isinstance(method, str) else None
             if parse is None:
-                raise invalid(f'"m" must be one of {", ".join(METHODS)}')
+                raise invalid(f'"m" must be one of {", ".join(methods)}')
             batch = method in BATCHES and isinstance(params, list)
-            requests = parse_batch(params) if batch else [parse(params)]
+            requests = parse_batch(params, parse) if batch else [parse(params)]
         except ApiError as error:
             self.factory.publisher.count_error(error)
             self._answer(error.answer(), request_id)
@@ -86,8 +90,13 @@ class MeshApiFactory(WebSocketServerFactory):
         max_size: int,
         ping_interval: float,
         ping_timeout: float,
+        streams: StreamPolicy,
     ) -> None:
         super().__init__(server="exchange-stream")
+        self.methods: dict[str, Callable[[object], PublishRequest]] = {
+            "mesh.publish": partial(parse_publish, streams=streams),
+            "mesh.kick": parse_kick,
+        }
         self.publisher = publisher
         self.turn_writer = turn_writer
         self.expected_authorization = authorization

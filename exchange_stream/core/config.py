@@ -7,8 +7,10 @@ embedding application builds it directly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from exchange_stream.core.meshurl import check_mesh_url
+from exchange_stream.core.streams import STREAM_TYPES, StreamPolicy
 
 
 def check_udp(value: str) -> str:
@@ -49,6 +51,10 @@ class GatewayConfig:
     feed_udp: str | None = None
     book_url: str | None = None
     book_interval: float = 0.2
+    history_types: str = ",".join(sorted(STREAM_TYPES))
+    history_size: int = 10_000
+    history_ttl: float = 600.0
+    idempotency_ttl: float = 600.0
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -68,6 +74,9 @@ class GatewayConfig:
             "max_connections_per_ip",
             "handshake_timeout",
             "max_backlog",
+            "history_size",
+            "history_ttl",
+            "idempotency_ttl",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -96,6 +105,12 @@ class GatewayConfig:
             if origin:
                 patterns.append(origin)
         return patterns
+
+    @cached_property
+    def streams(self) -> StreamPolicy:
+        """Which channel types keep a history in the mesh, and how much of it."""
+        types = frozenset(kind.strip() for kind in self.history_types.split(",") if kind.strip())
+        return StreamPolicy(types, self.history_size, self.history_ttl)
 
     @property
     def shares_mesh(self) -> bool:

@@ -6,8 +6,9 @@ the mesh subscription. Delivery frames a message once and writes the same frame 
 subscriber, so a publication costs one encoding plus O(subscribers of that channel).
 
 A new subscriber starts *held*: what is published for it is queued until :meth:`Hub.release`
-writes the channel's snapshot first and the queue after it. That is how a new subscriber
-gets the snapshot before any live message, whatever the mesh's round trips.
+writes the channel's snapshot (or, for a client resuming a stream, what it missed) first and
+the queue after it. That is how a new subscriber gets the snapshot before any live message,
+whatever the mesh's round trips.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from exchange_stream.core.publication import Publication
+from exchange_stream.core.streams import with_offset
 
 
 class Subscriber(Protocol):
@@ -28,44 +30,70 @@ PrepareMessage = Callable[[bytes, bool], Any]
 
 
 class Hub:
-    """Channel → subscribers, and subscriber → channels for O(own channels) clean-up."""
+    """Channel → subscribers, and subscriber → channels for O(own channels) clean-up.
+
+    A subscriber may want positions (a client that asked to ``recover``): on a stream
+    channel its pushes carry the publication's offset. That frame is prepared once per
+    publication too, beside the plain one, and only while such a subscriber exists."""
 
     def __init__(self, prepare: PrepareMessage) -> None:
         self._prepare = prepare
-        self._live: dict[str, dict[Subscriber, None]] = {}
-        self._held: dict[str, dict[Subscriber, list[Any]]] = {}
+        self._live: dict[str, dict[Subscriber, bool]] = {}  # subscriber -> wants positions
+        self._held: dict[str, dict[Subscriber, tuple[bool, list[tuple[int | None, Any]]]]] = {}
+        self._positioned: dict[str, int] = {}  # channel -> subscribers wanting positions
         self._by_subscriber: dict[Subscriber, set[str]] = {}
         self.subscription_count = 0
         self.messages_delivered = 0
 
-    def add(self, subscriber: Subscriber, channel: str) -> bool:
+    def add(self, subscriber: Subscriber, channel: str, positioned: bool = False) -> bool:
         """Subscribe, held until :meth:`release`; True for the channel's first subscriber."""
         channels = self._by_subscriber.setdefault(subscriber, set())
         if channel in channels:
             return False
         first = not self.has_subscribers(channel)
         channels.add(channel)
-        self._held.setdefault(channel, {})[subscriber] = []
+        self._held.setdefault(channel, {})[subscriber] = (positioned, [])
+        if positioned:
+            self._positioned[channel] = self._positioned.get(channel, 0) + 1
         self.subscription_count += 1
         return first
 
-    def release(self, subscriber: Subscriber, channel: str, snapshot: Publication | None) -> None:
-        """Write ``snapshot`` and then what was queued; go live.
+    def release(
+        self,
+        subscriber: Subscriber,
+        channel: str,
+        snapshot: Publication | None,
+        replay: Iterable[Publication] = (),
+        after: int | None = None,
+    ) -> None:
+        """Write ``snapshot``, then ``replay`` (a resume's publications, with their offsets),
+        then what was queued (on a stream, only what comes after offset ``after``, the
+        position the subscriber was given); go live.
 
         A subscriber that left in the meantime, or is live already, is left alone.
         """
         held = self._held.get(channel)
-        queued = held.pop(subscriber, None) if held else None
-        if queued is None:
+        entry = held.pop(subscriber, None) if held else None
+        if entry is None:
             return
         if not held:
             del self._held[channel]
+        positioned, queued = entry
+        frames = []
         if snapshot is not None:
-            queued.insert(0, self._prepare(snapshot.payload, snapshot.binary))
-        for prepared in queued:
+            frames.append(self._prepare(snapshot.payload, snapshot.binary))
+        for publication in replay:
+            assert publication.offset is not None, "a replay comes from a stream's history"
+            frames.append(
+                self._prepare(with_offset(publication.payload, publication.offset), False)
+            )
+        for offset, prepared in queued:
+            if after is None or offset is None or offset > after:
+                frames.append(prepared)
+        for prepared in frames:
             subscriber.sendPreparedMessage(prepared)
-        self.messages_delivered += len(queued)
-        self._live.setdefault(channel, {})[subscriber] = None
+        self.messages_delivered += len(frames)
+        self._live.setdefault(channel, {})[subscriber] = positioned
 
     def remove(self, subscriber: Subscriber, channel: str) -> bool:
         """Unsubscribe; True when the channel has no local subscriber left."""
@@ -81,7 +109,7 @@ class Hub:
 
     def remove_all(self, subscriber: Subscriber) -> list[str]:
         """Forget a subscriber (its connection closed); return the channels left empty."""
-        channels = self._by_subscriber.pop(subscriber, ())
+        channels = self._by_subscriber.pop(subscriber, set())
         self.subscription_count -= len(channels)
         emptied = []
         for channel in channels:
@@ -91,12 +119,23 @@ class Hub:
         return emptied
 
     def _forget(self, subscriber: Subscriber, channel: str) -> None:
-        for index in (self._live, self._held):
-            subscribers = index.get(channel)
-            if subscribers is not None and subscriber in subscribers:
-                del subscribers[subscriber]
-                if not subscribers:
-                    del index[channel]
+        positioned = False
+        live = self._live.get(channel)
+        if live is not None and subscriber in live:
+            positioned = live.pop(subscriber)
+            if not live:
+                del self._live[channel]
+        held = self._held.get(channel)
+        if held is not None and subscriber in held:
+            positioned = held.pop(subscriber)[0]
+            if not held:
+                del self._held[channel]
+        if positioned:
+            left = self._positioned[channel] - 1
+            if left:
+                self._positioned[channel] = left
+            else:
+                del self._positioned[channel]
 
     def has_subscribers(self, channel: str) -> bool:
         return channel in self._live or channel in self._held
@@ -112,20 +151,29 @@ class Hub:
     def subscriber_count(self) -> int:
         return len(self._by_subscriber)
 
-    def deliver(self, channel: str, payload: bytes, binary: bool = False) -> int:
-        """Write one publication to every local subscriber of ``channel``; return how many."""
+    def deliver(
+        self, channel: str, payload: bytes, binary: bool = False, offset: int | None = None
+    ) -> int:
+        """Write one publication to every local subscriber of ``channel``; return how many.
+        ``offset`` is its position on a stream channel."""
         live = self._live.get(channel)
         held = self._held.get(channel)
         if not live and not held:
             return 0
-        prepared = self._prepare(payload, binary)
+        prepared = positioned = self._prepare(payload, binary)
+        if offset is not None and channel in self._positioned:
+            positioned = self._prepare(with_offset(payload, offset), False)
         if held:
-            for queue in held.values():
-                queue.append(prepared)
+            for wants, queue in held.values():
+                queue.append((offset, positioned if wants else prepared))
         if not live:
             return 0
         # A copy: a write can fail a connection, whose clean-up edits this dict.
-        for subscriber in tuple(live):
-            subscriber.sendPreparedMessage(prepared)
+        if positioned is prepared:
+            for subscriber in tuple(live):
+                subscriber.sendPreparedMessage(prepared)
+        else:
+            for subscriber, wants in tuple(live.items()):
+                subscriber.sendPreparedMessage(positioned if wants else prepared)
         self.messages_delivered += len(live)
         return len(live)

@@ -12,13 +12,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from exchange_stream.core.channels import normalize_uid
 from exchange_stream.core.control import CONTROL_CHANNEL, RESERVED_PREFIX, encode_kick
-from exchange_stream.core.publication import Publication
+from exchange_stream.core.publication import Publication, Published
+from exchange_stream.core.streams import StreamPolicy
 
 MAX_BATCH = 1000
+DEFAULT_STREAMS = StreamPolicy()
+_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 class ApiError(Exception):
@@ -43,6 +48,7 @@ class PublishRequest:
     channel: str
     publication: Publication
     snapshot: Publication | None = None
+    key: str | None = None  # idempotency: a retry with the same key is not sent twice
 
 
 def decode_body(body: bytes) -> object:
@@ -52,8 +58,11 @@ def decode_body(body: bytes) -> object:
         raise invalid("body is not JSON") from None
 
 
-def parse_publish(message: object) -> PublishRequest:
-    """One publish request; raise :class:`ApiError` (400 / 101) when it is not one."""
+def parse_publish(message: object, streams: StreamPolicy = DEFAULT_STREAMS) -> PublishRequest:
+    """One publish request; raise :class:`ApiError` (400 / 101) when it is not one.
+
+    A publication on a stream channel (``streams``) must be a JSON object: the gateway adds
+    its offset to it for the clients that asked for positions, without re-encoding it."""
     if not isinstance(message, dict):
         raise invalid("a publish must be a JSON object")
     channel = message.get("c")
@@ -68,23 +77,39 @@ def parse_publish(message: object) -> PublishRequest:
     snapshot = message.get("snapshot")
     if not isinstance(retain, bool):
         raise invalid('"retain" must be true or false')
+    key = message.get("k")
+    if key is not None and not (isinstance(key, str) and _KEY.fullmatch(key)):
+        raise invalid('"k" must be 1 to 128 characters: letters, digits and -_.:')
+    if streams.is_stream(channel) and not _is_json_object(publication):
+        raise invalid(f'"d" must be a JSON object on a stream channel ({channel})')
     if snapshot is not None and (retain or not isinstance(snapshot, str)):
         raise invalid('"snapshot" must be text, and not given with "retain"')
     if retain:
-        return PublishRequest(channel, publication, publication)
+        return PublishRequest(channel, publication, publication, key)
     if snapshot is not None:
-        return PublishRequest(channel, publication, Publication(snapshot.encode()))
-    return PublishRequest(channel, publication)
+        return PublishRequest(channel, publication, Publication(snapshot.encode()), key)
+    return PublishRequest(channel, publication, None, key)
 
 
-def parse_batch(message: object) -> list[PublishRequest]:
-    """A JSON array of publishes, all checked before any is sent."""
+def _is_json_object(publication: Publication) -> bool:
+    if publication.binary or not publication.payload.lstrip().startswith(b"{"):
+        return False
+    try:
+        return isinstance(json.loads(publication.payload), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+def parse_batch(
+    message: object, parse: Callable[[object], PublishRequest] = parse_publish
+) -> list[PublishRequest]:
+    """A JSON array of publishes (each read by ``parse``), all checked before any is sent."""
     if not isinstance(message, list) or not message or len(message) > MAX_BATCH:
         raise invalid(f"a batch is a JSON array of 1 to {MAX_BATCH} publishes")
     requests = []
     for index, item in enumerate(message):
         try:
-            requests.append(parse_publish(item))
+            requests.append(parse(item))
         except ApiError as error:
             raise invalid(f"publish {index}: {error.message}") from None
     return requests
@@ -122,9 +147,14 @@ def combined(answers: list[tuple[int, dict]]) -> tuple[int, dict]:
     return status, {"E": first["E"], "r": items}
 
 
-def sent(nodes: object) -> tuple[int, dict]:
-    """An accepted publish: ``s`` is the number of nodes that had subscribers."""
-    return 200, {"E": None, "r": {"s": nodes, "f": 0}}
+def sent(published: Published) -> tuple[int, dict]:
+    """An accepted publish: ``s`` is the number of nodes that had subscribers; on a stream
+    channel ``offset`` and ``epoch`` are the publication's position."""
+    result: dict[str, object] = {"s": published.nodes, "f": 0}
+    if published.offset is not None:
+        result["offset"] = published.offset
+        result["epoch"] = published.epoch
+    return 200, {"E": None, "r": result}
 
 
 def draining() -> ApiError:
@@ -133,6 +163,14 @@ def draining() -> ApiError:
 
 def mesh_unavailable() -> ApiError:
     return ApiError(503, 104, "mesh unavailable, nothing was sent")
+
+
+def outcome_unknown() -> ApiError:
+    return ApiError(
+        504,
+        105,
+        'no answer from the mesh in time: it may have been published; retry with the same "k"',
+    )
 
 
 def internal_error() -> ApiError:

@@ -7,11 +7,13 @@ replies and notices are encoded here so that every answer on the wire has one sh
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from exchange_stream.core.channels import ChannelName, InvalidChannel, parse_channel
 from exchange_stream.core.encoding import encode
+from exchange_stream.core.streams import Position
 
 RequestId = str | int | None
 
@@ -27,6 +29,7 @@ class ErrorCode(IntEnum):
     AUTH_UNAVAILABLE = 6
     TOO_MANY_SUBSCRIPTIONS = 7
     RATE_LIMITED = 8
+    STREAM_UNAVAILABLE = 9
 
 
 ERROR_MESSAGES = {
@@ -38,6 +41,7 @@ ERROR_MESSAGES = {
     ErrorCode.AUTH_UNAVAILABLE: "Auth unavailable",
     ErrorCode.TOO_MANY_SUBSCRIPTIONS: "Too many subscriptions",
     ErrorCode.RATE_LIMITED: "Rate limited",
+    ErrorCode.STREAM_UNAVAILABLE: "Stream unavailable",
 }
 
 
@@ -74,12 +78,16 @@ class OpError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One parsed op. ``channels`` is set for subscribe/unsubscribe, ``token`` for auth."""
+    """One parsed op. ``channels`` is set for subscribe/unsubscribe, ``token`` for auth;
+    a subscribe may ask for positions (``recover``) or resume from them (``since``, by the
+    channel names the client uses)."""
 
     op: str
     id: RequestId = None
     token: str | None = None
     channels: tuple[ChannelName, ...] = ()
+    recover: bool = False
+    since: Mapping[str, Position] = field(default_factory=dict)
 
 
 def parse_request(text: str | bytes) -> Request:
@@ -103,9 +111,32 @@ def parse_request(text: str | bytes) -> Request:
         if not isinstance(token, str):
             raise OpError(ErrorCode.INVALID_JSON, request_id)
         return Request(op, request_id, token=token)
-    if op in ("subscribe", "unsubscribe"):
+    if op == "subscribe":
+        channels = _parse_channels(message, request_id)
+        recover = message.get("recover", False)
+        if not isinstance(recover, bool):
+            raise OpError(ErrorCode.INVALID_JSON, request_id)
+        since = _parse_since(message.get("since", {}), request_id)
+        return Request(op, request_id, channels=channels, recover=recover, since=since)
+    if op == "unsubscribe":
         return Request(op, request_id, channels=_parse_channels(message, request_id))
     return Request(op, request_id)
+
+
+def _parse_since(since: object, request_id: RequestId) -> dict[str, Position]:
+    """``{"@order": {"epoch": "E", "offset": 17}, ...}``: where a client resumes."""
+    if not isinstance(since, dict):
+        raise OpError(ErrorCode.INVALID_JSON, request_id)
+    positions = {}
+    for name, position in since.items():
+        epoch = position.get("epoch") if isinstance(position, dict) else None
+        offset = position.get("offset") if isinstance(position, dict) else None
+        if not isinstance(epoch, str) or len(epoch) > 64:
+            raise OpError(ErrorCode.INVALID_JSON, request_id)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise OpError(ErrorCode.INVALID_JSON, request_id)
+        positions[name] = Position(epoch, offset)
+    return positions
 
 
 def request_id_of(text: str | bytes) -> RequestId:
@@ -152,9 +183,23 @@ def _with_id(reply: dict, request_id: RequestId) -> dict:
     return reply
 
 
-def encode_result(request_id: RequestId = None, result: object = True) -> bytes:
-    """``{"result":true}``, or the list of channels for ``list``."""
-    return encode(_with_id({"result": result}, request_id))
+def encode_result(
+    request_id: RequestId = None, result: object = True, streams: dict | None = None
+) -> bytes:
+    """``{"result":true}``, or the list of channels for ``list``; a subscribe that asked for
+    positions gets them in ``streams``: ``{"@order":{"epoch":"E","offset":17}}``."""
+    reply: dict[str, object] = {"result": result}
+    if streams:
+        reply["streams"] = streams
+    return encode(_with_id(reply, request_id))
+
+
+def encode_position(position: Position, recovered: bool | None) -> dict[str, object]:
+    """A stream's entry in a subscribe's ``streams``; ``recovered`` only for a resume."""
+    entry: dict[str, object] = {"epoch": position.epoch, "offset": position.offset}
+    if recovered is not None:
+        entry["recovered"] = recovered
+    return entry
 
 
 def encode_error(error: OpError) -> bytes:

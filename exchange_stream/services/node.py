@@ -9,6 +9,8 @@ messages published from then on will reach it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -16,6 +18,7 @@ from zope.interface import implementer
 
 from exchange_stream.core.hub import Hub, Subscriber
 from exchange_stream.core.publication import Publication
+from exchange_stream.core.streams import History, Position
 from exchange_stream.interfaces import IMesh, IMeshReceiver
 
 
@@ -32,27 +35,45 @@ class Node:
         self._queued: dict[str, list[Deferred]] = {}
 
     def receive(self, channel: str, publication: Publication) -> None:
-        self.hub.deliver(channel, publication.payload, publication.binary)
+        self.hub.deliver(channel, publication.payload, publication.binary, publication.offset)
 
     def publish(
-        self, channel: str, publication: Publication, snapshot: Publication | None = None
+        self,
+        channel: str,
+        publication: Publication,
+        snapshot: Publication | None = None,
+        key: str | None = None,
     ) -> Deferred:
         """Publishing always goes through the mesh, even on a single node."""
-        return self.mesh.publish(channel, publication, snapshot)
+        return self.mesh.publish(channel, publication, snapshot, key)
 
-    def subscribe(self, subscriber: Subscriber, channel: str) -> Deferred:
+    def subscribe(
+        self,
+        subscriber: Subscriber,
+        channel: str,
+        positioned: bool = False,
+        since: Position | None = None,
+    ) -> Deferred:
         """Add a local subscription, held until :meth:`release`.
 
-        Fires, once the node receives ``channel`` from the mesh, with the channel's snapshot
-        (a :class:`Publication`, or None) for the caller to pass to :meth:`release`.
+        Fires, once the node receives ``channel`` from the mesh, with the :class:`Start` to
+        pass to :meth:`release`: the channel's snapshot; or, for a subscriber that wants
+        positions on a stream channel, its position (read after the subscription is in
+        effect, so nothing falls between) and, resuming ``since``, what it missed.
         """
-        self.hub.add(subscriber, channel)
+        self.hub.add(subscriber, channel, positioned)
         in_effect = self._reconcile(channel)
-        return in_effect.addCallback(lambda _: self.mesh.snapshot(channel))
+        if not positioned:
+            in_effect.addCallback(lambda _: self.mesh.snapshot(channel))
+            return in_effect.addCallback(lambda snapshot: Start(snapshot=snapshot))
+        in_effect.addCallback(lambda _: self.mesh.history(channel, since))
+        return in_effect.addCallback(_started, since)
 
-    def release(self, subscriber: Subscriber, channel: str, snapshot: Publication | None) -> None:
-        """Send the snapshot, then what arrived meanwhile, then live messages."""
-        self.hub.release(subscriber, channel, snapshot)
+    def release(self, subscriber: Subscriber, channel: str, start: Start) -> None:
+        """Send the snapshot or what was missed, then what arrived meanwhile, then live
+        messages."""
+        after = start.position.offset if start.position is not None else None
+        self.hub.release(subscriber, channel, start.snapshot, start.replay, after)
 
     def unsubscribe(self, subscriber: Subscriber, channel: str) -> None:
         if self.hub.remove(subscriber, channel):
@@ -111,6 +132,25 @@ class Node:
                 follower.errback(result)
             else:
                 follower.callback(None)
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a new subscriber gets before live messages: a snapshot, or a position (and
+    whether a resume could be served, with what it missed)."""
+
+    snapshot: Publication | None = None
+    position: Position | None = None
+    recovered: bool | None = None
+    replay: list[Publication] = field(default_factory=list)
+
+
+def _started(history: History, since: Position | None) -> Start:
+    if since is None:
+        return Start(position=history.position)
+    if history.publications is None:
+        return Start(position=history.position, recovered=False)
+    return Start(position=history.position, recovered=True, replay=history.publications)
 
 
 def _logged(failure: Failure) -> None:

@@ -20,9 +20,10 @@ from exchange_stream.core.mesh_api import (
     draining,
     internal_error,
     mesh_unavailable,
+    outcome_unknown,
     sent,
 )
-from exchange_stream.core.publication import MeshUnavailable
+from exchange_stream.core.publication import MeshOutcomeUnknown, MeshUnavailable, Published
 from exchange_stream.services.metrics import GatewayMetrics
 from exchange_stream.services.node import Node
 
@@ -58,7 +59,7 @@ class Publisher:
             answer = (refusal.status, refusal.answer())
             return succeed(combined([answer] * len(requests)) if batch else answer)
         node = self._node
-        outcomes = [node.publish(r.channel, r.publication, r.snapshot) for r in requests]
+        outcomes = [node.publish(r.channel, r.publication, r.snapshot, r.key) for r in requests]
         if not batch:
             return outcomes[0].addCallbacks(self._accepted, self._refused)
         return DeferredList(outcomes, consumeErrors=True).addCallback(self._batch_answer)
@@ -66,9 +67,9 @@ class Publisher:
     def count_error(self, error: ApiError) -> None:
         self._metrics.publish_errors.labels(str(error.code)).inc()
 
-    def _accepted(self, nodes: int) -> tuple[int, dict]:
+    def _accepted(self, published: Published) -> tuple[int, dict]:
         self._metrics.published.inc()
-        return sent(nodes)
+        return sent(published)
 
     def _refused(self, failure: Failure) -> tuple[int, dict]:
         error: ApiError
@@ -76,14 +77,16 @@ class Publisher:
             error = failure.value
         elif failure.check(MeshUnavailable):
             error = mesh_unavailable()
+        elif failure.check(MeshOutcomeUnknown):
+            error = outcome_unknown()
         else:
             log.failure("publish failed", failure)
             error = internal_error()
         self.count_error(error)
         return error.status, error.answer()
 
-    def _batch_answer(self, outcomes: list[tuple[bool, int | Failure]]) -> tuple[int, dict]:
-        # DeferredList: (True, nodes) for a publish accepted, (False, failure) for one refused.
+    def _batch_answer(self, outcomes: list[tuple[bool, Published | Failure]]) -> tuple[int, dict]:
+        # DeferredList: (True, Published) for a publish accepted, (False, failure) for one refused.
         answers = [
             self._refused(value) if isinstance(value, Failure) else sent(value)
             for _, value in outcomes

@@ -40,6 +40,7 @@ class SelfCheck(PeriodicService):
         self._interval = interval
         self._timeout = timeout
         self._sequence = 0
+        self._heard = 0  # the latest heartbeat heard back
         self._sent: dict[int, float] = {}  # accepted heartbeats not heard yet: seq -> time
         self.deaf = False
         self.deaf_events = 0
@@ -71,13 +72,21 @@ class SelfCheck(PeriodicService):
         self._sequence += 1
         sequence = self._sequence
         accepted = self._mesh.publish(self.channel, Publication(str(sequence).encode()))
-        accepted.addCallbacks(lambda _: self._sent.__setitem__(sequence, now), lambda _: None)
+        accepted.addCallbacks(self._accepted, lambda _: None, callbackArgs=(sequence,))
+
+    def _accepted(self, _: object, sequence: int) -> None:
+        """Redis ran the PUBLISH: the heartbeat is on its way from now (not from when it was
+        sent: Redis may have been stalled). It may even be heard already, the subscriber
+        connection being faster than the command connection's reply."""
+        if sequence > self._heard:
+            self._sent[sequence] = self._clock.seconds()
 
     def receive(self, channel: str, publication: Publication) -> None:
         try:
             sequence = int(publication.payload)
         except ValueError:
             return
+        self._heard = max(self._heard, sequence)
         for seq in [seq for seq in self._sent if seq <= sequence]:
             del self._sent[seq]
         self.deaf = False

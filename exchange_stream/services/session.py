@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from typing import cast
 
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    FirstError,
+    gatherResults,
+    inlineCallbacks,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from exchange_stream.core.config import GatewayConfig
+from exchange_stream.core.publication import MeshOutcomeUnknown, MeshUnavailable
 from exchange_stream.core.ratelimit import TokenBucket
 from exchange_stream.core.wire import (
     CloseCode,
@@ -23,13 +32,14 @@ from exchange_stream.core.wire import (
     encode_error,
     encode_notice,
     encode_pong,
+    encode_position,
     encode_result,
     parse_request,
     request_id_of,
 )
 from exchange_stream.interfaces import IAuthenticator, IClientConnection
 from exchange_stream.services.auth import AuthFailed, AuthUnavailable
-from exchange_stream.services.node import Node
+from exchange_stream.services.node import Node, Start
 
 
 class Session:
@@ -50,6 +60,7 @@ class Session:
         "_prefix",
         "_queue",
         "_refused_in_a_row",
+        "_streams",
         "subscriptions",
         "uid",
     )
@@ -66,6 +77,7 @@ class Session:
         self._node = node
         self._authenticator = authenticator
         self._prefix = config.prefix
+        self._streams = config.streams
         self._max_subscriptions = config.max_subscriptions
         self._clock = clock
         self.uid: str | None = None
@@ -184,19 +196,37 @@ class Session:
         if len(self.subscriptions) + len(new) > self._max_subscriptions:
             raise OpError(ErrorCode.TOO_MANY_SUBSCRIPTIONS, request.id)
         internals = [name.internal(self._prefix, self.uid) for name in new]
-        snapshots = []
+        starts = []
         for name, internal in zip(new, internals, strict=True):
             self.subscriptions[name.name] = internal
-            snapshots.append(self._node.subscribe(self._connection, internal))
-        in_effect = gatherResults(snapshots, consumeErrors=True) if snapshots else succeed([])
+            since = request.since.get(name.name)
+            positioned = self._streams.is_stream(internal) and (
+                request.recover or since is not None
+            )
+            starts.append(self._node.subscribe(self._connection, internal, positioned, since))
+        in_effect = gatherResults(starts, consumeErrors=True) if starts else succeed([])
 
-        def answer_then_release(snapshots: list) -> None:
-            # The answer first, then each channel's snapshot, then its live messages.
-            self._send(encode_result(request.id))
-            for internal, snapshot in zip(internals, snapshots, strict=True):
-                self._node.release(self._connection, internal, snapshot)
+        def answer_then_release(starts: list[Start]) -> None:
+            # The answer first, then each channel's snapshot (or what a resume missed), then
+            # its live messages.
+            streams = {
+                name.name: encode_position(start.position, start.recovered)
+                for name, start in zip(new, starts, strict=True)
+                if start.position is not None
+            }
+            self._send(encode_result(request.id, streams=streams))
+            for internal, start in zip(internals, starts, strict=True):
+                self._node.release(self._connection, internal, start)
 
-        return in_effect.addCallback(answer_then_release)
+        def unavailable(failure: Failure) -> None:
+            failure.trap(MeshUnavailable, MeshOutcomeUnknown)  # positions could not be read
+            for name, internal in zip(new, internals, strict=True):
+                if self.subscriptions.get(name.name) == internal:
+                    del self.subscriptions[name.name]
+                    self._node.unsubscribe(self._connection, internal)
+            raise OpError(ErrorCode.STREAM_UNAVAILABLE, request.id)
+
+        return in_effect.addCallbacks(answer_then_release, _first_error).addErrback(unavailable)
 
     def _op_unsubscribe(self, request: Request) -> bytes:
         self._require_auth(request)
@@ -225,6 +255,13 @@ class Session:
                 self._node.unsubscribe(self._connection, internal)
                 dropped.append(name)
         return dropped
+
+
+def _first_error(failure: Failure) -> Failure:
+    """gatherResults wraps the first failure; the session decides on the failure itself."""
+    if isinstance(failure.value, FirstError):
+        return failure.value.subFailure
+    return failure
 
 
 def _encode_op_error(failure):
