@@ -68,7 +68,10 @@ class RedisMesh(MultiService):
         endpoint: IStreamClientEndpoint | None = None,
         streams: StreamPolicy | None = None,
         idempotency_ttl: float = 600.0,
+        self_check: tuple[float, float] = (2.0, 6.0),
     ) -> None:
+        """``self_check`` is the heartbeat's (interval, timeout) in seconds (see
+        ``services.selfcheck``)."""
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as installed
@@ -92,7 +95,7 @@ class RedisMesh(MultiService):
         self._stopping = False
         self.connects = 0
         self.lost_publications = 0  # gone from the history too before a node could read them
-        self.self_check = SelfCheck(self, self.restart_subscriber, reactor)
+        self.self_check = SelfCheck(self, self.restart_subscriber, reactor, *self_check)
         for protocol, ready, receiver in (
             (RedisProtocol, self._commands_ready, None),
             (SubscriberConnection, self._subscriber_ready, self),
