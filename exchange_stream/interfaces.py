@@ -61,6 +61,10 @@ class IMesh(Interface):
         publications after it, in order. Fails with ``MeshUnavailable`` when the mesh cannot
         answer now."""
 
+    def recent(channel: str, count: int) -> Deferred:
+        """A Deferred firing with the stream channel's last ``count`` publications (fewer if
+        it holds fewer), oldest first, with their positions; for charts' bar history."""
+
     def snapshot(channel: str) -> Deferred:
         """A Deferred firing with the channel's kept ``Publication``, or None; never fails (a
         mesh that cannot answer now answers None and logs why)."""

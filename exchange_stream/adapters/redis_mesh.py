@@ -208,13 +208,14 @@ class RedisMesh(MultiService):
             return sent.addCallback(lambda nodes: Published(int(nodes)))
         keys = [redis_wire.key(channel, kind) for kind in ("meta", "stream", "snapshot")]
         keys.append(redis_wire.key(channel, f"key:{key or ''}"))
+        size, ttl = self._streams.limits(channel)
         arguments = (
             channel,
             body,
             encode_wire(snapshot) if snapshot is not None else b"",
             "1" if stream else "0",
-            self._streams.size,
-            max(1, int(self._streams.ttl)),
+            size,
+            max(1, int(ttl)),
             os.urandom(6).hex(),
             "1" if key is not None else "0",
             max(1, int(self._idempotency_ttl)),
@@ -224,6 +225,15 @@ class RedisMesh(MultiService):
 
     def history(self, channel: str, since: Position | None = None) -> Deferred:
         return self._read_history(channel, since, catching_up=False)
+
+    def recent(self, channel: str, count: int) -> Deferred:
+        connection = self._commands
+        if connection is None:
+            return fail(MeshUnavailable("Redis command connection is down"))
+        reading = self._execute(
+            connection, ("XREVRANGE", key(channel, "stream"), "+", "-", "COUNT", count)
+        )
+        return reading.addCallback(redis_wire.recent)
 
     def snapshot(self, channel: str) -> Deferred:
         connection = self._commands
@@ -397,11 +407,11 @@ class RedisMesh(MultiService):
             since.epoch if since is not None else "",
             since.offset if since is not None else 0,
             os.urandom(6).hex(),
-            max(1, int(self._streams.ttl)),
+            max(1, int(self._streams.limits(channel)[1])),
             "1" if since is not None else "0",
         )
         ran = self._script(connection, redis_wire.HISTORY, keys, arguments)
-        ttl = self._streams.ttl
+        ttl = self._streams.limits(channel)[1]
         return ran.addCallback(redis_wire.history, since, ttl, catching_up)
 
     def _script(

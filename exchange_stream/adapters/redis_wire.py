@@ -123,6 +123,19 @@ def published(reply: list) -> Published:
     return Published(int(nodes), epoch or None, int(offset) or None)
 
 
+def _entry(entry_id: bytes, fields: list, epoch: str | None) -> tuple[int, Publication]:
+    """(Redis's time in ms, the publication) of one stream entry."""
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    offset = int(entry_id.split(b"-")[0])
+    inner = decode_wire(values[b"d"])
+    return int(values[b"t"]), Publication(inner.payload, inner.binary, epoch, offset)
+
+
+def recent(reply: list) -> list[Publication]:
+    """XREVRANGE's entries, oldest first (their epoch is not read: charts need none)."""
+    return [_entry(entry_id, fields, None)[1] for entry_id, fields in reversed(reply)]
+
+
 def history(reply: list, since: Position | None, ttl: float, catching_up: bool) -> History:
     """The history script's answer as a :class:`History`.
 
@@ -135,12 +148,7 @@ def history(reply: list, since: Position | None, ttl: float, catching_up: bool) 
     if since is None or len(reply) < 4:
         return History(position)
     now_ms = int(reply[3]) * 1000
-    entries: list[tuple[int, Publication]] = []
-    for entry_id, fields in reply[2]:
-        values = dict(zip(fields[::2], fields[1::2], strict=True))
-        offset = int(entry_id.split(b"-")[0])
-        inner = decode_wire(values[b"d"])
-        entries.append((int(values[b"t"]), Publication(inner.payload, inner.binary, epoch, offset)))
+    entries = [_entry(entry_id, fields, epoch) for entry_id, fields in reply[2]]
     if catching_up:
         return History(position, [publication for _, publication in entries])
     if since.epoch != epoch or not 0 <= since.offset <= top:

@@ -11,7 +11,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 
 from exchange_stream.core.publication import Publication, Published
-from exchange_stream.core.streams import History, Position, StreamPolicy
+from exchange_stream.core.streams import BARS, History, Position, StreamPolicy
 
 
 def new_epoch() -> str:
@@ -34,18 +34,30 @@ class StreamLogs:
     def __init__(self, policy: StreamPolicy) -> None:
         self._policy = policy
         self._logs: OrderedDict[str, _Log] = OrderedDict()  # least recently touched first
+        self._lasting: dict[str, _Log] = {}  # channels kept longer than the rest
 
     def append(self, channel: str, publication: Publication, now: float) -> Publication:
         """The publication with its position, kept in the channel's history."""
         log = self._log(channel, now)
         log.top += 1
         log.touched = now
-        self._logs.move_to_end(channel)
+        if channel in self._logs:
+            self._logs.move_to_end(channel)
         positioned = replace(publication, epoch=log.epoch, offset=log.top)
         log.entries.append((now, positioned))
-        if len(log.entries) > self._policy.size:
+        size, _ = self._policy.limits(channel)
+        if len(log.entries) > size:
             log.entries.popleft()
         return positioned
+
+    def recent(self, channel: str, count: int, now: float) -> list[Publication]:
+        """The channel's last ``count`` publications still in its history, oldest first."""
+        log = self._lasting.get(channel) or self._logs.get(channel)
+        if log is None:
+            return []
+        oldest = now - self._policy.limits(channel)[1]
+        kept = [p for at, p in log.entries if at >= oldest]
+        return kept[-count:] if count else []
 
     def history(self, channel: str, since: Position | None, now: float) -> History:
         """The channel's position and, when ``since`` can be served, what came after it."""
@@ -55,7 +67,7 @@ class StreamLogs:
             return History(position)
         if since.epoch != log.epoch or not 0 <= since.offset <= log.top:
             return History(position, None)
-        oldest = now - self._policy.ttl
+        oldest = now - self._policy.limits(channel)[1]
         after = [(at, p) for at, p in log.entries if (p.offset or 0) > since.offset]
         if since.offset < log.top:
             first_at, first = after[0] if after else (0.0, None)
@@ -64,10 +76,15 @@ class StreamLogs:
         return History(position, [p for _, p in after])
 
     def _log(self, channel: str, now: float) -> _Log:
-        oldest = now - self._policy.ttl
+        ttl = self._policy.limits(channel)[1]
+        if channel.rpartition("@")[2].startswith(BARS):  # the market's bars: few, kept long
+            log = self._lasting.get(channel)
+            if log is None or (log.entries and log.entries[-1][0] < now - ttl):
+                log = self._lasting[channel] = _Log(new_epoch(), now)
+            return log
         while self._logs:  # forget the idle ones, least recently touched first
             first = next(iter(self._logs.values()))
-            if first.touched >= oldest:
+            if first.touched >= now - ttl:
                 break
             self._logs.popitem(last=False)
         log = self._logs.get(channel)

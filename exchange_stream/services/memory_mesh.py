@@ -68,6 +68,9 @@ class MemoryMesh:
     def history(self, channel: str, since: Position | None = None) -> Deferred:
         return succeed(self._logs.history(channel, since, self._clock.seconds()))
 
+    def recent(self, channel: str, count: int) -> Deferred:
+        return succeed(self._logs.recent(channel, count, self._clock.seconds()))
+
     def snapshot(self, channel: str) -> Deferred:
         return succeed(self._snapshots.get(channel))
 
