@@ -25,14 +25,16 @@ from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txredisapi import RedisProtocol, ResponseError
+from txredisapi import RedisProtocol
 from zope.interface import implementer
 
 from exchange_stream.adapters import redis_wire
+from exchange_stream.adapters.redis_catchup import CatchUp
+from exchange_stream.adapters.redis_commands import Deadline, execute, run_script
 from exchange_stream.adapters.redis_protocol import (
     RedisConnectionFactory,
     SubscriberConnection,
@@ -42,12 +44,11 @@ from exchange_stream.adapters.redis_wire import decode_wire, encode_wire, key
 from exchange_stream.adapters.upstream import redis_command
 from exchange_stream.core.meshurl import RedisAddress
 from exchange_stream.core.publication import (
-    MeshOutcomeUnknown,
     MeshUnavailable,
     Publication,
     Published,
 )
-from exchange_stream.core.streams import History, Position, Sequence, StreamPolicy
+from exchange_stream.core.streams import Position, StreamPolicy
 from exchange_stream.interfaces import IMesh, IMeshReceiver
 from exchange_stream.services.selfcheck import SelfCheck
 
@@ -59,7 +60,6 @@ class RedisMesh(MultiService):
     """``--mesh redis://...``; a service: its connections open and close with the gateway."""
 
     publish_timeout = 5.0
-    retry_read_after = 0.5  # seconds: a history read that failed (Redis away) is tried again
 
     def __init__(
         self,
@@ -78,6 +78,7 @@ class RedisMesh(MultiService):
 
             reactor = installed
         self._reactor = reactor
+        self._deadline = Deadline(self.publish_timeout, reactor)
         self._streams = streams or StreamPolicy()
         self._idempotency_ttl = idempotency_ttl
         self.address = RedisAddress.from_url(url)
@@ -87,14 +88,17 @@ class RedisMesh(MultiService):
         self._subscriber: SubscriberConnection | None = None
         self._receivers: dict[str, list[IMeshReceiver]] = {}
         self._in_effect: set[str] = set()  # confirmed on the current subscriber connection
-        self._resync: set[str] = set()  # state channels to give their snapshot again
         self._waiting: dict[tuple[bytes, bytes], list[Deferred]] = {}
-        self._sequences: dict[str, Sequence] = {}
-        self._reading: set[str] = set()  # stream channels with a history read in flight
         self._resubscribed = True
         self._stopping = False
         self.connects = 0
-        self.lost_publications = 0  # gone from the history too before a node could read them
+        self._catch_up = CatchUp(
+            self._deliver,
+            lambda channel, since: self._read_history(channel, since, catching_up=True),
+            self.snapshot,
+            self._in_effect.__contains__,
+            reactor,
+        )
         self.self_check = SelfCheck(self, self.restart_subscriber, reactor, *self_check)
         for protocol, ready, receiver in (
             (RedisProtocol, self._commands_ready, None),
@@ -121,6 +125,11 @@ class RedisMesh(MultiService):
     @property
     def deaf_events(self) -> int:
         return self.self_check.deaf_events
+
+    @property
+    def lost_publications(self) -> int:
+        """Publications gone from the history too before this node could read them back."""
+        return self._catch_up.lost
 
     @property
     def reconnects(self) -> int:
@@ -175,10 +184,8 @@ class RedisMesh(MultiService):
         if self._subscriber is not connection:
             return
         self._subscriber = None
-        self._resync = {channel for channel in self._in_effect if channel not in self._sequences}
+        self._catch_up.interrupted(self._in_effect)  # read what comes meanwhile, later
         self._in_effect.clear()
-        for sequence in self._sequences.values():
-            sequence.interrupted()  # read what comes meanwhile once subscribed again
         if not self._stopping:
             log.warn("Redis mesh: subscriber connection lost; resubscribing after reconnect")
         # An unsubscribe is in effect once the connection is gone; a subscribe is not: it
@@ -204,7 +211,9 @@ class RedisMesh(MultiService):
         stream = self._streams.is_stream(channel)
         body = encode_wire(publication)
         if not stream and snapshot is None and key is None:
-            sent = self._execute(connection, ("PUBLISH", channel, body), written_matters=True)
+            sent = execute(
+                connection, self._deadline, ("PUBLISH", channel, body), written_matters=True
+            )
             return sent.addCallback(lambda nodes: Published(int(nodes)))
         keys = [redis_wire.key(channel, kind) for kind in ("meta", "stream", "snapshot")]
         keys.append(redis_wire.key(channel, f"key:{key or ''}"))
@@ -220,7 +229,9 @@ class RedisMesh(MultiService):
             "1" if key is not None else "0",
             max(1, int(self._idempotency_ttl)),
         )
-        ran = self._script(connection, redis_wire.PUBLISH, keys, arguments, written_matters=True)
+        ran = run_script(
+            connection, self._deadline, redis_wire.PUBLISH, keys, arguments, written_matters=True
+        )
         return ran.addCallback(redis_wire.published)
 
     def history(self, channel: str, since: Position | None = None) -> Deferred:
@@ -230,8 +241,10 @@ class RedisMesh(MultiService):
         connection = self._commands
         if connection is None:
             return fail(MeshUnavailable("Redis command connection is down"))
-        reading = self._execute(
-            connection, ("XREVRANGE", key(channel, "stream"), "+", "-", "COUNT", count)
+        reading = execute(
+            connection,
+            self._deadline,
+            ("XREVRANGE", key(channel, "stream"), "+", "-", "COUNT", count),
         )
         return reading.addCallback(redis_wire.recent)
 
@@ -239,7 +252,7 @@ class RedisMesh(MultiService):
         connection = self._commands
         if connection is None:
             return succeed(None)
-        reading = self._execute(connection, ("GET", key(channel, "snapshot")))
+        reading = execute(connection, self._deadline, ("GET", key(channel, "snapshot")))
 
         def decoded(body: object) -> Publication | None:
             return decode_wire(body) if isinstance(body, bytes) else None
@@ -263,7 +276,7 @@ class RedisMesh(MultiService):
             return succeed(None)
         receivers.append(receiver)
         if self._streams.is_stream(channel):
-            self._sequences.setdefault(channel, Sequence())
+            self._catch_up.follow(channel)
         if channel in self._in_effect:
             return succeed(None)
         confirmed = self._expect(b"subscribe", channel)
@@ -279,7 +292,7 @@ class RedisMesh(MultiService):
         if receivers:
             return succeed(None)
         del self._receivers[channel]
-        self._sequences.pop(channel, None)
+        self._catch_up.forget(channel)
         self._in_effect.discard(channel)
         for waiting in self._waiting.pop((b"subscribe", channel.encode()), []):
             waiting.callback(None)  # nobody waits for it any more
@@ -297,7 +310,7 @@ class RedisMesh(MultiService):
             resubscribed = name not in self._in_effect
             self._in_effect.add(name)
             if resubscribed:
-                self._resume(name)
+                self._catch_up.resumed(name)
         waiting = self._waiting.get((kind, channel))
         if not waiting:
             return
@@ -313,80 +326,7 @@ class RedisMesh(MultiService):
         name = channel.decode()
         if name not in self._receivers:
             return  # unsubscribed while the message was on its way
-        publication = decode_wire(body)
-        sequence = self._sequences.get(name)
-        if sequence is None or publication.offset is None:
-            self._deliver(name, [publication])
-            return
-        self._deliver(name, sequence.arrived(publication))
-        if sequence.reading:
-            self._read_missed(name)
-
-    # -- catching up ----------------------------------------------------------------------
-
-    def _resume(self, channel: str) -> None:
-        """A channel is subscribed (again): a stream reads its baseline or what it missed,
-        a state channel that had subscribers before gets its snapshot again."""
-        sequence = self._sequences.get(channel)
-        if sequence is None:
-            if channel in self._resync:
-                self._resync.discard(channel)
-                self.snapshot(channel).addCallback(self._deliver_snapshot, channel)
-            return
-        if sequence.reading:
-            self._read_missed(channel)
-        elif sequence.last is None:
-            baseline = self._read_history(channel, None, catching_up=True)
-            baseline.addCallbacks(self._baseline, lambda _: None, callbackArgs=(channel,))
-
-    def _baseline(self, history: History, channel: str) -> None:
-        sequence = self._sequences.get(channel)
-        if sequence is not None:
-            sequence.baseline(history.position)
-
-    def _deliver_snapshot(self, snapshot: Publication | None, channel: str) -> None:
-        if snapshot is not None:
-            self._deliver(channel, [snapshot])
-
-    def _read_missed(self, channel: str) -> None:
-        """Read what the channel's sequence misses: one read in flight per channel, and
-        only once the channel is subscribed (``_resume`` asks again on confirmation)."""
-        sequence = self._sequences.get(channel)
-        since = sequence.read_from() if sequence is not None else None
-        if since is None or channel in self._reading or channel not in self._in_effect:
-            return
-        self._reading.add(channel)
-        reading = self._read_history(channel, since, catching_up=True)
-        reading.addCallbacks(
-            self._caught_up, self._read_failed, callbackArgs=(channel,), errbackArgs=(channel,)
-        )
-
-    def _caught_up(self, history: History, channel: str) -> None:
-        self._reading.discard(channel)
-        sequence = self._sequences.get(channel)
-        if sequence is None:
-            return
-        before = sequence.lost
-        self._deliver(channel, sequence.read(history))
-        if sequence.lost > before:
-            self.lost_publications += sequence.lost - before
-            log.warn(
-                "Redis mesh: {count} publications on {channel} were gone from the history "
-                "before this node could read them",
-                count=sequence.lost - before,
-                channel=channel,
-            )
-        if sequence.reading:
-            self._read_missed(channel)
-
-    def _read_failed(self, failure: Failure, channel: str) -> None:
-        failure.trap(MeshUnavailable, MeshOutcomeUnknown)
-        self._reactor.callLater(self.retry_read_after, self._retry_read, channel)
-
-    def _retry_read(self, channel: str) -> None:
-        if channel in self._reading:
-            self._reading.discard(channel)
-            self._read_missed(channel)
+        self._catch_up.arrived(name, decode_wire(body))
 
     def _deliver(self, channel: str, publications: list[Publication]) -> None:
         receivers = self._receivers.get(channel)
@@ -410,29 +350,9 @@ class RedisMesh(MultiService):
             max(1, int(self._streams.limits(channel)[1])),
             "1" if since is not None else "0",
         )
-        ran = self._script(connection, redis_wire.HISTORY, keys, arguments)
+        ran = run_script(connection, self._deadline, redis_wire.HISTORY, keys, arguments)
         ttl = self._streams.limits(channel)[1]
         return ran.addCallback(redis_wire.history, since, ttl, catching_up)
-
-    def _script(
-        self,
-        connection: RedisProtocol,
-        script: redis_wire.Script,
-        keys: list[str],
-        arguments: tuple,
-        written_matters: bool = False,
-    ) -> Deferred:
-        """EVALSHA, and EVAL when Redis does not know the script (a restart flushes them)."""
-        command = ("EVALSHA", script.sha, len(keys), *keys, *arguments)
-        ran = self._execute(connection, command, written_matters, scripted=True)
-
-        def unknown_script(failure: Failure) -> Deferred:
-            failure.trap(_NoScript)
-            return self._execute(
-                connection, ("EVAL", script.source, len(keys), *keys, *arguments), written_matters
-            )
-
-        return ran.addErrback(unknown_script)
 
     def _write_subscription(self, kind: bytes, channel: str) -> None:
         connection = self._subscriber
@@ -444,37 +364,3 @@ class RedisMesh(MultiService):
         confirmed: Deferred[None] = Deferred()
         self._waiting.setdefault((kind, channel.encode()), []).append(confirmed)
         return confirmed
-
-    def _execute(
-        self,
-        connection: RedisProtocol,
-        command: tuple,
-        written_matters: bool = False,
-        scripted: bool = False,
-    ) -> Deferred:
-        """Run one command. Not sent: ``MeshUnavailable``. Sent, but no answer in time or the
-        connection lost before it: ``MeshOutcomeUnknown`` when ``written_matters`` (a
-        publish), else ``MeshUnavailable``. A reply that does not come in time aborts the
-        connection: replies are matched by order, so it cannot be trusted after one is
-        skipped."""
-        try:
-            reply = connection.execute_command(*command)
-        except Exception as error:  # txredisapi raises ConnectionError when not connected
-            return fail(MeshUnavailable(str(error)))
-        reply.addTimeout(self.publish_timeout, self._reactor)
-
-        def classify(failure: Failure) -> None:
-            if failure.check(TimeoutError) and connection.transport is not None:
-                connection.transport.abortConnection()
-            why = failure.getErrorMessage() or repr(failure.value)
-            if scripted and failure.check(ResponseError) and why.startswith("NOSCRIPT"):
-                raise _NoScript(why)
-            if failure.check(ResponseError):
-                raise MeshUnavailable(f"Redis refused it: {why}")  # it did not run
-            raise MeshOutcomeUnknown(why) if written_matters else MeshUnavailable(why)
-
-        return reply.addErrback(classify)
-
-
-class _NoScript(Exception):
-    """Redis does not have the script (yet, or any more): send it whole."""
