@@ -76,26 +76,29 @@ async def running(gateway_config):
     await running.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def seed_auth_url():
     """The seed's auth back end in a thread, for a gateway in another process."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), SeedAuthHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: 0.5 s by default
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/websocket_auth"
     server.shutdown()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def twistd_args() -> list[str]:
     """More command-line options for ``twistd_gateway`` (a test module may override it)."""
     return []
 
 
-@pytest.fixture
-def twistd_gateway(tmp_path, seed_auth_url, twistd_args):
-    """The installed ``twistd exchange-stream``: (WebSocket URL, API base URL, log path)."""
-    with real_gateway(tmp_path, "--auth-url", seed_auth_url, *twistd_args) as (_, url, api, log):
+@pytest.fixture(scope="module")
+def twistd_gateway(tmp_path_factory, seed_auth_url, twistd_args):
+    """The installed ``twistd exchange-stream``, one for the test module (its tests only
+    connect clients): (WebSocket URL, API base URL, log path)."""
+    directory = tmp_path_factory.mktemp("twistd")
+    with real_gateway(directory, "--auth-url", seed_auth_url, *twistd_args) as (_, url, api, log):
         yield url, api, log
 
 

@@ -24,11 +24,18 @@ class DownMesh:
 
     receiving = True
     reconnects = 0
+    deaf_events = 0
 
     def __init__(self, available):
         self.available = available
 
-    def publish(self, channel, publication, snapshot=None):
+    def publish(self, channel, publication, snapshot=None, key=None):
+        return fail(MeshUnavailable("redis gone"))
+
+    def history(self, channel, since=None):
+        return fail(MeshUnavailable("redis gone"))
+
+    def recent(self, channel, count):
         return fail(MeshUnavailable("redis gone"))
 
     def snapshot(self, channel):
@@ -207,13 +214,13 @@ def test_kick_validates_the_uid():
 def test_a_batch_publishes_every_item_in_order():
     gateway, client = api()
     recorder = Recorder()
-    subscribe_live(gateway.node, recorder, "ex:A@trades")
+    subscribe_live(gateway.node, recorder, "ex:A@ticker")
     status, answer = publish(
         client,
         [
-            {"c": "ex:A@trades", "d": "[1]"},
-            {"c": "ex:B@trades", "d": "[2]"},
-            {"c": "ex:A@trades", "d": "[3]", "retain": True},
+            {"c": "ex:A@ticker", "d": "[1]"},
+            {"c": "ex:B@ticker", "d": "[2]"},
+            {"c": "ex:A@ticker", "d": "[3]", "retain": True},
         ],
     )
     assert (status, answer) == (
@@ -226,8 +233,8 @@ def test_a_batch_publishes_every_item_in_order():
 def test_a_batch_with_one_bad_item_sends_nothing():
     gateway, client = api()
     recorder = Recorder()
-    subscribe_live(gateway.node, recorder, "ex:A@trades")
-    status, answer = publish(client, [{"c": "ex:A@trades", "d": "[1]"}, {"c": "ex:A@trades"}])
+    subscribe_live(gateway.node, recorder, "ex:A@ticker")
+    status, answer = publish(client, [{"c": "ex:A@ticker", "d": "[1]"}, {"c": "ex:A@ticker"}])
     assert status == 400 and answer["E"]["m"].startswith("publish 1:")
     assert recorder.frames == []
     assert publish(client, [])[0] == 400

@@ -68,7 +68,7 @@ class Connection:
         self.ws = None
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def twistd_args():
     """The parser is what is fuzzed here, not the rate limit."""
     return ["--op-rate", "1000000", "--op-burst", "1000000"]

@@ -166,7 +166,7 @@ def test_sigterm_drains_clients_and_refuses_publishes(tmp_path):
     gets its reconnect notice and a 4200 close, then it exits cleanly (the window and its
     spread are in test_drain.py, on a fake clock)."""
     with (
-        real_gateway(tmp_path, "--drain-seconds", "1") as (process, url, api, log),
+        real_gateway(tmp_path, "--drain-seconds", "0.5") as (process, url, api, log),
         contextlib.ExitStack() as stack,
     ):
         clients = [stack.enter_context(sync_connect(url)) for _ in range(20)]

@@ -4,12 +4,13 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from exchange_stream.core.config import GatewayConfig
 from exchange_stream.core.hub import Hub
 from exchange_stream.core.publication import Publication
 from exchange_stream.interfaces import IMesh
 from exchange_stream.services.memory_mesh import MemoryMesh
 from exchange_stream.services.node import Node
-from tests.support import Recorder, subscribe_live
+from tests.support import MemoryClient, Recorder, memory_gateway, subscribe_live
 
 
 def prepare(payload, binary):
@@ -147,7 +148,7 @@ def test_publications_reach_every_node_sharing_a_memory_mesh():
         subscribe_live(node, recorder, "c")
     reached = []
     nodes[2].publish("c", Publication(b"hi")).addCallback(reached.append)
-    assert reached == [2]
+    assert [published.nodes for published in reached] == [2]
     assert [r.frames for r in recorders] == [[(b"hi", False)], [(b"hi", False)], []]
 
 
@@ -180,3 +181,42 @@ def test_churn_while_the_mesh_is_busy_ends_in_the_right_state():
     mesh.finish_all()
     assert mesh.calls == [("subscribe", "c"), ("unsubscribe", "c")]
     assert node._locks == {}
+
+
+def test_a_thousand_clients_that_subscribe_and_leave_leave_nothing_behind(clock):
+    """1,000 connections through the real protocol subscribe to shared and own channels, then
+    half close cleanly and half lose their TCP connection: the hub, the mesh and the session
+    registry end empty (a real-socket version is in test_gateway_e2e.py)."""
+    gateway = memory_gateway(clock, GatewayConfig(ping_interval=0, max_connections_per_ip=1000))
+    clients = [MemoryClient(gateway, 10_000 + index) for index in range(1000)]
+    for index, client in enumerate(clients):
+        channels = ["BTCUSDT@depth", f"S{index % 7}@ticker"]
+        assert client.request({"op": "subscribe", "channels": channels}) == [{"result": True}]
+    hub = gateway.hub
+    assert hub.subscriber_count == 1000 and hub.channel_count == 8
+    gateway.node.publish("ex:BTCUSDT@depth", Publication(b"{}"))
+    assert all(client.messages() == [{}] for client in clients)
+    for index, client in enumerate(clients):
+        if index % 2:
+            client.disconnect()
+        else:
+            client.send((1000).to_bytes(2, "big"), opcode=0x8)  # a close frame, code 1000
+    assert all(client.lost for client in clients)
+    assert (hub.subscriber_count, hub.channel_count, hub.subscription_count) == (0, 0, 0)
+    assert gateway.mesh.subscribed_channels() == ["es:control"]  # always listened to
+    assert len(gateway.sessions) == 0
+
+
+def test_hundreds_subscribing_during_one_mesh_subscribe_all_get_in_with_it():
+    """Subscribers arriving while the channel's mesh subscribe is in flight share the one
+    alignment queued behind it; one queued per caller was released recursively, and a few
+    hundred of them ran out of stack (a real Redis version is in test_redis_mesh.py)."""
+    mesh = SlowMesh()
+    node = Node(Hub(prepare), mesh)
+    fired = []
+    for _ in range(2000):
+        node.subscribe(Recorder(), "c").addCallback(fired.append)
+    assert fired == []
+    mesh.finish_all()
+    assert len(fired) == 2000 and mesh.calls == [("subscribe", "c")]
+    assert node._locks == {}  # nothing left in flight

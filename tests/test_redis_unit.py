@@ -13,15 +13,12 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from exchange_stream.adapters.redis_mesh import (
-    RedisMesh,
-    _Subscriber,
-    decode_wire,
-    encode_wire,
-)
+from exchange_stream.adapters.redis_mesh import RedisMesh
+from exchange_stream.adapters.redis_protocol import SubscriberConnection
+from exchange_stream.adapters.redis_wire import decode_wire, encode_wire
 from exchange_stream.core.config import GatewayConfig
 from exchange_stream.core.meshurl import RedisAddress
-from exchange_stream.core.publication import MeshUnavailable, Publication
+from exchange_stream.core.publication import MeshOutcomeUnknown, MeshUnavailable, Publication
 from exchange_stream.interfaces import IMesh
 from tests.support import MemoryClient, memory_gateway, stub_request
 
@@ -46,7 +43,7 @@ class Connection:
     @property
     def subscriber(self) -> bool:
         # ClientService wraps protocols in a proxy; look at what it wraps.
-        return isinstance(getattr(self.protocol, "_protocol", self.protocol), _Subscriber)
+        return isinstance(getattr(self.protocol, "_protocol", self.protocol), SubscriberConnection)
 
     def written(self) -> bytes:
         data = self.transport.value()
@@ -152,11 +149,13 @@ def test_reconnects_with_backoff_and_resubscribes_everything_once(setup):
     assert mesh.reconnects == 1
 
 
-def test_lost_connection_releases_anyone_waiting_for_a_confirmation(setup):
+def test_a_subscribe_is_answered_only_once_redis_confirmed_it_even_across_a_reconnect(setup):
     mesh, _, endpoint = setup
     fired = []
     mesh.subscribe("ex:a", Receiver()).addCallback(fired.append)
     endpoint.latest(subscriber=True).lose()
+    assert fired == []  # not in effect: it waits for the resubscription's confirmation
+    mesh.confirmed(b"subscribe", b"ex:a")
     assert fired == [None]
 
 
@@ -179,10 +178,10 @@ def test_publish_counts_nodes_and_snapshot_goes_with_it_atomically(setup):
     commands.protocol.dataReceived(b":3\r\n")
     mesh.publish("ex:a", Publication(b"m2"), Publication(b"s2")).addCallback(results.append)
     sent = commands.written()
-    assert sent.startswith(b"*7\r\n$4\r\nEVAL\r\n")
-    assert sent.endswith(bulk("es:snapshot:ex:a", "ex:a", "s2", "m2")[4:])
-    commands.protocol.dataReceived(b":0\r\n")
-    assert results == [3, 0]
+    assert sent.startswith(b"*16\r\n$7\r\nEVALSHA\r\n")  # the publish script, one step
+    assert b"es:{ex:a}:snapshot" in sent and b"\r\ns2\r\n" in sent and b"\r\nm2\r\n" in sent
+    commands.protocol.dataReceived(b"*2\r\n$3\r\nnew\r\n$4\r\n0  0\r\n")
+    assert [published.nodes for published in results] == [3, 0]
 
 
 def test_a_publish_with_no_reply_times_out_and_drops_the_connection(setup):
@@ -191,7 +190,7 @@ def test_a_publish_with_no_reply_times_out_and_drops_the_connection(setup):
     failures = []
     mesh.publish("ex:a", Publication(b"m")).addErrback(failures.append)
     clock.advance(mesh.publish_timeout + 0.1)
-    assert failures[0].check(MeshUnavailable)
+    assert failures[0].check(MeshOutcomeUnknown)  # written: it may have run
     assert commands.transport.disconnecting
 
 
@@ -200,7 +199,7 @@ def test_snapshot_reads_the_key_and_is_none_while_down(setup):
     commands = endpoint.latest(subscriber=False)
     results = []
     mesh.snapshot("ex:a").addCallback(results.append)
-    assert commands.written() == bulk("GET", "es:snapshot:ex:a")
+    assert commands.written() == bulk("GET", "es:{ex:a}:snapshot")
     commands.protocol.dataReceived(b"$3\r\nabc\r\n")
     mesh.snapshot("ex:b").addCallback(results.append)
     commands.protocol.dataReceived(b"$-1\r\n")
@@ -298,7 +297,7 @@ def test_a_deaf_gateway_is_unhealthy_then_resubscribes_and_delivers_again(clock)
     client = MemoryClient(gateway)
     client.send({"op": "subscribe", "channel": "BTCUSDT@depth"})
     subscriber.protocol.dataReceived(bulk("subscribe", "ex:BTCUSDT@depth", 1))
-    assert commands.written() == bulk("GET", "es:snapshot:ex:BTCUSDT@depth")
+    assert commands.written() == bulk("GET", "es:{ex:BTCUSDT@depth}:snapshot")
     commands.protocol.dataReceived(b"$-1\r\n")  # no snapshot kept
     assert client.messages() == [{"result": True}]
     assert stub_request(api, "GET", "http://api/healthz")[0] == 200
@@ -321,6 +320,10 @@ def test_a_deaf_gateway_is_unhealthy_then_resubscribes_and_delivers_again(clock)
     assert fresh.written() == bulk("SUBSCRIBE", heartbeat, "es:control", "ex:BTCUSDT@depth")
     for channel in (heartbeat, "es:control", "ex:BTCUSDT@depth"):
         fresh.protocol.dataReceived(bulk("subscribe", channel, 1))
+    # each channel's snapshot is read again: it may have changed meanwhile
+    channels = (heartbeat, "es:control", "ex:BTCUSDT@depth")
+    assert commands.written() == b"".join(bulk("GET", f"es:{{{c}}}:snapshot") for c in channels)
+    commands.protocol.dataReceived(b"$-1\r\n" * 3)
     assert stub_request(api, "GET", "http://api/healthz")[0] == 503  # not heard itself yet
     clock.advance(2)
     assert commands.written() == bulk("PUBLISH", heartbeat, "7")  # the beat at t = 14
