@@ -39,7 +39,7 @@ async def three_nodes(url_a: str, url_b: str, url_c: str):
     return [await node(url) for url in (url_a, url_b, url_c)]
 
 
-async def run_through(fault, nodes, seconds=3.0, rate=100):
+async def run_through(fault, nodes, seconds=1.5, rate=100):
     """Traffic for ``seconds`` with ``fault`` (a coroutine) started after a third of it."""
     a, b, c = nodes
     received = [*await recording_clients(b, "BTCUSDT@trades", 5),
@@ -83,7 +83,7 @@ async def test_redis_killed_and_restarted_on_the_same_port(redis_server):
             await deferLater(reactor, 0.3, lambda: None)
             redis_server.start()
 
-        traffic = await run_through(restart, nodes, seconds=4.0)
+        traffic = await run_through(restart, nodes, seconds=2.5)
         assert traffic.refused, "publishes while Redis was down are refused, not accepted"
     finally:
         await stop(nodes)
@@ -137,7 +137,7 @@ async def test_a_stalled_redis_is_not_taken_for_a_deaf_node(redis_server):
             # does, which a default Redis 7 refuses to run).
             redis_server.client().client_pause(2000, all=True)
 
-        traffic = await run_through(sleep, nodes, seconds=4.0)
+        traffic = await run_through(sleep, nodes, seconds=3.0)
         assert not traffic.refused
         assert [started.gateway.mesh.deaf_events for started in nodes] == [0, 0, 0]
     finally:
