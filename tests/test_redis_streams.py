@@ -79,3 +79,47 @@ async def test_an_idempotency_key_publishes_once_and_answers_the_same(redis_serv
         assert json.loads(order(2)) == await client.next()  # the retry was not sent again
     finally:
         await a.stop()
+
+
+def resume_with_a_stock_client(url: str, since: dict) -> tuple[dict, list[dict]]:
+    """The ``websockets`` library (not Autobahn) resumes: its answer and what follows it."""
+    from websockets.sync.client import connect
+
+    with connect(url) as ws:
+        ws.send(json.dumps({"op": "auth", "token": "token-1001"}))
+        assert json.loads(ws.recv(5)) == {"result": True}
+        ws.send(json.dumps({"op": "subscribe", "channel": "@order", "since": since}))
+        answer = json.loads(ws.recv(5))
+        pushes = []
+        for _ in range(answer["streams"]["@order"]["offset"] - since["@order"]["offset"]):
+            pushes.append(json.loads(ws.recv(5)))
+        return answer, pushes
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_independent_client_resumes_across_nodes_and_a_redis_restart_says_lost(
+    redis_server, auth_backend
+):
+    from twisted.internet import threads
+
+    a = await node(redis_server, auth_backend)
+    b = await node(redis_server, auth_backend)
+    try:
+        for n in range(1, 4):
+            _, published = await a.publish("ex:1001@order", order(n))
+        epoch = published["r"]["epoch"]
+        since = {"@order": {"epoch": epoch, "offset": 1}}
+        answer, pushes = await threads.deferToThread(resume_with_a_stock_client, b.url, since)
+        assert answer["streams"]["@order"] == {"epoch": epoch, "offset": 3, "recovered": True}
+        assert [p["offset"] for p in pushes] == [2, 3]
+        redis_server.stop()  # the history goes with it: a new epoch
+        redis_server.start()
+        await until(lambda: b.gateway.mesh.available and b.gateway.mesh.receiving)
+        since = {"@order": {"epoch": epoch, "offset": 3}}
+        answer, pushes = await threads.deferToThread(resume_with_a_stock_client, b.url, since)
+        position = answer["streams"]["@order"]
+        assert position["recovered"] is False and position["epoch"] != epoch
+        assert pushes == []  # nothing replayed: the client re-fetches its state
+    finally:
+        await a.stop()
+        await b.stop()
