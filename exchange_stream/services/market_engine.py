@@ -5,26 +5,36 @@ depth diffs and trade batches, every ``kline_interval`` the changed klines, and 
 the ticker and the mark price (each only when changed). Output goes to a ``publish`` callable
 with the mesh's signature, so the engine runs the same inside a gateway (publishing into its
 node) or on its own (publishing into a Redis mesh).
+
+Every closed bar also goes to its bars channel (``core.streams.bars_channel``), the history
+``GET /v1/market/klines`` reads. A bar stays in its channel's line (at most ``BARS_KEPT``) until
+the mesh has taken it: one the mesh refused (``MeshUnavailable``: nothing was sent) is tried
+again on the next kline push, so that a Redis outage or a mesh still connecting at start
+leaves no hole in a chart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from exchange_stream.core.encoding import encode
+from exchange_stream.core.market.bars import fold
 from exchange_stream.core.market.depth import DepthBook
 from exchange_stream.core.market.events import Book, Event, IndexPrice, PrivateEvent, Trade
-from exchange_stream.core.market.kline import INTERVAL_MS, KlineSeries
+from exchange_stream.core.market.kline import INTERVAL_MS, Bar, KlineSeries
 from exchange_stream.core.market.markprice import MarkPrice
 from exchange_stream.core.market.ticker import RollingTicker
 from exchange_stream.core.market.trades import TradeBatcher
 from exchange_stream.core.publication import MeshUnavailable, Publication
+from exchange_stream.core.streams import BARS_KEPT, bars_channel
 from exchange_stream.services.periodic import PeriodicService
 
 Publish = Callable[[str, Publication, Publication | None], Deferred]
@@ -83,6 +93,10 @@ class MarketEngine(PeriodicService):
         self.events = 0
         self.published = 0
         self.publish_failures = 0
+        # closed bars not yet taken by the mesh, per bars channel, oldest first
+        self._bars_waiting: dict[str, deque[Publication]] = {}
+        self._bars_sending: set[int] = set()  # ids of the waiting bars whose publish is out
+        self._bars_refused: set[str] = set()  # channels waiting for the next kline push
 
     # -- input ----------------------------------------------------------------------------
 
@@ -107,6 +121,24 @@ class MarketEngine(PeriodicService):
             state.depth.offer(event)
         elif isinstance(event, IndexPrice):
             state.mark.add_index(event)
+
+    def backfill(self, symbol: str, minutes: Sequence[Bar]) -> None:
+        """Closed 1m bars from before the engine started, oldest first (the demo's made-up
+        past): folded into every interval's bars as their trades would have been. The bars
+        they close go to the bars channels only (nobody subscribes yet), and the open bars to
+        the kline channels at once, as a push would."""
+        state = self._symbol(symbol)
+        now = self._now_ms()
+        for series in state.klines:
+            closed: list[dict] = []
+            for minute in minutes:
+                closed += fold(series, minute)
+            closed += series.advance(now)
+            for bar in closed:
+                self._send_bar(symbol, series.interval, bar)
+            change = series.take_change()
+            if change is not None:
+                self._send_kline(symbol, series.interval, change)
 
     def _symbol(self, symbol: str) -> _Symbol:
         state = self._symbols.get(symbol)
@@ -139,6 +171,10 @@ class MarketEngine(PeriodicService):
 
     def push_klines(self) -> None:
         now = self._now_ms()
+        self._bars_refused.clear()
+        for channel, waiting in self._bars_waiting.items():
+            if waiting:
+                self._send_bars(channel)
         for symbol, state in self._symbols.items():
             for series in state.klines:
                 for closed in series.advance(now):
@@ -171,6 +207,47 @@ class MarketEngine(PeriodicService):
         names = [f"kline_{interval}"] + (["kline"] if interval == "1m" else [])
         for name in names:
             self._send(self._public(symbol, name), f"{symbol}@{name}", bar, retain=True)
+        if bar["closed"]:
+            self._send_bar(symbol, interval, bar)
+
+    def _send_bar(self, symbol: str, interval: str, bar: dict) -> None:
+        """A closed bar into its bars channel: the same object as on the kline channel."""
+        channel = bars_channel(self.settings.prefix, symbol, interval)
+        waiting = self._bars_waiting.get(channel)
+        if waiting is None:
+            waiting = self._bars_waiting[channel] = deque(maxlen=BARS_KEPT)
+        waiting.append(Publication(encode(bar)))
+        self._send_bars(channel)
+
+    def _send_bars(self, channel: str) -> None:
+        """Publish the channel's waiting bars that are not out yet, in order (Redis keeps
+        the order of one connection's commands); stop at a refusal."""
+        for publication in list(self._bars_waiting[channel]):
+            if channel in self._bars_refused:
+                return
+            if id(publication) in self._bars_sending:
+                continue
+            self._bars_sending.add(id(publication))
+            sent = self._publish(channel, publication, None)
+            sent.addBoth(self._bar_answered, channel, publication)
+
+    def _bar_answered(self, result: object, channel: str, publication: Publication) -> None:
+        self._bars_sending.discard(id(publication))
+        if isinstance(result, Failure):
+            self._failed(result, channel)
+            if result.check(MeshUnavailable):  # not sent: it waits for the next push
+                self._bars_refused.add(channel)
+                return
+        else:
+            self.published += 1
+        waiting = self._bars_waiting[channel]
+        if waiting and waiting[0] is publication:
+            waiting.popleft()
+        else:  # answered out of line, or pushed out of a full line meanwhile
+            for index, kept in enumerate(waiting):
+                if kept is publication:
+                    del waiting[index]
+                    break
 
     def _send(
         self,
