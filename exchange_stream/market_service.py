@@ -59,7 +59,7 @@ def market_service(
             http = quiet_http_client(clock)
         BookPoller(book_url, source, http, clock, book_interval).setServiceParent(service)
     if simulate:
-        Simulator(source.event, clock).setServiceParent(service)
+        Simulator(source.event, clock, backfill=engine.backfill).setServiceParent(service)
     return service
 
 

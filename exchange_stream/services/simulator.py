@@ -5,12 +5,20 @@ Each step (50 ms) moves each symbol's mid price by a few ticks now and then, ref
 trades at the touch. Every second each symbol gets index prices from three sources; now and
 then a demo user (uids 1001 to 1005) gets an order, balance, position or account event. It feeds
 the engine the same event objects the TCP/UDP feeds produce.
+
+At start it makes up each symbol's past (``history_minutes`` of 1m bars, 1000 by default: the
+bars channels keep that many) and hands it to the engine's back-fill, so a chart has hours of
+bars on first load. The past is the same random walk run backwards from the mid price now (a
+walk looks alike either way), twelve points a minute, with the volume and trade count the live
+flow has on average (busier and quieter stretches around it, moving more and less): quick (no
+trade is made up), and it ends where the live market begins.
 """
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -18,10 +26,20 @@ from twisted.internet.interfaces import IReactorTime
 
 from exchange_stream.core.market.decimals import text
 from exchange_stream.core.market.events import Book, Event, IndexPrice, PrivateEvent, Trade
+from exchange_stream.core.market.kline import Bar
 from exchange_stream.services.periodic import PeriodicService
 
 DEMO_UIDS = (1001, 1002, 1003, 1004, 1005)
 DEMO_TOKENS = {f"demo-{uid}": uid for uid in DEMO_UIDS}
+
+Backfill = Callable[[str, Sequence[Bar]], None]
+_POINTS = 12  # points of the walk per made-up minute
+_STEPS = 1200  # live steps (50 ms) in a minute
+_MOVES = 0.3 * _STEPS  # a step moves the mid 30% of the time ...
+_MOVE_SQUARED = 30 / 8  # ... by -3..3 ticks: a mean square move of 3.75 ticks^2
+_POINT_SIGMA = math.sqrt(_MOVES * _MOVE_SQUARED / _POINTS)  # ticks
+_TRADES = _STEPS * 7 / 6  # 0, 0, 1, 1, 2 or 3 trades a step
+_LOTS = 3  # 1..5 lots a trade (variance 2)
 
 
 @dataclass
@@ -64,9 +82,13 @@ class Simulator(PeriodicService):
         markets: list[Market] | None = None,
         rng: random.Random | None = None,
         step: float = 0.05,
+        backfill: Backfill | None = None,
+        history_minutes: int = 1000,
     ) -> None:
         super().__init__(clock)
         self._handle = handle
+        self._backfill = backfill
+        self.history_minutes = history_minutes
         self.markets = markets or demo_markets()
         self._rng = rng or random.Random()
         self._step = step
@@ -75,6 +97,52 @@ class Simulator(PeriodicService):
 
     def periodic(self) -> list[tuple[float, Callable[[], object]]]:
         return [(self._step, self.step), (1.0, self.index), (0.3, self.private)]
+
+    def startService(self) -> None:
+        if self._backfill is not None and self.history_minutes > 0:
+            now = self._now_ms()
+            for market in self.markets:
+                self._backfill(market.symbol, self.past(market, now - now % 60_000))
+        super().startService()
+
+    def past(self, market: Market, end: int) -> list[Bar]:
+        """``history_minutes`` closed 1m bars up to ``end`` (a minute's start, ms), oldest
+        first, the last one closing at the market's mid now."""
+        rng = self._rng
+        floor = market.levels + 1  # the book's levels stay above zero
+        price = market.mid_ticks
+        bars: list[Bar] = []
+        mood = 0.0  # log of the activity, slowly varying: busy and quiet stretches
+        for back in range(1, self.history_minutes + 1):
+            mood = 0.85 * mood + rng.gauss(0, 0.25)
+            activity = math.exp(mood)
+            sigma = _POINT_SIGMA * math.sqrt(activity)
+            path = [price]  # from the minute's close back to its open
+            for _ in range(_POINTS):
+                price = max(floor, price + round(rng.gauss(0, sigma)))
+                path.append(price)
+            high = max(path) + rng.randint(0, 2)  # trades between the points went further
+            low = max(floor, min(path) - rng.randint(0, 2))
+            trades = _TRADES * activity
+            count = max(1, round(rng.gauss(trades, math.sqrt(trades))))
+            lots = max(count, round(rng.gauss(count * _LOTS, math.sqrt(count * 2))))
+            volume = market.qty(lots)
+            bars.append(
+                Bar(
+                    "1m",
+                    end - back * 60_000,
+                    open=market.price(path[-1]),
+                    high=market.price(high),
+                    low=market.price(low),
+                    close=market.price(path[0]),
+                    volume=volume,
+                    quote_volume=volume * market.price((high + low) // 2),
+                    count=count,
+                    closed=True,
+                )
+            )
+        bars.reverse()
+        return bars
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
