@@ -11,18 +11,22 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import File
 
+from exchange_stream.adapters.market_history import BesideWebSocket, KlinesResource, overlaps
 from exchange_stream.adapters.upstream import listening_port
 from exchange_stream.adapters.web import QuietSite, mount
 from exchange_stream.adapters.workers import WorkerPool, process_count
 from exchange_stream.core.config import GatewayConfig
+from exchange_stream.core.market.bars import PATH as KLINES_PATH
 from exchange_stream.gateway import Gateway
 from exchange_stream.options import Options
 
 STATIC = str(Path(__file__).parent / "static")
+log = Logger()
 
 __all__ = ["Options", "api_site", "makeService", "mount", "websocket_site"]
 
@@ -87,13 +91,24 @@ class GatewayService(MultiService):
 
 
 def websocket_site(gateway: Gateway) -> Site:
-    """The site for the WebSocket port: the gateway's resource at ``config.path``, and with
-    ``--demo`` the demo page and the browser client at ``/``."""
-    path = gateway.config.path
-    timeout = gateway.config.handshake_timeout  # an idle HTTP connection before the upgrade
+    """The site for the WebSocket port: the gateway's resource at ``config.path``, the bars
+    history at ``/v1/market/klines`` (on every gateway: it reads the mesh), and with
+    ``--demo`` the demo page and the browser client at ``/``.
+
+    With the WebSocket at ``/`` every path but the history's is the WebSocket (and there is
+    no demo page); a WebSocket path that is the history's, a folder of it or under it
+    (``/v1``, ``/v1/market/klines/ws``) wins, and there is no history on that port."""
+    config = gateway.config
+    path = config.path
+    timeout = config.handshake_timeout  # an idle HTTP connection before the upgrade
+    klines = KlinesResource(gateway.mesh, config.prefix)
     if not path.strip("/"):
-        return QuietSite(gateway.websocket_resource(), timeout)
-    root = File(STATIC) if gateway.config.demo else Resource()
+        return QuietSite(BesideWebSocket(gateway.websocket_resource(), klines), timeout)
+    root = File(STATIC) if config.demo else Resource()
+    if overlaps(path):
+        log.warn("no bars history on the WebSocket port: --path {path} is in its way", path=path)
+    else:
+        mount(root, KLINES_PATH, klines)
     mount(root, path, gateway.websocket_resource())
     return QuietSite(root, timeout)
 
