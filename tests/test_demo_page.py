@@ -6,7 +6,8 @@ The page (``exchange_stream/static``: ``index.html``, ``demo.js`` and ``client.j
 read through the Chrome DevTools Protocol (``Runtime.evaluate`` over the page's DevTools
 WebSocket, with the ``websockets`` library). It checks that the pieces work together: the
 gateway serves the page, the page shows live data and logs in. The client's behaviour
-(reconnects, resubscribes, the book's gaps and checksums) is unit-tested in ``clients/js/test``.
+(reconnects, resubscribes, the book's gaps and checksums) is unit-tested in ``clients/js/test``;
+the bars history behind the chart in ``tests/test_kline_history.py``.
 
 Chromium is installed with apt-get when missing and we are root; the test is skipped only when
 no browser exists and none can be installed. The test is synchronous: the gateway and the
@@ -251,17 +252,30 @@ def page(tmp_path):
 PAGE_STATE = """(() => {
   const s = window.demoState;
   const rows = (sel) => document.querySelectorAll(sel + ' .book-row:not(.empty)').length;
-  const canvas = document.getElementById('chart');
-  const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-  let painted = 0;
-  for (let i = 3; i < pixels.length; i += 4) if (pixels[i]) painted++;
+  // lightweight-charts draws into canvases inside #chart: count the candle-coloured pixels
+  const css = getComputedStyle(document.documentElement);
+  const rgb = (name) => css.getPropertyValue(name).trim().match(/[0-9a-f]{2}/gi)
+    .map((h) => parseInt(h, 16));
+  const near = (px, i, c) =>
+    Math.abs(px[i] - c[0]) + Math.abs(px[i + 1] - c[1]) + Math.abs(px[i + 2] - c[2]) < 12;
+  const colours = [rgb('--up'), rgb('--down')];
+  const canvases = Array.from(document.querySelectorAll('#chart canvas'));
+  let candlePixels = 0;
+  for (const canvas of canvases) {
+    if (!canvas.width || !canvas.height) continue;
+    const px = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    for (let i = 0; i < px.length; i += 4) {
+      if (px[i + 3] > 200 && colours.some((c) => near(px, i, c))) candlePixels++;
+    }
+  }
   return {
     status: s.status, bids: rows('#bids'), asks: rows('#asks'),
     checksumsOk: s.bookChecksumsOk, mismatches: s.checksumMismatches, problems: s.bookProblems,
     trades: document.querySelectorAll('#trades .trade-row:not(.empty)').length,
     lastShown: document.getElementById('t-last').textContent,
     mark: document.getElementById('m-mark').textContent,
-    painted, loggedIn: s.loggedIn,
+    canvases: canvases.length, candlePixels, history: s.history, barsDrawn: s.barsDrawn,
+    interval: s.interval, loggedIn: s.loggedIn,
     privateShown: document.querySelectorAll('#private .entry').length,
     malformed: s.malformed, errors: s.errors,
   };
@@ -274,24 +288,45 @@ def page_state(page: DevTools) -> dict:
 
 def test_demo_page_shows_live_data_and_logs_in(page):
     """Served by the gateway, the page shows a verified book, trades, the ticker, the mark
-    price and a candle; logging in as demo-1001 brings a private event; nothing errs."""
+    price and a candle chart (lightweight-charts) holding the hours of 1m bars the history
+    answered; switching to 5m loads that history; logging in as demo-1001 brings a private
+    event; nothing errs."""
+
+    def history_drawn(interval: str, at_least: int):
+        def check():
+            s = page_state(page)
+            h = s["history"] or {}
+            done = (
+                h.get("status") == "ok"
+                and h.get("interval") == interval
+                and h.get("bars", 0) >= at_least  # the demo back-fills 1000 minutes
+                and s["barsDrawn"] >= h["bars"]
+                and s["canvases"] > 0
+                and s["candlePixels"] > 0
+            )
+            return s if done else None
+
+        return check
 
     def live():
-        s = page_state(page)
+        s = history_drawn("1m", 180)()
         done = (
-            s["status"] == "ready"
+            s is not None
+            and s["status"] == "ready"
             and s["bids"] >= 15
             and s["asks"] >= 15
             and s["checksumsOk"] >= 5
             and s["trades"] >= 1
             and s["lastShown"] not in ("", EMPTY)
             and s["mark"] not in ("", EMPTY)
-            and s["painted"] > 0
         )
         return s if done else None
 
     state = wait_for(live, DEADLINE, "the live market on the page", lambda: page_state(page))
     assert state["mismatches"] == 0, state["problems"]
+
+    page.evaluate("window.demo.setInterval('5m')")
+    wait_for(history_drawn("5m", 36), DEADLINE, "the 5m history", lambda: page_state(page))
 
     page.evaluate(
         "document.getElementById('token').value = 'demo-1001';"

@@ -2,8 +2,12 @@
  * exchange-stream live demo page: order book, trades, ticker, mark price, klines and the
  * private channels of a demo user, all from one WebSocket through client.js.
  *
- * Query parameters: ?ws=<url> (default: /exchange-stream on this host), ?symbol=ETHUSDT,
- * ?interval=5m. The page's state is mirrored in window.demoState (read by the tests).
+ * The chart is TradingView's lightweight-charts (vendor/lightweight-charts), fed by the bars
+ * history GET /v1/market/klines and the kline channel.
+ *
+ * Query parameters: ?ws=<url> (default: /exchange-stream on this host), ?history=<url> (default:
+ * /v1/market/klines on the WebSocket's host), ?symbol=ETHUSDT, ?interval=5m. The page's state
+ * is mirrored in window.demoState (read by the tests).
  */
 (function () {
   "use strict";
@@ -15,7 +19,8 @@
   const BOOK_ROWS = 16;
   const TRADE_ROWS = 40;
   const TRADES_KEPT = 100;
-  const BARS_KEPT = 500;
+  const BARS_KEPT = 2000; // bars on the chart: the history's 1000 and what comes live
+  const HISTORY_LIMIT = 1000; // bars asked of /v1/market/klines (its maximum)
   const PRIVATE_KEPT = 100;
 
   const params = new URLSearchParams(location.search);
@@ -51,8 +56,9 @@
     lastTicker: null,
     tickers: {},
     lastMark: null,
-    bars: [], // oldest first, one per t
-    barsDrawn: 0,
+    bars: [], // oldest first, one per t: the history, then the kline channel's pushes
+    barsDrawn: 0, // bars in the chart's candle series
+    history: null, // the last /v1/market/klines request: {symbol, interval, status, bars, ms}
     loggedIn: false,
     token: null,
     privateEvents: [], // newest first
@@ -174,6 +180,10 @@
   /* ---- connection status */
 
   client.on("status", (status) => {
+    // Back after a reconnect: the history again, for the bars closed while we were away.
+    if (status === "ready" && state.status !== "ready" && client.stats.reconnects > 0) {
+      loadHistory(false);
+    }
     state.status = status;
     state.connected = client.connected;
     state.reconnects = client.stats.reconnects;
@@ -295,7 +305,6 @@
     state.symbol = symbol;
     state.trades = [];
     state.lastMark = null;
-    state.bars = [];
     state.bookLevels = { bids: 0, asks: 0 };
     lastTradeId = null;
     tradeTimes.length = 0;
@@ -319,6 +328,7 @@
     client
       .subscribe([`${symbol}@trades`, `${symbol}@markprice`, klineChannel(symbol, state.interval)])
       .catch((err) => noteError("subscribe", err));
+    loadHistory(true);
     for (const part of ["tabs", "book", "trades", "ticker", "mark", "chart"]) invalidate(part);
   }
 
@@ -326,11 +336,10 @@
     if (interval === state.interval) return;
     client.unsubscribe(klineChannel(state.symbol, state.interval));
     state.interval = interval;
-    state.bars = [];
     client.subscribe(klineChannel(state.symbol, interval))
       .catch((err) => noteError("subscribe", err));
+    loadHistory(true);
     invalidate("tabs");
-    invalidate("chart");
   }
 
   /* ---- routing of public pushes (depth goes to the OrderBook's own handler) */
@@ -582,16 +591,159 @@
     $("m-settle").textContent = m.estimatedSettlePrice ?? "–";
   }
 
-  /* ---- klines */
+  /* ---- chart: TradingView's lightweight-charts (vendor/), fed by the bars history
+   * (GET /v1/market/klines) on load and on every symbol or interval switch, then by the kline
+   * channel: each push is the open bar (or the bar just closed), drawn with series.update. */
+
+  const LWC = window.LightweightCharts;
+  const palette = getComputedStyle(document.documentElement);
+  const color = (name) => palette.getPropertyValue(name).trim();
+  const UP = color("--up");
+  const DOWN = color("--down");
+
+  const chart = LWC.createChart($("chart"), {
+    autoSize: true,
+    layout: {
+      background: { type: LWC.ColorType.Solid, color: color("--panel") },
+      textColor: color("--muted"),
+      fontFamily: color("--mono"),
+      fontSize: 11,
+      attributionLogo: true, // the licence's link to TradingView, on the chart itself
+    },
+    grid: { vertLines: { color: color("--line") }, horzLines: { color: color("--line") } },
+    rightPriceScale: { borderColor: color("--line") },
+    timeScale: { borderColor: color("--line"), timeVisible: true, secondsVisible: false },
+    crosshair: { mode: LWC.CrosshairMode.Normal },
+  });
+  const candles = chart.addSeries(LWC.CandlestickSeries, {
+    upColor: UP,
+    downColor: DOWN,
+    wickUpColor: UP,
+    wickDownColor: DOWN,
+    borderVisible: false,
+  });
+  candles.priceScale().applyOptions({ scaleMargins: { top: 0.08, bottom: 0.24 } });
+  const volume = chart.addSeries(LWC.HistogramSeries, {
+    priceFormat: { type: "volume" },
+    priceScaleId: "volume",
+    lastValueVisible: false,
+    priceLineVisible: false,
+  });
+  volume.priceScale().applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
+
+  // Numbers for drawing only: the wire keeps prices and volumes as strings, and the legend
+  // shows those strings as they came.
+  const toCandle = (b) => ({
+    time: b.t / 1000, // lightweight-charts' UTCTimestamp is in seconds
+    open: Number(b.o),
+    high: Number(b.h),
+    low: Number(b.l),
+    close: Number(b.c),
+  });
+  const toVolume = (b) => ({
+    time: b.t / 1000,
+    value: Number(b.v),
+    color: Number(b.c) >= Number(b.o) ? `${UP}66` : `${DOWN}66`,
+  });
+  const isBar = (b) => b && typeof b.t === "number" && ["o", "h", "l", "c", "v"]
+    .every((k) => typeof b[k] === "string");
+
+  const historyUrl = params.get("history") || historyUrlFor(url);
+  function historyUrlFor(wsUrl) {
+    try {
+      const u = new URL(wsUrl, location.href);
+      u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+      u.pathname = "/v1/market/klines";
+      u.search = u.hash = "";
+      return u.toString();
+    } catch (err) {
+      return "/v1/market/klines";
+    }
+  }
+
+  let chartGen = 0;
+  let loading = null; // while the history is on its way: the live bars that came meanwhile
+  let hovered = null; // the time (seconds) under the crosshair
+
+  function resetChart() {
+    state.bars = [];
+    candles.setData([]);
+    volume.setData([]);
+    state.barsDrawn = 0;
+    hovered = null;
+    invalidate("chart");
+  }
+
+  function drawAll() {
+    const bars = state.bars;
+    const places = bars.length ? Math.max(...bars.slice(-50).map((b) => decimals(b.c))) : 2;
+    candles.applyOptions({
+      priceFormat: { type: "price", precision: places, minMove: Math.pow(10, -places) },
+    });
+    candles.setData(bars.map(toCandle));
+    volume.setData(bars.map(toVolume));
+    state.barsDrawn = candles.data().length;
+    invalidate("chart");
+  }
+
+  function loadHistory(fresh) {
+    const gen = ++chartGen;
+    const { symbol, interval } = state;
+    const live = new Map();
+    loading = { gen, live };
+    if (fresh) resetChart();
+    state.history = { symbol, interval, status: "loading", bars: 0, ms: null, error: null };
+    invalidate("chart");
+    const started = performance.now();
+    const query = new URLSearchParams({ symbol, interval, limit: String(HISTORY_LIMIT) });
+    fetch(`${historyUrl}?${query}`, { cache: "no-store" })
+      .then(async (response) => {
+        const body = await response.json();
+        if (!response.ok) throw new Error(`${response.status} ${body.code}: ${body.msg}`);
+        if (!Array.isArray(body)) throw new Error("the history is not an array");
+        return body;
+      })
+      .then((bars) => {
+        if (gen !== chartGen) return; // switched meanwhile
+        const merged = new Map();
+        for (const b of bars) {
+          if (isBar(b) && b.interval === interval) merged.set(b.t, b);
+          else noteMalformed(`history ${symbol} ${interval}`, "not a bar", b);
+        }
+        finishLoading(merged, live, fresh);
+        Object.assign(state.history, {
+          status: "ok", bars: bars.length, ms: Math.round(performance.now() - started),
+        });
+      })
+      .catch((err) => {
+        if (gen !== chartGen) return;
+        finishLoading(new Map(state.bars.map((b) => [b.t, b])), live, fresh);
+        Object.assign(state.history, { status: "failed", error: String(err.message || err) });
+        noteError("history", err);
+      });
+  }
+
+  function finishLoading(merged, live, fresh) {
+    for (const [t, b] of live) merged.set(t, b); // newer than what the history had
+    state.bars = [...merged.values()].sort((a, b) => a.t - b.t).slice(-BARS_KEPT);
+    loading = null;
+    drawAll();
+    if (fresh) chart.timeScale().scrollToRealTime();
+  }
 
   function onKline(channel, data) {
-    if (!data || typeof data.t !== "number" || typeof data.c !== "string") {
-      noteMalformed(channel, "no numeric t / string c", data);
+    if (!isBar(data)) {
+      noteMalformed(channel, "no numeric t / string o h l c v", data);
       return;
     }
     if (data.interval && data.interval !== state.interval) return;
+    if (loading) {
+      loading.live.set(data.t, data);
+      return;
+    }
     const bars = state.bars;
     const last = bars[bars.length - 1];
+    let historical = false;
     if (!last || data.t > last.t) {
       bars.push(data);
       if (bars.length > BARS_KEPT) bars.shift();
@@ -599,162 +751,41 @@
       bars[bars.length - 1] = data;
     } else {
       const i = bars.findIndex((b) => b.t === data.t);
-      if (i >= 0) bars[i] = data;
-      else {
-        bars.push(data);
-        bars.sort((a, b) => a.t - b.t);
-      }
+      if (i < 0) return; // older than the chart: nothing to redraw
+      bars[i] = data;
+      historical = true;
     }
+    if (!last) {
+      drawAll();
+      return;
+    }
+    candles.update(toCandle(data), historical);
+    volume.update(toVolume(data), historical);
+    state.barsDrawn = candles.data().length;
     invalidate("chart");
   }
 
-  function niceStep(range, count) {
-    const raw = range / Math.max(1, count);
-    const mag = Math.pow(10, Math.floor(Math.log10(raw)));
-    const norm = raw / mag;
-    const nice = norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10;
-    return nice * mag;
-  }
+  chart.subscribeCrosshairMove((param) => {
+    hovered = param && param.time != null ? param.time : null;
+    invalidate("chart");
+  });
 
   function renderChart() {
-    const canvas = $("chart");
-    const rect = canvas.getBoundingClientRect();
-    const dpr = window.devicePixelRatio || 1;
-    const w = Math.max(1, Math.floor(rect.width));
-    const h = Math.max(1, Math.floor(rect.height));
-    if (canvas.width !== w * dpr || canvas.height !== h * dpr) {
-      canvas.width = w * dpr;
-      canvas.height = h * dpr;
-    }
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, w, h);
-    const css = getComputedStyle(document.documentElement);
-    const color = (name) => css.getPropertyValue(name).trim();
-    const UP = color("--up");
-    const DOWN = color("--down");
-    const LINE = color("--line");
-    const MUTED = color("--muted");
-
-    const axisW = 78;
-    const timeH = 18;
-    const plotW = w - axisW;
-    const priceH = Math.floor((h - timeH) * 0.8);
-    const volTop = priceH + 4;
-    const volH = h - timeH - volTop;
-    const spacing = 9;
-    const bodyW = 6;
-    const count = Math.max(1, Math.floor((plotW - 20) / spacing));
-    const bars = state.bars.slice(-count);
     const info = $("chart-info");
-
-    ctx.font = "11px ui-monospace, 'DejaVu Sans Mono', monospace";
-    ctx.textBaseline = "middle";
-    if (!bars.length) {
-      state.barsDrawn = 0;
-      ctx.fillStyle = MUTED;
-      ctx.textAlign = "center";
-      ctx.fillText(`waiting for ${state.symbol}@kline_${state.interval}…`, plotW / 2, priceH / 2);
-      info.textContent = "";
+    const h = state.history;
+    const bars = state.bars;
+    const shown = (hovered != null && bars.find((b) => b.t === hovered * 1000)) ||
+      bars[bars.length - 1];
+    const head = `${state.symbol} ${state.interval} · UTC`;
+    if (!shown) {
+      info.textContent = h && h.status === "loading"
+        ? `${head}  loading history…`
+        : `${head}  waiting for ${state.symbol}@kline_${state.interval}…`;
       return;
     }
-
-    let lo = Infinity;
-    let hi = -Infinity;
-    let vmax = 0;
-    for (const b of bars) {
-      lo = Math.min(lo, Number(b.l));
-      hi = Math.max(hi, Number(b.h));
-      vmax = Math.max(vmax, Number(b.v));
-    }
-    if (hi - lo < hi * 1e-5) {
-      const pad = Math.max(hi * 0.0005, 1e-8);
-      hi += pad;
-      lo -= pad;
-    }
-    const pad = (hi - lo) * 0.08;
-    hi += pad;
-    lo -= pad;
-    const y = (p) => 6 + ((hi - p) / (hi - lo)) * (priceH - 12);
-    const places = Math.max(...bars.map((b) => decimals(b.c)));
-
-    // grid and price axis (no label where the last price's label goes)
-    const lastY = y(Number(bars[bars.length - 1].c));
-    const step = niceStep(hi - lo, 6);
-    ctx.strokeStyle = LINE;
-    ctx.lineWidth = 1;
-    ctx.fillStyle = MUTED;
-    ctx.textAlign = "left";
-    for (let p = Math.ceil(lo / step) * step; p <= hi; p += step) {
-      const yy = Math.round(y(p)) + 0.5;
-      ctx.beginPath();
-      ctx.moveTo(0, yy);
-      ctx.lineTo(plotW, yy);
-      ctx.stroke();
-      if (Math.abs(yy - lastY) > 14) ctx.fillText(fmtFixed(p, places), plotW + 6, yy);
-    }
-    ctx.beginPath();
-    ctx.moveTo(plotW + 0.5, 0);
-    ctx.lineTo(plotW + 0.5, h - timeH);
-    ctx.moveTo(0, priceH + 0.5);
-    ctx.lineTo(plotW, priceH + 0.5);
-    ctx.stroke();
-
-    // candles and volume, right-aligned
-    const x0 = plotW - 14 - (bars.length - 1) * spacing;
-    let lastLabelX = -Infinity;
-    ctx.textAlign = "center";
-    bars.forEach((b, i) => {
-      const x = Math.round(x0 + i * spacing);
-      const o = Number(b.o);
-      const c = Number(b.c);
-      const up = c >= o;
-      ctx.strokeStyle = ctx.fillStyle = up ? UP : DOWN;
-      ctx.beginPath();
-      ctx.moveTo(x + 0.5, y(Number(b.h)));
-      ctx.lineTo(x + 0.5, y(Number(b.l)));
-      ctx.stroke();
-      const top = y(Math.max(o, c));
-      const bodyH = Math.max(1, y(Math.min(o, c)) - top);
-      ctx.fillRect(x - bodyW / 2 + 0.5, top, bodyW, bodyH);
-      if (vmax > 0) {
-        const vh = (Number(b.v) / vmax) * (volH - 2);
-        ctx.globalAlpha = 0.45;
-        ctx.fillRect(x - bodyW / 2 + 0.5, volTop + volH - vh, bodyW, vh);
-        ctx.globalAlpha = 1;
-      }
-      if (x - lastLabelX >= 90) {
-        ctx.fillStyle = MUTED;
-        const daily = state.interval === "1d";
-        const d = new Date(b.t);
-        ctx.fillText(daily ? `${d.getMonth() + 1}/${d.getDate()}` : fmtTime(b.t, false),
-          x, h - timeH / 2);
-        lastLabelX = x;
-      }
-    });
-
-    // last price line and label
-    const lastBar = bars[bars.length - 1];
-    const lastC = Number(lastBar.c);
-    const ly = Math.round(y(lastC)) + 0.5;
-    const lastColor = lastC >= Number(lastBar.o) ? UP : DOWN;
-    ctx.strokeStyle = lastColor;
-    ctx.setLineDash([3, 3]);
-    ctx.beginPath();
-    ctx.moveTo(0, ly);
-    ctx.lineTo(plotW, ly);
-    ctx.stroke();
-    ctx.setLineDash([]);
-    ctx.fillStyle = lastColor;
-    ctx.fillRect(plotW + 1, ly - 9, axisW - 1, 18);
-    ctx.fillStyle = "#0b0e11";
-    ctx.textAlign = "left";
-    ctx.fillText(lastBar.c, plotW + 6, ly);
-
-    state.barsDrawn = bars.length;
-    info.textContent = `${state.symbol} ${state.interval}  O ${lastBar.o}  H ${lastBar.h}  ` +
-      `L ${lastBar.l}  C ${lastBar.c}  V ${fmtNum(lastBar.v, 4)}  n ${lastBar.n ?? "–"}` +
-      (lastBar.closed ? "  (closed)" : "");
+    info.textContent = `${head}  O ${shown.o}  H ${shown.h}  L ${shown.l}  C ${shown.c}  ` +
+      `V ${fmtNum(shown.v, 4)}  n ${shown.n ?? "–"}` + (shown.closed ? "  (closed)" : "") +
+      (h && h.status === "failed" ? "  · history unavailable" : "");
   }
 
   /* ---- account: login and private channels */
@@ -868,7 +899,6 @@
     if (token) login(token);
   });
   $("logout-btn").addEventListener("click", logout);
-  window.addEventListener("resize", () => invalidate("chart"));
   setInterval(() => {
     if (state.lastMark) invalidate("mark"); // funding countdown
     invalidate("trades");
