@@ -63,7 +63,9 @@ async def recording_clients(node, channel: str, count: int) -> list[list[int]]:
 
         def record(frame, numbers=numbers, client=client):
             payload, _ = frame
-            numbers.append(json.loads(payload)["data"]["n"])
+            push = json.loads(payload)
+            if push.get("event") == "trades":  # not the drain's notice at the end
+                numbers.append(push["data"]["n"])
             client.received.get().addCallback(record, numbers, client)
 
         client.received.get().addCallback(record)

@@ -93,3 +93,20 @@ def test_whatever_pub_sub_drops_or_repeats_every_offset_passes_once_in_order(hea
             top = max(top, known)
     assert offsets(passed) == list(range(1, len(passed) + 1))
     assert len(passed) >= max(heard, default=0)
+
+
+def test_a_publication_lost_before_the_first_one_heard_is_seen_against_the_baseline():
+    """Pub/sub lost offset 6, published just after this node subscribed, and brought 7
+    before the node had read the stream's position (5): 7 waits, 6 is read back."""
+    sequence = Sequence(awaiting=True)
+    assert sequence.arrived(at(5)) == [] and sequence.arrived(at(7)) == []
+    assert offsets(sequence.baseline(Position("E", 5))) == [5]  # came after the subscription
+    assert sequence.read_from() == Position("E", 5)
+    assert offsets(sequence.read(History(Position("E", 7), [at(6), at(7)]))) == [6, 7]
+
+
+def test_without_a_baseline_the_first_one_heard_is_the_start():
+    sequence = Sequence(awaiting=True)
+    assert sequence.arrived(at(3)) == []
+    assert offsets(sequence.without_baseline()) == [3]
+    assert offsets(sequence.arrived(at(4))) == [4]

@@ -50,7 +50,7 @@ class CatchUp:
 
     def follow(self, channel: str) -> None:
         """``channel`` is a stream channel this node subscribes to."""
-        self._sequences.setdefault(channel, Sequence())
+        self._sequences.setdefault(channel, Sequence(awaiting=True))
 
     def forget(self, channel: str) -> None:
         self._sequences.pop(channel, None)
@@ -85,12 +85,28 @@ class CatchUp:
             self._read_missed(channel)
         elif sequence.last is None:
             baseline = self._read_history(channel, None)
-            baseline.addCallbacks(self._baseline, lambda _: None, callbackArgs=(channel,))
+            baseline.addCallbacks(
+                self._baseline, self._no_baseline, callbackArgs=(channel,), errbackArgs=(channel,)
+            )
 
     def _baseline(self, history: History, channel: str) -> None:
         sequence = self._sequences.get(channel)
         if sequence is not None:
-            sequence.baseline(history.position)
+            self._deliver(channel, sequence.baseline(history.position))
+            if sequence.reading:
+                self._read_missed(channel)
+
+    def _no_baseline(self, failure: Failure, channel: str) -> None:
+        failure.trap(MeshUnavailable, MeshOutcomeUnknown)
+        sequence = self._sequences.get(channel)
+        if sequence is not None:
+            log.warn(
+                "Redis mesh: position of {channel} not read ({why}); a publication lost "
+                "before the first one heard would go unnoticed",
+                channel=channel,
+                why=failure.getErrorMessage(),
+            )
+            self._deliver(channel, sequence.without_baseline())
 
     def _snapshot_read(self, snapshot: Publication | None, channel: str) -> None:
         if snapshot is not None:

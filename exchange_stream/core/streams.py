@@ -90,24 +90,54 @@ class Sequence:
     ``last`` is a duplicate (a history read and pub/sub both brought it); one beyond
     ``last + 1``, or in a new epoch, means pub/sub lost the ones between: the node reads them
     from the history (after :meth:`read_from`) and holds live ones until the read is back.
-    ``lost`` counts publications that were gone from the history too (past its window)."""
+    ``lost`` counts publications that were gone from the history too (past its window).
+
+    A node that starts following a channel (``awaiting``) holds what pub/sub brings until it
+    knows the stream's position just after it subscribed (:meth:`baseline`): without it, a
+    publication lost right after the subscription could not be told from one published
+    before it."""
 
     epoch: str | None = None
     last: int | None = None
     reading: bool = False
     held: list[Publication] = field(default_factory=list)
     lost: int = 0
+    awaiting: bool = False
 
-    def baseline(self, position: Position) -> None:
-        """The stream's position read just after this node subscribed, so that a gap before
-        the first publication heard can be seen. Ignored once publications have arrived."""
-        if self.last is None and not self.reading:
-            self.epoch, self.last = position.epoch, position.offset
+    def baseline(self, position: Position) -> list[Publication]:
+        """The stream's position read just after this node subscribed: what to pass on now.
+        Held publications up to it came by pub/sub, so after the subscription: they pass, in
+        order; past it, a gap is one (read it)."""
+        self.awaiting = False
+        held, self.held = self.held, []
+        if self.last is not None or self.reading:
+            return self._replay(held)
+        self.epoch, self.last = position.epoch, position.offset
+        early = sorted(
+            (p for p in held if p.epoch == self.epoch and (p.offset or 0) <= position.offset),
+            key=lambda p: p.offset or 0,
+        )
+        passed = [
+            p for index, p in enumerate(early) if index == 0 or p.offset != early[index - 1].offset
+        ]
+        return passed + self._replay([p for p in held if p not in early])
+
+    def without_baseline(self) -> list[Publication]:
+        """The position could not be read: start from the first publication heard."""
+        self.awaiting = False
+        held, self.held = self.held, []
+        return self._replay(held)
+
+    def _replay(self, publications: list[Publication]) -> list[Publication]:
+        passed: list[Publication] = []
+        for publication in publications:
+            passed.extend(self.arrived(publication))
+        return passed
 
     def arrived(self, publication: Publication) -> list[Publication]:
         """A publication from pub/sub: what to pass on now, in order. When it reveals a gap,
         nothing is, and ``reading`` is True until :meth:`read` brings the history."""
-        if self.reading:
+        if self.reading or self.awaiting:
             self.held.append(publication)
             return []
         offset = publication.offset
@@ -157,6 +187,4 @@ class Sequence:
             self.lost += history.position.offset - self.last
             self.last = history.position.offset
         held, self.held = self.held, []
-        for publication in held:
-            passed.extend(self.arrived(publication))
-        return passed
+        return passed + self._replay(held)
