@@ -112,9 +112,11 @@ async def test_an_independent_client_resumes_across_nodes_and_a_redis_restart_sa
         answer, pushes = await threads.deferToThread(resume_with_a_stock_client, b.url, since)
         assert answer["streams"]["@order"] == {"epoch": epoch, "offset": 3, "recovered": True}
         assert [p["offset"] for p in pushes] == [2, 3]
+        mesh = b.gateway.mesh
         redis_server.stop()  # the history goes with it: a new epoch
         redis_server.start()
-        await until(lambda: b.gateway.mesh.available and b.gateway.mesh.receiving)
+        # both of node B's connections came back (not: it has not noticed the loss yet)
+        await until(lambda: mesh.reconnects >= 2 and mesh.available and mesh.receiving)
         since = {"@order": {"epoch": epoch, "offset": 3}}
         answer, pushes = await threads.deferToThread(resume_with_a_stock_client, b.url, since)
         position = answer["streams"]["@order"]
