@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -28,7 +28,11 @@ ReadSnapshot = Callable[[str], Deferred]
 
 
 class CatchUp:
-    retry_after = 0.5  # seconds: a history read that failed (Redis away) is tried again
+    """Reads that failed wait together: they are tried again all at once, when the command
+    connection is back (:meth:`commands_back`) or, if it never went, after ``retry_after``;
+    never one timer per channel, nor attempts while there is no connection to try on."""
+
+    retry_after = 0.5
 
     def __init__(
         self,
@@ -36,13 +40,17 @@ class CatchUp:
         read_history: ReadHistory,
         read_snapshot: ReadSnapshot,
         subscribed: Callable[[str], bool],
+        available: Callable[[], bool],
         clock: IReactorTime,
     ) -> None:
         self._deliver = deliver
         self._read_history = read_history
         self._read_snapshot = read_snapshot
         self._subscribed = subscribed
+        self._available = available
         self._clock = clock
+        self._failed: set[str] = set()  # channels whose read failed, waiting to try again
+        self._retry: IDelayedCall | None = None
         self._sequences: dict[str, Sequence] = {}
         self._reading: set[str] = set()  # stream channels with a history read in flight
         self._resync: set[str] = set()  # state channels to give their snapshot again
@@ -145,9 +153,16 @@ class CatchUp:
 
     def _read_failed(self, failure: Failure, channel: str) -> None:
         failure.trap(MeshUnavailable, MeshOutcomeUnknown)
-        self._clock.callLater(self.retry_after, self._retry, channel)
+        self._failed.add(channel)
+        if self._retry is None and self._available():
+            self._retry = self._clock.callLater(self.retry_after, self.commands_back)
 
-    def _retry(self, channel: str) -> None:
-        if channel in self._reading:
+    def commands_back(self) -> None:
+        """Try again every read that failed (the command connection is up, or was)."""
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        failed, self._failed = self._failed, set()
+        for channel in failed:
             self._reading.discard(channel)
             self._read_missed(channel)

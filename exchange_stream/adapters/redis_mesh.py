@@ -97,6 +97,7 @@ class RedisMesh(MultiService):
             lambda channel, since: self._read_history(channel, since, catching_up=True),
             self.snapshot,
             self._in_effect.__contains__,
+            lambda: self.available,
             reactor,
         )
         self.self_check = SelfCheck(self, self.restart_subscriber, reactor, *self_check)
@@ -153,6 +154,7 @@ class RedisMesh(MultiService):
         self.connects += 1
         connection.whenDisconnected().addCallback(self._commands_lost)
         log.info("Redis mesh: command connection to {address} up", address=self.address)
+        self._catch_up.commands_back()
 
     def _commands_lost(self, connection: RedisProtocol) -> None:
         if self._commands is connection:
