@@ -95,8 +95,6 @@ class MarketEngine(PeriodicService):
         self.publish_failures = 0
         # closed bars not yet taken by the mesh, per bars channel, oldest first
         self._bars_waiting: dict[str, deque[Publication]] = {}
-        self._bars_sending: set[int] = set()  # ids of the waiting bars whose publish is out
-        self._bars_refused: set[str] = set()  # channels waiting for the next kline push
 
     # -- input ----------------------------------------------------------------------------
 
@@ -171,7 +169,6 @@ class MarketEngine(PeriodicService):
 
     def push_klines(self) -> None:
         now = self._now_ms()
-        self._bars_refused.clear()
         for channel, waiting in self._bars_waiting.items():
             if waiting:
                 self._send_bars(channel)
@@ -213,41 +210,26 @@ class MarketEngine(PeriodicService):
     def _send_bar(self, symbol: str, interval: str, bar: dict) -> None:
         """A closed bar into its bars channel: the same object as on the kline channel."""
         channel = bars_channel(self.settings.prefix, symbol, interval)
-        waiting = self._bars_waiting.get(channel)
-        if waiting is None:
-            waiting = self._bars_waiting[channel] = deque(maxlen=BARS_KEPT)
+        waiting = self._bars_waiting.setdefault(channel, deque(maxlen=BARS_KEPT))
         waiting.append(Publication(encode(bar)))
         self._send_bars(channel)
 
     def _send_bars(self, channel: str) -> None:
-        """Publish the channel's waiting bars that are not out yet, in order (Redis keeps
-        the order of one connection's commands); stop at a refusal."""
-        for publication in list(self._bars_waiting[channel]):
-            if channel in self._bars_refused:
-                return
-            if id(publication) in self._bars_sending:
-                continue
-            self._bars_sending.add(id(publication))
-            sent = self._publish(channel, publication, None)
-            sent.addBoth(self._bar_answered, channel, publication)
-
-    def _bar_answered(self, result: object, channel: str, publication: Publication) -> None:
-        self._bars_sending.discard(id(publication))
-        if isinstance(result, Failure):
-            self._failed(result, channel)
-            if result.check(MeshUnavailable):  # not sent: it waits for the next push
-                self._bars_refused.add(channel)
-                return
-        else:
-            self.published += 1
+        """Publish the channel's waiting bars, oldest first. One the mesh refuses (not sent:
+        it is down) goes back to the front of the line, and the line waits for the next
+        kline push; a bar whose outcome is unknown is not sent again."""
         waiting = self._bars_waiting[channel]
-        if waiting and waiting[0] is publication:
-            waiting.popleft()
-        else:  # answered out of line, or pushed out of a full line meanwhile
-            for index, kept in enumerate(waiting):
-                if kept is publication:
-                    del waiting[index]
-                    break
+        while waiting:
+            publication = waiting.popleft()
+            sent = self._publish(channel, publication, None)
+            sent.addCallbacks(self._sent, self._bar_failed, errbackArgs=(channel, publication))
+            if waiting and waiting[0] is publication:
+                return  # refused at once: the mesh is down
+
+    def _bar_failed(self, failure: Failure, channel: str, publication: Publication) -> None:
+        self._failed(failure, channel)
+        if failure.check(MeshUnavailable):
+            self._bars_waiting[channel].appendleft(publication)
 
     def _send(
         self,
