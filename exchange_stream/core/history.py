@@ -11,7 +11,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 
 from exchange_stream.core.publication import Publication, Published
-from exchange_stream.core.streams import BARS, History, Position, StreamPolicy
+from exchange_stream.core.streams import History, Position, StreamPolicy
 
 
 def new_epoch() -> str:
@@ -27,22 +27,22 @@ class _Log:
 
 
 class StreamLogs:
-    """Every stream channel's history: at most ``policy.size`` publications, none older than
-    ``policy.ttl``. A channel with no publication for ``ttl`` is forgotten, so its next
-    publication starts a new epoch (its old positions could not be served any more)."""
+    """Every stream channel's history, within its limits (``StreamPolicy.limits``: so many
+    publications, none older than a ttl). A channel with no publication for its ttl is
+    forgotten, so its next publication starts a new epoch (its old positions could not be
+    served any more). Channels are swept per ttl, least recently touched first, so a sweep
+    stops at the first channel still in time."""
 
     def __init__(self, policy: StreamPolicy) -> None:
         self._policy = policy
-        self._logs: OrderedDict[str, _Log] = OrderedDict()  # least recently touched first
-        self._lasting: dict[str, _Log] = {}  # channels kept longer than the rest
+        self._logs: dict[float, OrderedDict[str, _Log]] = {}  # ttl -> its channels
 
     def append(self, channel: str, publication: Publication, now: float) -> Publication:
         """The publication with its position, kept in the channel's history."""
         log = self._log(channel, now)
         log.top += 1
         log.touched = now
-        if channel in self._logs:
-            self._logs.move_to_end(channel)
+        self._logs[self._policy.limits(channel)[1]].move_to_end(channel)
         positioned = replace(publication, epoch=log.epoch, offset=log.top)
         log.entries.append((now, positioned))
         size, _ = self._policy.limits(channel)
@@ -52,10 +52,12 @@ class StreamLogs:
 
     def recent(self, channel: str, count: int, now: float) -> list[Publication]:
         """The channel's last ``count`` publications still in its history, oldest first."""
-        log = self._lasting.get(channel) or self._logs.get(channel)
+        ttl = self._policy.limits(channel)[1]
+        logs = self._logs.get(ttl)
+        log = logs.get(channel) if logs is not None else None
         if log is None:
             return []
-        oldest = now - self._policy.limits(channel)[1]
+        oldest = now - ttl
         kept = [p for at, p in log.entries if at >= oldest]
         return kept[-count:] if count else []
 
@@ -77,19 +79,15 @@ class StreamLogs:
 
     def _log(self, channel: str, now: float) -> _Log:
         ttl = self._policy.limits(channel)[1]
-        if channel.rpartition("@")[2].startswith(BARS):  # the market's bars: few, kept long
-            log = self._lasting.get(channel)
-            if log is None or (log.entries and log.entries[-1][0] < now - ttl):
-                log = self._lasting[channel] = _Log(new_epoch(), now)
-            return log
-        while self._logs:  # forget the idle ones, least recently touched first
-            first = next(iter(self._logs.values()))
+        logs = self._logs.setdefault(ttl, OrderedDict())
+        while logs:  # forget the idle ones, least recently touched first
+            first = next(iter(logs.values()))
             if first.touched >= now - ttl:
                 break
-            self._logs.popitem(last=False)
-        log = self._logs.get(channel)
+            logs.popitem(last=False)
+        log = logs.get(channel)
         if log is None:
-            log = self._logs[channel] = _Log(new_epoch(), now)
+            log = logs[channel] = _Log(new_epoch(), now)
         return log
 
 

@@ -14,44 +14,48 @@ be read back from the history first.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
+from exchange_stream.core.channels import KLINE_INTERVALS
 from exchange_stream.core.publication import Publication
 
 STREAM_TYPES = frozenset({"balance", "order", "position", "account", "trades"})
 
 # The market engine's closed bars, for charts (``GET /v1/market/klines``): channels no client
 # can subscribe to, ``<prefix><symbol>@bars_<interval>``, each keeping its last bars.
-BARS = "bars_"
 BARS_KEPT = 1000
 BARS_TTL = 30 * 24 * 3600.0
+BAR_LIMITS = MappingProxyType(
+    {f"bars_{interval}": (BARS_KEPT, BARS_TTL) for interval in KLINE_INTERVALS}
+)
 
 
 def bars_channel(prefix: str, symbol: str, interval: str) -> str:
-    return f"{prefix}{symbol}@{BARS}{interval}"
+    return f"{prefix}{symbol}@bars_{interval}"
 
 
 @dataclass(frozen=True)
 class StreamPolicy:
     """Which channel types keep a history, and how much: at most ``size`` publications per
     channel, none older than ``ttl`` seconds (a channel idle that long loses its history and
-    starts a new epoch). Bar channels (``bars_<interval>``) always keep their last
-    ``BARS_KEPT`` bars, for ``BARS_TTL``."""
+    starts a new epoch). Types in ``kept`` are streams with limits of their own: the bar
+    channels keep their last ``BARS_KEPT`` bars for ``BARS_TTL``."""
 
     types: frozenset[str] = STREAM_TYPES
     size: int = 10_000
     ttl: float = 600.0
+    kept: Mapping[str, tuple[int, float]] = field(default_factory=lambda: BAR_LIMITS)
 
     def is_stream(self, channel: str) -> bool:
         """``ex:1001@order`` and ``ex:BTCUSDT@trades`` are streams by default."""
         _, at, kind = channel.rpartition("@")
-        return bool(at) and (kind in self.types or kind.startswith(BARS))
+        return bool(at) and (kind in self.types or kind in self.kept)
 
     def limits(self, channel: str) -> tuple[int, float]:
         """(size, ttl) of a stream channel's history."""
-        if channel.rpartition("@")[2].startswith(BARS):
-            return BARS_KEPT, BARS_TTL
-        return self.size, self.ttl
+        return self.kept.get(channel.rpartition("@")[2], (self.size, self.ttl))
 
 
 @dataclass(frozen=True, slots=True)
