@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet import protocol, reactor
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
+from twisted.protocols import portforward
 
 from tests.support import publish
 
@@ -93,69 +94,45 @@ def delivered_everything(received: list[list[int]], traffic: Traffic) -> bool:
     return all(wanted <= set(numbers) for numbers in received)
 
 
-class _Upstream(protocol.Protocol):
-    def __init__(self, downstream: _Downstream) -> None:
-        self.downstream = downstream
-
+class _RedisSide(portforward.ProxyClient):
     def dataReceived(self, data: bytes) -> None:
-        self.downstream.from_redis(data)
-
-    def connectionLost(self, reason=protocol.connectionDone) -> None:
-        if self.downstream.transport is not None:
-            self.downstream.transport.loseConnection()
+        if self.peer.subscriber and self.peer.factory.stalled:
+            return  # Redis's messages for this node go nowhere: the node hears nothing
+        super().dataReceived(data)
 
 
-class _Downstream(protocol.Protocol):
-    """One node connection through the proxy."""
+class _RedisSideFactory(portforward.ProxyClientFactory):
+    protocol = _RedisSide
 
-    factory: StallingProxy
 
-    def connectionMade(self) -> None:
-        self.upstream: _Upstream | None = None
-        self.subscriber = False
-        self._early: list[bytes] = []
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.factory.redis_port)
-        connecting = endpoint.connect(protocol.Factory.forProtocol(lambda: _Upstream(self)))
-        connecting.addCallbacks(self._connected, lambda _: self.transport.loseConnection())
+class _NodeSide(portforward.ProxyServer):
+    """One node connection through the proxy; the one that SUBSCRIBEs is a subscriber."""
 
-    def _connected(self, upstream: _Upstream) -> None:
-        self.upstream = upstream
-        for data in self._early:
-            upstream.transport.write(data)
-        self._early.clear()
+    clientProtocolFactory = _RedisSideFactory
+    subscriber = False
 
     def dataReceived(self, data: bytes) -> None:
         if b"SUBSCRIBE" in data.upper():
             self.subscriber = True
-        if self.upstream is None:
-            self._early.append(data)
-        else:
-            self.upstream.transport.write(data)
-
-    def from_redis(self, data: bytes) -> None:
-        if self.subscriber and self.factory.stalled:
-            return  # Redis's messages for this node go nowhere: the node hears nothing
-        self.transport.write(data)
-
-    def connectionLost(self, reason=protocol.connectionDone) -> None:
-        if self.upstream is not None:
-            self.upstream.transport.loseConnection()
+        super().dataReceived(data)
 
 
-class StallingProxy(protocol.Factory):
-    """A TCP proxy to Redis; while ``stalled``, what Redis sends a subscriber connection is
-    dropped (a network that stopped delivering in one direction), commands still flow."""
+class StallingProxy(portforward.ProxyFactory):
+    """Twisted's TCP port forwarder to Redis; while ``stalled``, what Redis sends a
+    subscriber connection is dropped (a network that stopped delivering in one direction),
+    commands still flow."""
 
-    protocol = _Downstream
+    protocol = _NodeSide
 
     def __init__(self, redis_port: int) -> None:
-        self.redis_port = redis_port
+        super().__init__("127.0.0.1", redis_port)
         self.stalled = False
-        self.port = None
+        self.listening = None  # (``port`` is Redis's: the forwarder's target)
 
     async def listen(self) -> str:
-        self.port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(self)
-        return f"redis://127.0.0.1:{self.port.getHost().port}/0"
+        endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+        self.listening = await endpoint.listen(self)
+        return f"redis://127.0.0.1:{self.listening.getHost().port}/0"
 
     async def close(self) -> None:
-        await self.port.stopListening()
+        await self.listening.stopListening()
