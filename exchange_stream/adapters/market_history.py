@@ -12,8 +12,9 @@ from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
+from exchange_stream.adapters.web import respond
 from exchange_stream.core.encoding import encode
 from exchange_stream.core.market.bars import (
     PATH,
@@ -104,25 +105,7 @@ class KlinesResource(Resource):
             return 500, encode({"code": -1000, "msg": "An unknown error occurred."})
 
         outcome: Deferred = reading.addCallbacks(answered, failed)
-        return _respond(request, outcome)
-
-
-def _respond(request: Request, outcome: Deferred) -> bytes | int:
-    """The answer at once when the mesh answered synchronously (memory), else later."""
-    at_once: list[tuple[int, bytes]] = []
-    outcome.addCallback(at_once.append)
-    if at_once:
-        return _json(request, *at_once[0])
-    hung_up: list[bool] = []
-    request.notifyFinish().addErrback(lambda _: hung_up.append(True))
-
-    def finish(_: object) -> None:
-        if not hung_up:
-            request.write(_json(request, *at_once[0]))
-            request.finish()
-
-    outcome.addCallback(finish)
-    return NOT_DONE_YET
+        return respond(request, outcome, _json)
 
 
 def overlaps(path: str) -> bool:

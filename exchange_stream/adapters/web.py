@@ -11,9 +11,11 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from functools import partial
+from typing import TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
+from twisted.internet.defer import Deferred
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site, UnsupportedMethod
 
@@ -30,6 +32,8 @@ from exchange_stream.core.streams import StreamPolicy
 from exchange_stream.services.health import Health
 from exchange_stream.services.publisher import Publisher
 
+T = TypeVar("T")
+
 
 def _json_body(request: Request, status: int, body: dict) -> bytes:
     request.setResponseCode(status)
@@ -37,9 +41,27 @@ def _json_body(request: Request, status: int, body: dict) -> bytes:
     return encode(body)
 
 
-def _finish(request: Request, status: int, body: dict) -> None:
-    request.write(_json_body(request, status, body))
-    request.finish()
+def respond(
+    request: Request, answered: Deferred, render: Callable[[Request, int, T], bytes]
+) -> bytes | int:
+    """A resource's answer to ``request`` once ``answered`` fires with ``(status, body)``
+    (``render`` sets the headers and gives the bytes): returned at once when it has fired
+    already (the memory mesh answers synchronously: twisted.web's plain path), else written
+    when it does, unless the client hung up meanwhile."""
+    at_once: list[tuple[int, T]] = []
+    answered.addCallback(at_once.append)
+    if at_once:
+        return render(request, *at_once[0])
+    hung_up: list[bool] = []
+    request.notifyFinish().addErrback(lambda _: hung_up.append(True))
+
+    def finish(_: object) -> None:
+        if not hung_up:
+            request.write(render(request, *at_once[0]))
+            request.finish()
+
+    answered.addCallback(finish)
+    return NOT_DONE_YET
 
 
 def bearer(token: str | None) -> bytes | None:
@@ -82,20 +104,7 @@ class PublishResource(Resource):
         except ApiError as error:
             self._publisher.count_error(error)
             return _json_body(request, error.status, error.answer())
-        answered = self._publisher.publish_all(requests, batch)
-        at_once: list[tuple[int, dict]] = []
-        answered.addCallback(at_once.append)
-        if at_once:  # the mesh answered synchronously (memory:): twisted.web's plain path
-            return _json_body(request, *at_once[0])
-        hung_up: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: hung_up.append(True))
-
-        def finish(_: object) -> None:
-            if not hung_up:
-                _finish(request, *at_once[0])
-
-        answered.addCallback(finish)
-        return NOT_DONE_YET
+        return respond(request, self._publisher.publish_all(requests, batch), _json_body)
 
     def _read(self, request: Request) -> tuple[list[PublishRequest], bool]:
         if self._expected_authorization is not None:
