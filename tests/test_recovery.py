@@ -129,3 +129,21 @@ def test_stream_publications_must_be_json_objects():
         else:
             raise AssertionError(f"{data!r} was accepted on a stream channel")
     assert parse_publish({"c": "ex:BTCUSDT@depth", "d": "[1]"}).channel == "ex:BTCUSDT@depth"
+
+
+def test_a_position_that_is_no_position_is_invalid_json_and_the_session_goes_on():
+    memory = gateway()
+    client = logged_in(memory)
+    for since in (
+        {"@order": {"epoch": "E", "offset": 2**64}},
+        {"@order": {"epoch": "E", "offset": -1}},
+        {"@order": {"epoch": 7, "offset": 1}},
+        {"@order": [1]},
+        ["@order"],
+    ):
+        client.send({"op": "subscribe", "channel": "@order", "since": since, "id": 1})
+        assert client.received() == [{"code": 2, "msg": "Invalid JSON", "id": 1}]
+    client.send({"op": "subscribe", "channel": "@order", "recover": "yes", "id": 2})
+    assert client.received() == [{"code": 2, "msg": "Invalid JSON", "id": 2}]
+    client.send({"op": "subscribe", "channel": "@order", "id": 3})
+    assert client.received() == [{"result": True, "id": 3}]

@@ -60,6 +60,8 @@ class CloseCode(IntEnum):
     RECONNECT = 4200  # the node is shutting down or restarting; reconnect (to another node)
 
 
+MAX_OFFSET = 2**53 - 1  # an offset is a JSON number any client reads exactly
+
 OPS = frozenset({"auth", "subscribe", "unsubscribe", "ping", "list"})
 
 
@@ -133,7 +135,9 @@ def _parse_since(since: object, request_id: RequestId) -> dict[str, Position]:
         offset = position.get("offset") if isinstance(position, dict) else None
         if not isinstance(epoch, str) or len(epoch) > 64:
             raise OpError(ErrorCode.INVALID_JSON, request_id)
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise OpError(ErrorCode.INVALID_JSON, request_id)
+        if not 0 <= offset <= MAX_OFFSET:
             raise OpError(ErrorCode.INVALID_JSON, request_id)
         positions[name] = Position(epoch, offset)
     return positions
