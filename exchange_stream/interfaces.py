@@ -33,6 +33,10 @@ class IMesh(Interface):
     receiving = Attribute("True while this node receives the channels it subscribed.")
     reconnects = Attribute("How many times the mesh had to reconnect (0 for memory).")
     deaf_events = Attribute("Times the node found itself deaf and resubscribed (0 for memory).")
+    lost_publications = Attribute(
+        "Stream publications this node could not pass on: gone from the history before it "
+        "could read them back (0 for memory)."
+    )
 
     def publish(
         channel: str,

@@ -25,6 +25,7 @@ class DownMesh:
     receiving = True
     reconnects = 0
     deaf_events = 0
+    lost_publications = 0
 
     def __init__(self, available):
         self.available = available

@@ -23,6 +23,7 @@ class MemoryMesh:
     receiving = True
     reconnects = 0
     deaf_events = 0
+    lost_publications = 0
 
     def __init__(
         self,

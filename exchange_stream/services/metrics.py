@@ -72,6 +72,11 @@ class _NodeCollector(Collector):
             value=mesh.deaf_events,
         )
         yield CounterMetricFamily(
+            "exchange_stream_mesh_lost_publications",
+            "Stream publications gone from the history before this node could read them back.",
+            value=mesh.lost_publications,
+        )
+        yield CounterMetricFamily(
             "exchange_stream_mesh_reconnects",
             "Times the mesh had to reconnect.",
             value=mesh.reconnects,
