@@ -124,6 +124,14 @@
     return channel.charAt(0) === "@";
   }
 
+  /** A stream position as the gateway gives it: {epoch: string, offset: integer >= 0}. */
+  function isPosition(pos) {
+    return (
+      pos !== null && typeof pos === "object" && typeof pos.epoch === "string" &&
+      Number.isSafeInteger(pos.offset) && pos.offset >= 0
+    );
+  }
+
   function asList(channels) {
     const list = Array.isArray(channels) ? channels : [channels];
     return Array.from(new Set(list));
@@ -137,6 +145,10 @@
    * The client holds the *desired* state (token, channels) and reconciles the connection with
    * it: after every (re)connect it authenticates and subscribes everything again. auth(),
    * subscribe() and unsubscribe() return Promises settled by the gateway's answers.
+   *
+   * On stream channels (orders, balances, trades, ...) it keeps the position of the last push
+   * handled and resumes from it on every new subscribe, so that a reconnect, a drain or an
+   * offset gap loses nothing; when the gateway cannot replay, it emits "lost".
    */
   class Client {
     constructor(url, options) {
@@ -144,6 +156,9 @@
       this.url = url;
       this.pingInterval = opts.pingInterval ?? 20000;
       this.pongTimeout = opts.pongTimeout ?? 15000;
+      // A handshake that neither opens nor fails (a black-holed network; Node's WebSocket when
+      // the peer closes before answering) is given up after this, and retried with back-off.
+      this.connectTimeout = opts.connectTimeout ?? 10000;
       this.minBackoff = opts.minBackoff ?? 500;
       this.maxBackoff = opts.maxBackoff ?? 30000;
       this.stableAfter = opts.stableAfter ?? 10000;
@@ -152,9 +167,13 @@
       this.opRate = opts.opRate ?? 8;
       this.opBurst = opts.opBurst ?? 10;
       this.WebSocket = opts.WebSocket || (typeof WebSocket !== "undefined" ? WebSocket : null);
+      this.recover = opts.recover ?? true; // ask for positions and resume from them
 
       this.status = "idle"; // idle | connecting | open | ready | reconnecting | closed | failed
-      this.stats = { connects: 0, reconnects: 0, messages: 0, pongs: 0, malformed: 0, rtt: null };
+      this.stats = {
+        connects: 0, reconnects: 0, messages: 0, pongs: 0, malformed: 0, rtt: null,
+        recovered: 0, lost: 0, gaps: 0, duplicates: 0,
+      };
       this.lastError = null;
 
       this._ws = null;
@@ -163,6 +182,7 @@
       this._reconnectTimer = null;
       this._pingTimer = null;
       this._pongTimer = null;
+      this._connectTimer = null;
       this._openedAt = 0;
 
       this._nextId = 1;
@@ -177,12 +197,25 @@
       this._token = null; // desired login
       this._authed = null; // token the current connection is logged in with
       this._authWaiters = [];
-      this._authBusy = false;
+      this._authBusy = null; // the connection an auth loop runs on
       this._desired = new Set(); // channels we want
       this._confirmed = new Set(); // channels the current connection has
       this._inflight = new Map(); // channel -> request id of its pending subscribe
       this._chanWaiters = new Map(); // channel -> [{resolve, reject}]
       this._ready = false; // resume (auth + resubscribe) finished on this connection
+
+      // Stream positions: channel -> {epoch, offset} of the last push handled (or, before the
+      // first, the position the subscribe's answer gave).
+      this._positions = new Map();
+      for (const [ch, pos] of Object.entries(opts.positions || {})) {
+        if (isPosition(pos)) this._positions.set(ch, { epoch: pos.epoch, offset: pos.offset });
+      }
+      // Private positions of the previous login, until a subscribe's answer tells whether
+      // the gateway kept the subscription (the same uid) or started another user's stream.
+      this._previousLogin = new Map();
+      this._resuming = new Set(); // channels resubscribed after an offset gap
+      this._streamAttempt = 0; // code 9 retries since the last subscribe that worked
+      this._streamTimer = null;
 
       this._events = new Map(); // lifecycle event -> Set(fn)
       this._handlers = new Map(); // channel (or "*") -> Set(fn)
@@ -232,6 +265,7 @@
     }
 
     _dispatch(message) {
+      if (typeof message.offset === "number" && !this._inOrder(message)) return;
       for (const key of [message.event, "*"]) {
         const set = this._handlers.get(key);
         if (!set) continue;
@@ -243,6 +277,52 @@
           }
         }
       }
+    }
+
+    /**
+     * Whether a positioned push is the next one of its stream: an offset already handled is
+     * a duplicate (dropped); one past the next is a gap, and the channel is resubscribed from
+     * the position held, so that the gateway replays what is missing (or says "lost").
+     */
+    _inOrder(message) {
+      const ch = message.event;
+      const position = this._positions.get(ch) || this._previousLogin.get(ch);
+      if (!position) return true; // no epoch known to count in
+      if (message.offset <= position.offset) {
+        this.stats.duplicates++;
+        return false;
+      }
+      if (message.offset === position.offset + 1) {
+        position.offset = message.offset;
+        return true;
+      }
+      if (this._resuming.has(ch)) return false; // the resume replays it
+      this.stats.gaps++;
+      this._emit("gap", ch, { ...position }, message.offset);
+      if (this._confirmed.has(ch)) {
+        this._resuming.add(ch);
+        this.resubscribe(ch).catch(() => {}); // a reconnect resumes from the position anyway
+        return false;
+      }
+      // Between a login change and its subscribe's answer: nothing to resume from.
+      position.offset = message.offset;
+      this.stats.lost++;
+      this._emit("lost", ch, { ...position }, null);
+      return true;
+    }
+
+    /** The positions held, {channel: {epoch, offset}}: to keep across a page reload. */
+    get positions() {
+      const out = {};
+      for (const [ch, pos] of this._positions) out[ch] = { epoch: pos.epoch, offset: pos.offset };
+      return out;
+    }
+
+    _forgetPrivatePositions() {
+      for (const ch of Array.from(this._positions.keys())) {
+        if (isPrivate(ch)) this._positions.delete(ch);
+      }
+      this._previousLogin.clear();
     }
 
     /* ---- connection */
@@ -289,8 +369,17 @@
         return;
       }
       this._ws = ws;
+      this._connectTimer = setTimeout(() => {
+        if (ws !== this._ws) return;
+        this.lastError = new Error("connect timeout: reconnecting");
+        this._emit("error", this.lastError);
+        this._lost(1006, "connect timeout", "backoff");
+        ws.close();
+      }, this.connectTimeout);
       ws.onopen = () => {
         if (ws !== this._ws) return;
+        clearTimeout(this._connectTimer);
+        this._connectTimer = null;
         this._openedAt = Date.now();
         this._tokens = this.opBurst;
         this._tokensAt = this._openedAt;
@@ -361,7 +450,8 @@
     _teardown(error) {
       clearInterval(this._pingTimer);
       clearTimeout(this._pongTimer);
-      this._pingTimer = this._pongTimer = null;
+      clearTimeout(this._connectTimer);
+      this._pingTimer = this._pongTimer = this._connectTimer = null;
       this._openedAt = 0;
       const ws = this._ws;
       this._ws = null;
@@ -372,6 +462,9 @@
       this._inflight.clear();
       clearTimeout(this._pumpTimer);
       this._pumpTimer = null;
+      clearTimeout(this._streamTimer);
+      this._streamTimer = null;
+      this._resuming.clear();
       this._refused = 0;
       const pending = Array.from(this._pending.values()).concat(this._queue);
       this._pending.clear();
@@ -427,13 +520,21 @@
      * ProtocolError (code answer) or ConnectionClosed. Rejects at once when not connected.
      */
     request(op) {
+      return this._request(op, null);
+    }
+
+    /**
+     * request(), and `onAnswer(answer)` run as the success answer arrives: before the frames
+     * after it (a Promise's callbacks would run only after the rest of a batch of frames).
+     */
+    _request(op, onAnswer) {
       const ws = this._ws;
       if (!ws || !this.connected) {
         return Promise.reject(new ConnectionClosed("not connected"));
       }
       return new Promise((resolve, reject) => {
         const id = this._nextId++;
-        this._queue.push({ id, op: Object.assign({}, op, { id }), resolve, reject, ws });
+        this._queue.push({ id, op: Object.assign({}, op, { id }), resolve, reject, ws, onAnswer });
         this._pump();
       });
     }
@@ -509,8 +610,12 @@
           this._settleRefused(message.id);
           this._settleRefused();
         }
-        if ("code" in message) entry.reject(new ProtocolError(message));
-        else entry.resolve(message);
+        if ("code" in message) {
+          entry.reject(new ProtocolError(message));
+        } else {
+          if (entry.onAnswer) entry.onAnswer(message);
+          entry.resolve(message);
+        }
         this._pump();
         return;
       }
@@ -551,6 +656,7 @@
         this._settleAuth(null, err);
         this._rejectChannels(gone, err);
         for (const ch of gone) this._confirmed.delete(ch);
+        this._forgetPrivatePositions();
         this._emit("loggedout", data, token);
       }
     }
@@ -570,6 +676,13 @@
      * ProtocolError (5 Auth failed, 6 Auth unavailable).
      */
     auth(token) {
+      if (this._token !== null && token !== this._token) {
+        // Maybe another user: resume nothing private from the previous login's positions.
+        for (const [ch, pos] of this._positions) {
+          if (isPrivate(ch)) this._previousLogin.set(ch, pos);
+        }
+        for (const ch of this._previousLogin.keys()) this._positions.delete(ch);
+      }
       this._token = token;
       const waiter = new Promise((resolve, reject) => {
         this._authWaiters.push({ token, resolve, reject });
@@ -581,6 +694,7 @@
     /** Forget the token and drop private channels (the gateway has no logout op). */
     logout() {
       this._token = null;
+      this._forgetPrivatePositions();
       const privates = Array.from(this._desired).filter(isPrivate);
       this._settleAuth(null, new Error("logged out"));
       return privates.length ? this.unsubscribe(privates) : Promise.resolve();
@@ -606,8 +720,10 @@
 
     /** Send the kept token until the connection is logged in with the latest one. */
     async _doAuth(ws) {
-      if (this._authBusy) return true; // the auth in flight checks the token again after
-      this._authBusy = true;
+      // The auth in flight checks the token again after. (One begun on a connection that has
+      // since dropped does not count: it ends when its promise rejects, maybe after this.)
+      if (this._authBusy === ws) return true;
+      this._authBusy = ws;
       try {
         for (;;) {
           const token = this._token;
@@ -631,6 +747,7 @@
               return false;
             }
             this._token = null;
+            this._forgetPrivatePositions();
             this._settleAuth(token, err);
             this._emit("authfailed", err);
             this._rejectChannels(Array.from(this._desired).filter(isPrivate), err);
@@ -649,7 +766,7 @@
           if (this._ready) this._syncChannels(ws);
         }
       } finally {
-        this._authBusy = false;
+        if (this._authBusy === ws) this._authBusy = null;
       }
     }
 
@@ -677,9 +794,13 @@
 
     /** Unsubscribe one channel or a list (handlers stay; remove them with offEvent). */
     unsubscribe(channels) {
-      const list = asList(channels);
+      return this._unsubscribe(asList(channels), true);
+    }
+
+    _unsubscribe(list, forgetPositions) {
       const live = [];
       for (const ch of list) {
+        if (forgetPositions) this._positions.delete(ch);
         this._desired.delete(ch);
         this._rejectChannels([ch], new Cancelled(`unsubscribed from ${ch}`));
         if (this._confirmed.has(ch) || this._inflight.has(ch)) live.push(ch);
@@ -692,10 +813,11 @@
 
     /**
      * Unsubscribe and subscribe again: the gateway then sends the channel's current
-     * snapshot first. The way to heal a state channel (an order book after a gap).
+     * snapshot first (the way to heal a state channel, an order book after a gap), or, on a
+     * stream channel, what followed the position held.
      */
     resubscribe(channel) {
-      const off = this.unsubscribe(channel).catch(() => true);
+      const off = this._unsubscribe([channel], false).catch(() => true);
       const on = this.subscribe(channel);
       return Promise.all([off, on]).then(() => true);
     }
@@ -737,21 +859,43 @@
       if (!batch.length) return;
       const id = this._nextId; // the id request() is about to use
       for (const ch of batch) this._inflight.set(ch, id);
-      this.request({ op: "subscribe", channels: batch }).then(
-        () => {
-          for (const ch of batch) {
-            if (this._inflight.get(ch) !== id) continue; // unsubscribed meanwhile
-            this._inflight.delete(ch);
-            if (!this._desired.has(ch)) continue;
-            this._confirmed.add(ch);
-            this._resolveChannel(ch);
-            this._emit("subscribed", ch);
-          }
-        },
+      const op = { op: "subscribe", channels: batch };
+      const since = {};
+      if (this.recover) {
+        op.recover = true;
+        for (const ch of batch) {
+          const pos = this._positions.get(ch);
+          if (pos) since[ch] = { epoch: pos.epoch, offset: pos.offset };
+        }
+        if (Object.keys(since).length) op.since = since;
+      }
+      const confirmed = (answer) => {
+        this._streamAttempt = 0;
+        const streams = answer.streams || {};
+        for (const ch of batch) {
+          if (this._inflight.get(ch) !== id) continue; // unsubscribed meanwhile
+          this._inflight.delete(ch);
+          if (!this._desired.has(ch)) continue;
+          this._confirmed.add(ch);
+          this._resuming.delete(ch);
+          this._position(ch, streams[ch], since[ch]);
+          this._resolveChannel(ch);
+          this._emit("subscribed", ch);
+        }
+      };
+      this._request(op, confirmed).then(
+        () => {},
         (err) => {
           if (!(err instanceof ProtocolError) || ws !== this._ws) return; // lost: resume
           const mine = batch.filter((ch) => this._inflight.get(ch) === id);
           for (const ch of mine) this._inflight.delete(ch);
+          if (err.code === 9) {
+            // Positions could not be read (the mesh's Redis is down); nothing was
+            // subscribed. Try the same again later rather than subscribe without them.
+            this._emit("error", err);
+            this._retryStreams(ws);
+            return;
+          }
           // All or nothing: drop only the channel(s) at fault, then try the rest again.
           let bad;
           if (err.code === 4 && err.channel && mine.includes(err.channel)) bad = [err.channel];
@@ -762,6 +906,48 @@
           this._syncChannels(ws);
         },
       );
+    }
+
+    /**
+     * What a subscribe's answer says of a channel's position: `given` is its entry in
+     * "streams" (none for a state channel, or one the gateway already had), `sent` the
+     * position the subscribe resumed from. Emits "recovered" or "lost".
+     */
+    _position(ch, given, sent) {
+      const previous = this._previousLogin.get(ch);
+      this._previousLogin.delete(ch);
+      if (!isPosition(given)) {
+        // Still subscribed under the new token (the same user): the old count goes on.
+        if (previous) this._positions.set(ch, previous);
+        return;
+      }
+      const now = { epoch: given.epoch, offset: given.offset };
+      if (sent && given.recovered === true) {
+        // The pushes after `sent` follow: count on from where the client is.
+        const held = this._positions.get(ch);
+        if (held) held.epoch = given.epoch;
+        this.stats.recovered++;
+        this._emit("recovered", ch, now);
+        return;
+      }
+      this._positions.set(ch, now);
+      if (sent || previous) {
+        // Not served (another epoch, older than the history), or a login changed: what
+        // happened meanwhile is unknown, so fetch the state.
+        this.stats.lost++;
+        this._emit("lost", ch, now, sent || null);
+      }
+    }
+
+    /** Subscribe the channels refused with code 9 again after a back-off. */
+    _retryStreams(ws) {
+      if (this._streamTimer) return;
+      const cap = Math.min(this.maxBackoff, this.minBackoff * Math.pow(2, this._streamAttempt));
+      this._streamAttempt++;
+      this._streamTimer = setTimeout(() => {
+        this._streamTimer = null;
+        this._syncChannels(ws);
+      }, Math.random() * cap);
     }
 
     /** After a (re)connect: auth with the kept token, then subscribe everything again. */

@@ -874,6 +874,14 @@
     state.notices.push(data);
     onPrivate("notice", data);
   });
+  // Private streams resume after a reconnect; when the gateway cannot replay what was missed,
+  // a real front end re-fetches the account from the exchange's REST API here.
+  client.on("recovered", (channel, position) => {
+    if (channel.charAt(0) === "@") onPrivate("recovered", { channel, ...position });
+  });
+  client.on("lost", (channel, position) => {
+    if (channel.charAt(0) === "@") onPrivate("lost", { channel, ...position, refetch: true });
+  });
   client.on("loggedout", (data) => {
     state.loggedIn = false;
     state.token = null;

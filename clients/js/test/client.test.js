@@ -238,3 +238,16 @@ test("an auth_expired notice forgets the token and the private channels", async 
   assert.equal(client.token, null);
   assert.deepEqual(client.channels, ["BTCUSDT@ticker"]);
 });
+
+test("an auth still in flight when the connection drops does not skip the next login", async (t) => {
+  const clock = useFakeTime(t);
+  fixRandom(t, 0);
+  const { client, net, ws } = connectedClient();
+  client.auth("token-1001");
+  assert.equal(ws.sent[0].op, "auth");
+  ws.drop(1006); // unanswered; its rejection has not run yet when the next socket opens
+  clock.tick(0);
+  net.latest.open();
+  assert.deepEqual(net.latest.sent.map((op) => [op.op, op.token]), [["auth", "token-1001"]]);
+  assert.equal(client.status, "open", "not ready before the login");
+});

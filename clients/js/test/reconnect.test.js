@@ -186,3 +186,23 @@ test("close() while waiting to reconnect cancels the reconnect", (t) => {
   assert.equal(net.sockets.length, 1);
   assert.equal(client.status, "closed");
 });
+
+test("a handshake that neither opens nor fails is given up after connectTimeout", (t) => {
+  const clock = useFakeTime(t);
+  fixRandom(t, 0.5);
+  const errors = [];
+  const { net, delays, client } = watchedClient({ connectTimeout: 3000 });
+  client.on("error", (err) => errors.push(err.message));
+  const first = net.latest;
+  clock.tick(2999);
+  assert.equal(net.sockets.length, 1, "still waiting");
+  clock.tick(1);
+  assert.deepEqual(first.closedWith, { code: undefined, reason: undefined }, "given up");
+  assert.deepEqual(delays, [250]);
+  assert.deepEqual(errors, ["connect timeout: reconnecting"]);
+  clock.tick(250);
+  net.latest.open();
+  clock.tick(10000);
+  assert.equal(net.sockets.length, 2, "no timeout once open");
+  assert.equal(client.status, "ready");
+});
