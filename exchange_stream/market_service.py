@@ -12,8 +12,9 @@ from twisted.python import usage
 
 from exchange_stream.adapters.feed import BookPoller, DatagramFeed, FeedInput, LineFeedFactory
 from exchange_stream.adapters.upstream import quiet_http_client
-from exchange_stream.core.config import check_udp
+from exchange_stream.core.config import GatewayConfig, check_udp
 from exchange_stream.core.meshurl import check_mesh_url
+from exchange_stream.core.streams import StreamPolicy
 from exchange_stream.mesh import open_mesh
 from exchange_stream.services.market_engine import MarketEngine, MarketSettings, Publish
 from exchange_stream.services.simulator import Simulator
@@ -63,6 +64,9 @@ def market_service(
     return service
 
 
+_GATEWAY = GatewayConfig()
+
+
 class Options(usage.Options):
     """``twistd exchange-market``: the engine on its own, publishing into a shared mesh."""
 
@@ -73,8 +77,15 @@ class Options(usage.Options):
         ["feed-udp", None, None, "[interface:]port for one JSON event per datagram"],
         ["book-url", None, None, "URL to poll for book snapshots"],
         ["book-interval", None, 0.2, "seconds between book polls", float],
+        # The history of the channels it publishes (trades, bars) is written by the publisher:
+        # these must match the gateways' options.
+        ["history-types", None, _GATEWAY.history_types, "as the gateways' --history-types"],
+        ["history-size", None, _GATEWAY.history_size, "as the gateways' --history-size", int],
+        ["history-ttl", None, _GATEWAY.history_ttl, "as the gateways' --history-ttl", float],
     ]
     optFlags = [["simulate", None, "feed the engine from the built-in simulated market"]]
+
+    streams: StreamPolicy
 
     def postOptions(self) -> None:
         if not self["mesh"]:
@@ -83,6 +94,9 @@ class Options(usage.Options):
             check_mesh_url(self["mesh"])
             if self["feed-udp"]:
                 check_udp(self["feed-udp"])
+            self.streams = StreamPolicy.from_options(
+                self["history-types"], self["history-size"], self["history-ttl"]
+            )
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
         if not (self["feed"] or self["feed-udp"] or self["book-url"] or self["simulate"]):
@@ -92,7 +106,7 @@ class Options(usage.Options):
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    mesh = open_mesh(options["mesh"], reactor)
+    mesh = open_mesh(options["mesh"], reactor, streams=options.streams)
     service = market_service(
         mesh.publish,
         MarketSettings(prefix=options["prefix"]),

@@ -3,6 +3,7 @@
 import json
 from decimal import Decimal as D
 
+import pytest
 import pytest_twisted
 from treq.testing import StubTreq
 from twisted.internet import reactor
@@ -10,6 +11,7 @@ from twisted.internet.defer import fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.internet.task import Clock, deferLater
+from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -18,10 +20,19 @@ from exchange_stream.core.config import GatewayConfig
 from exchange_stream.core.market.depth import checksum
 from exchange_stream.core.market.events import Book, IndexPrice, PrivateEvent, Trade
 from exchange_stream.core.publication import MeshUnavailable
+from exchange_stream.market_service import Options as MarketOptions
+from exchange_stream.market_service import makeService as make_market_service
 from exchange_stream.market_service import market_service
 from exchange_stream.services.market_engine import MarketEngine, MarketSettings
 from exchange_stream.services.simulator import DEMO_UIDS
-from tests.support import MemoryClient, free_port, memory_gateway, start_gateway, stub_request
+from tests.support import (
+    MemoryClient,
+    free_port,
+    memory_gateway,
+    start_gateway,
+    stub_request,
+    until,
+)
 
 T0 = 1_732_540_800.0  # seconds, 2024-11-25T13:20:00Z
 
@@ -275,3 +286,44 @@ async def test_the_demo_streams_a_consistent_book_over_a_real_socket():
             watcher.check(await client.next())
     finally:
         await running.stop()
+
+
+async def trades_history_of_exchange_market(redis_server, history_types: str) -> int | None:
+    """Run ``twistd exchange-market --simulate --history-types ... --history-size 5`` until
+    10 BTCUSDT trades went out; the length of their channel's history (None: it has none)."""
+    redis = redis_server.client()
+    redis.flushall()
+    listener = redis.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe("ex:BTCUSDT@trades")
+    options = MarketOptions()
+    argv = ["--mesh", redis_server.url, "--simulate", "--history-types", history_types]
+    options.parseOptions([*argv, "--history-size", "5"])
+    service = make_market_service(options)
+    heard = []
+
+    def ten_trades_heard() -> bool:
+        while message := listener.get_message():
+            heard.append(message)
+        return len(heard) >= 10
+
+    service.startService()
+    try:
+        await until(ten_trades_heard, timeout=20)
+    finally:
+        await service.stopService()
+        listener.close()
+    history = b"es:{ex:BTCUSDT@trades}:stream"
+    return redis.xlen(history) if redis.exists(history) else None
+
+
+@pytest_twisted.ensureDeferred
+async def test_exchange_market_keeps_the_history_its_options_name(redis_server):
+    """The standalone engine writes the history of the channels it publishes as its
+    ``--history-types`` and ``--history-size`` say (they must match the gateways')."""
+    assert await trades_history_of_exchange_market(redis_server, "order,trades") == 5
+    assert await trades_history_of_exchange_market(redis_server, "order") is None
+
+
+def test_exchange_market_refuses_a_history_size_of_zero():
+    with pytest.raises(usage.UsageError, match="history_size"):
+        MarketOptions().parseOptions(["--mesh", "memory:", "--simulate", "--history-size", "0"])

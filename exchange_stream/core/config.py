@@ -109,8 +109,7 @@ class GatewayConfig:
     @cached_property
     def streams(self) -> StreamPolicy:
         """Which channel types keep a history in the mesh, and how much of it."""
-        types = frozenset(kind.strip() for kind in self.history_types.split(",") if kind.strip())
-        return StreamPolicy(types, self.history_size, self.history_ttl)
+        return StreamPolicy.from_options(self.history_types, self.history_size, self.history_ttl)
 
     @property
     def shares_mesh(self) -> bool:

@@ -48,6 +48,15 @@ class StreamPolicy:
     ttl: float = 600.0
     kept: Mapping[str, tuple[int, float]] = field(default_factory=lambda: BAR_LIMITS)
 
+    @classmethod
+    def from_options(cls, types: str, size: int, ttl: float) -> StreamPolicy:
+        """The policy ``--history-types`` (comma-separated), ``--history-size`` and
+        ``--history-ttl`` describe, for a gateway and a standalone market engine alike."""
+        if size <= 0 or ttl <= 0:
+            raise ValueError("history_size and history_ttl must be positive")
+        kinds = frozenset(kind.strip() for kind in types.split(",") if kind.strip())
+        return cls(kinds, size, ttl)
+
     def is_stream(self, channel: str) -> bool:
         """``ex:1001@order`` and ``ex:BTCUSDT@trades`` are streams by default."""
         _, at, kind = channel.rpartition("@")
