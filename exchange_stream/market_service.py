@@ -46,7 +46,7 @@ def market_service(
     """The engine fed by the inputs given, listening and polling on ``clock`` (the reactor);
     ``http`` (a treq-like client) is needed with ``book_url`` only."""
     engine = MarketEngine(publish, settings, clock)
-    source = FeedInput(engine.handle)
+    source = FeedInput(engine.handle, engine.limits, engine.refused)
     service = MarketService(engine, source)
     if feed:
         strports.service(feed, LineFeedFactory(source), reactor=clock).setServiceParent(service)

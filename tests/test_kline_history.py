@@ -82,7 +82,7 @@ def test_each_closed_bar_goes_to_its_bars_channel_as_the_kline_channel_has_it():
     assert len(bars) == 2 and bars == [encode(bar) for bar in closed]
     assert json.loads(bars[0]) == {
         "interval": "1m", "t": MS, "o": "100", "h": "100", "l": "100", "c": "100",
-        "v": "0.5", "q": "50.0", "n": 1, "closed": True,
+        "v": "0.5", "q": "50", "n": 1, "closed": True,
     }  # fmt: skip
     kline = next(p for c, p, _ in sent if c == "ex:BTCUSDT@kline_1m")
     assert kline.startswith(b'{"event":"BTCUSDT@kline_1m","data":{"interval":"1m","t":')
@@ -369,7 +369,9 @@ async def test_a_gateway_without_the_engine_answers_from_redis(redis_server):
         async def full():
             clock.advance(0.5)  # the kline push: refused bars go again, open bars go out
             _, _, body = await get(running.ws_port, query)
-            return len(json.loads(body)) == 1000
+            bars = json.loads(body)
+            # the open bar last; just after a minute's end its snapshot may still be on its way
+            return len(bars) == 1000 and bars[-1]["closed"] is False
 
         for _ in range(200):
             if await full():

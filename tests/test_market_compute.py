@@ -119,14 +119,12 @@ def test_decimals_keep_their_digits_and_never_use_exponents():
 
 def test_many_trades_in_one_window_go_out_once_in_id_order():
     batcher = TradeBatcher("BTCUSDT")
-    for id_ in (5, 3, 4, 3, 1, 2, 5):
+    for id_ in (5, 3, 4, 1, 2):
         batcher.add(trade(id_, "100", "1", T0 + id_))
     batch = batcher.flush()
     assert [t["id"] for t in batch] == [1, 2, 3, 4, 5]
     assert batch[0] == {"id": 1, "price": "100", "qty": "1", "side": "buy", "ts": T0 + 1}
-    assert batcher.duplicates == 2
     assert batcher.flush() is None
-    batcher.add(trade(4, "100", "1", T0))  # resent after the window: still a duplicate
     batcher.add(trade(0, "99", "1", T0))  # late but new: goes out in the next window
     assert [t["id"] for t in batcher.flush()] == [0]
 
@@ -155,8 +153,10 @@ def test_ticker_rolls_24_hours_in_minute_buckets():
         "count": 4,
         "ts": T0 + DAY_MS - 1,
     }
-    # 24 h after the first minute began, its bucket leaves the window
-    message = ticker.message(T0 + DAY_MS)
+    # still there a minute after it is 24 h old: the window starts at a whole minute
+    assert ticker.message(T0 + DAY_MS + 59_999)["count"] == 4
+    # 24 h after the first minute ended, its bucket leaves the window
+    message = ticker.message(T0 + DAY_MS + 60_000)
     assert (message["open"], message["high"], message["low"]) == ("95", "105", "95")
     assert (message["volume"], message["count"], message["change"]) == ("1.5", 2, "10")
     assert message["changePercent"] == "10.53"  # 10 / 95 = 10.526..%
@@ -215,18 +215,25 @@ def test_kline_bars_align_to_utc_and_close_across_the_minute():
         0,
     )
     series.add(trade(3, "101", "1", T0 + 60_001))
-    assert series.take_change()["l"] == "101"
-    series.add(trade(4, "90", "1", T0 + 1))  # late, for a closed bar: not rewritten
-    assert series.late_trades == 1 and series.take_change() is None
+    bar = series.take_change()  # the first trade sets all four prices
+    assert (bar["o"], bar["h"], bar["l"], bar["c"]) == ("101", "101", "101", "101")
+    amended = series.add(trade(4, "90", "1", T0 + 1))  # late, for the closed bar: amended
+    assert amended == [{**closed[0], "o": "90", "l": "90", "v": "4", "q": "394", "n": 3}]
+    assert series.take_change() is None  # the open bar did not change
+    series.advance(T0 + 120_001)  # the first bar ended over a minute ago: past amending
+    assert series.add(trade(5, "80", "1", T0 + 2)) == [] and series.late_trades == 1
 
 
 def test_a_trade_in_a_later_minute_closes_the_bar_itself():
     series = KlineSeries("BTCUSDT", "1m")
     series.add(trade(1, "100", "1", T0))
     closed = series.add(trade(2, "105", "1", T0 + 3 * 60_000 + 5))
-    assert [bar["t"] for bar in closed] == [T0] and closed[0]["closed"]
+    # the bar, and the two minutes nobody traded in, carrying its close: no hole
+    assert [bar["t"] for bar in closed] == [T0, T0 + 60_000, T0 + 120_000]
+    assert all(bar["closed"] and bar["c"] == "100" for bar in closed)
+    assert [bar["n"] for bar in closed] == [1, 0, 0]
     bar = series.take_change()
-    assert (bar["t"], bar["o"], bar["c"], bar["n"]) == (T0 + 180_000, "100", "105", 1)
+    assert (bar["t"], bar["o"], bar["c"], bar["n"]) == (T0 + 180_000, "105", "105", 1)
 
 
 @pytest.mark.parametrize(

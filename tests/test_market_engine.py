@@ -1,6 +1,7 @@
 """The engine on a fake clock, the feeds on real sockets, and the demo end to end."""
 
 import json
+import time
 from decimal import Decimal as D
 
 import pytest
@@ -136,9 +137,9 @@ async def test_tcp_udp_and_book_url_feeds_on_real_sockets():
         isLeaf = True
 
         def render_GET(self, request):
-            return json.dumps(
-                [{"symbol": "ETHUSDT", "bids": [["3400.1", "2"]], "asks": [], "ts": 1}]
-            ).encode()
+            now = int(time.time() * 1000)
+            book = {"symbol": "ETHUSDT", "bids": [["3400.1", "2"]], "asks": [], "ts": now}
+            return json.dumps([book]).encode()
 
     book_port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
         Site(BookSource())

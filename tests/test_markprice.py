@@ -73,5 +73,6 @@ def test_index_drops_stale_sources_and_message_rounds_to_8_places():
         "fundingRate": "0.00010000",  # P + clamp(0.0001 - P, ±0.0005) = 0.0001
         "nextFundingTime": T0 + 9_600_000,
         "estimatedSettlePrice": "64010.00000000",
+        "stale": False,
         "ts": T0,
     }

@@ -8,6 +8,7 @@ book.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 
 from twisted.internet.defer import inlineCallbacks
@@ -16,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from exchange_stream.core.encoding import encode
+from exchange_stream.core.market.decimals import SymbolLimits
 from exchange_stream.core.market.events import Event, MalformedEvent, parse_event
 from exchange_stream.services.periodic import PeriodicService
 
@@ -23,18 +25,27 @@ log = Logger()
 
 
 class FeedInput:
-    """Parses raw events for an engine and keeps the count of bad ones."""
+    """Parses raw events for an engine (its numbers within ``limits``) and counts the bad
+    ones, by reason, in ``refused`` (the engine's counter, so that one counter has them all).
+    """
 
     log_every = 1000  # the first bad event is logged, then one in this many
 
-    def __init__(self, handle: Callable[[Event], None]) -> None:
+    def __init__(
+        self,
+        handle: Callable[[Event], None],
+        limits: SymbolLimits | None = None,
+        refused: Counter[str] | None = None,
+    ) -> None:
         self._handle = handle
+        self._limits = limits or SymbolLimits()
+        self.refused: Counter[str] = Counter() if refused is None else refused
         self.received = 0
         self.malformed = 0
 
     def raw(self, data: bytes | str, source: str) -> None:
         try:
-            event = parse_event(data)
+            event = parse_event(data, self._limits)
         except MalformedEvent as error:
             self.received += 1
             self._bad(error, source)
@@ -48,6 +59,7 @@ class FeedInput:
 
     def _bad(self, error: Exception, source: str) -> None:
         self.malformed += 1
+        self.refused[error.reason if isinstance(error, MalformedEvent) else "malformed"] += 1
         if self.malformed % self.log_every == 1:
             log.warn(
                 "market feed: skipped a malformed event from {source} ({error}); {count} so far",

@@ -6,6 +6,10 @@ the ticker and the mark price (each only when changed). Output goes to a ``publi
 with the mesh's signature, so the engine runs the same inside a gateway (publishing into its
 node) or on its own (publishing into a Redis mesh).
 
+Every event passes the ingestion stage first (``core.market.ingest.Admission``: time bounds,
+duplicate trade ids, stale books), so every computation sees the same events; arithmetic runs
+in ``decimals.EXACT``, whose precision keeps the sums of bounded numbers exact.
+
 Every closed bar also goes to its bars channel (``core.streams.bars_channel``), the history
 ``GET /v1/market/klines`` reads. A bar stays in its channel's line (at most ``BARS_KEPT``) until
 the mesh has taken it: one the mesh refused (``MeshUnavailable``: nothing was sent) is tried
@@ -15,10 +19,10 @@ leaves no hole in a chart.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from decimal import Decimal
+from dataclasses import dataclass, field
+from decimal import Decimal, localcontext
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -27,8 +31,10 @@ from twisted.python.failure import Failure
 
 from exchange_stream.core.encoding import encode
 from exchange_stream.core.market.bars import fold
+from exchange_stream.core.market.decimals import EXACT, SymbolLimits
 from exchange_stream.core.market.depth import DepthBook
 from exchange_stream.core.market.events import Book, Event, IndexPrice, PrivateEvent, Trade
+from exchange_stream.core.market.ingest import Admission, TimeBounds
 from exchange_stream.core.market.kline import INTERVAL_MS, Bar, KlineSeries
 from exchange_stream.core.market.markprice import MarkPrice
 from exchange_stream.core.market.ticker import RollingTicker
@@ -49,6 +55,9 @@ class MarketSettings:
     impact_notional: Decimal = Decimal(25_000)
     funding_cap: Decimal = Decimal("0.003")
     index_stale_ms: int = 30_000
+    max_ahead_ms: int = 10_000  # an event's ts further ahead of the clock is refused
+    max_late_ms: int = 60_000  # ... further behind too; a closed bar is amendable this long
+    limits: SymbolLimits = field(default_factory=SymbolLimits)
 
 
 class _Symbol:
@@ -58,7 +67,9 @@ class _Symbol:
         self.depth = DepthBook(symbol, settings.depth_levels)
         self.trades = TradeBatcher(symbol)
         self.ticker = RollingTicker(symbol)
-        self.klines = [KlineSeries(symbol, interval) for interval in INTERVAL_MS]
+        self.klines = [
+            KlineSeries(symbol, interval, settings.max_late_ms) for interval in INTERVAL_MS
+        ]
         self.mark = MarkPrice(
             symbol, settings.impact_notional, settings.index_stale_ms, settings.funding_cap
         )
@@ -91,6 +102,10 @@ class MarketEngine(PeriodicService):
         self.settings = settings or MarketSettings()
         self._symbols: dict[str, _Symbol] = {}
         self.events = 0
+        self.refused: Counter[str] = Counter()  # by reason, the parser's included
+        self._admission = Admission(
+            TimeBounds(self.settings.max_ahead_ms, self.settings.max_late_ms), self.refused
+        )
         self.published = 0
         self.publish_failures = 0
         # closed bars not yet taken by the mesh, per bars channel, oldest first
@@ -98,9 +113,21 @@ class MarketEngine(PeriodicService):
 
     # -- input ----------------------------------------------------------------------------
 
+    @property
+    def limits(self) -> SymbolLimits:
+        """The bounds the parser applies to each symbol's numbers."""
+        return self.settings.limits
+
     def handle(self, event: Event) -> None:
-        """Take one event from the matching engine (already parsed and checked)."""
+        """Take one event from the matching engine (parsed and within bounds): applied whole,
+        or refused and counted."""
         self.events += 1
+        if not self._admission.admit(event, self._now_ms()):
+            return
+        with localcontext(EXACT):
+            self._apply(event)
+
+    def _apply(self, event: Event) -> None:
         if isinstance(event, PrivateEvent):
             channel = f"{self.settings.prefix}{event.uid}@{event.type}"
             self._send(channel, f"@{event.type}", event.data)
@@ -112,7 +139,7 @@ class MarketEngine(PeriodicService):
             if (event.ts, event.id) > state.last_trade:
                 state.last_price, state.last_trade = event.price, (event.ts, event.id)
             for series in state.klines:
-                for closed in series.add(event):
+                for closed in series.add(event):  # closed by the trade's time, or amended
                     self._send_kline(event.symbol, series.interval, closed)
         elif isinstance(event, Book):
             state.book = event
@@ -158,6 +185,10 @@ class MarketEngine(PeriodicService):
 
     def push(self) -> None:
         """Depth diffs and trade batches since the last push."""
+        with localcontext(EXACT):
+            self._push()
+
+    def _push(self) -> None:
         for symbol, state in self._symbols.items():
             depth = state.depth.flush()
             if depth is not None:
@@ -168,6 +199,10 @@ class MarketEngine(PeriodicService):
                 self._send(self._public(symbol, "trades"), f"{symbol}@trades", trades)
 
     def push_klines(self) -> None:
+        with localcontext(EXACT):
+            self._push_klines()
+
+    def _push_klines(self) -> None:
         now = self._now_ms()
         for channel, waiting in self._bars_waiting.items():
             if waiting:
@@ -182,6 +217,10 @@ class MarketEngine(PeriodicService):
 
     def push_every_second(self) -> None:
         """Ticker and mark price, each only when it changed; mark price samples."""
+        with localcontext(EXACT):
+            self._push_every_second()
+
+    def _push_every_second(self) -> None:
         now = self._now_ms()
         for symbol, state in self._symbols.items():
             ticker = state.ticker.message(now)
@@ -201,9 +240,12 @@ class MarketEngine(PeriodicService):
         return f"{self.settings.prefix}{symbol}@{kind}"
 
     def _send_kline(self, symbol: str, interval: str, bar: dict) -> None:
+        """A bar on its kline channels: retained when it is the open one (the snapshot a new
+        subscriber gets); a closed one (just closed, or amended by a late trade) is not."""
         names = [f"kline_{interval}"] + (["kline"] if interval == "1m" else [])
         for name in names:
-            self._send(self._public(symbol, name), f"{symbol}@{name}", bar, retain=True)
+            retain = not bar["closed"]
+            self._send(self._public(symbol, name), f"{symbol}@{name}", bar, retain=retain)
         if bar["closed"]:
             self._send_bar(symbol, interval, bar)
 

@@ -12,13 +12,21 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from exchange_stream.core.channels import PRIVATE_TYPES, SYMBOL_PATTERN, normalize_uid
-from exchange_stream.core.market.decimals import canonical
+from exchange_stream.core.market.decimals import NumberLimits, SymbolLimits, canonical
 
 Level = tuple[Decimal, Decimal]
 
 
 class MalformedEvent(ValueError):
-    """An input line or datagram that is not a valid event."""
+    """An input line or datagram that is not a valid event; ``reason`` names the rule it broke
+    for the refusal counters ("malformed", or "number": a price or quantity out of bounds)."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+DEFAULT_LIMITS = SymbolLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +67,8 @@ class PrivateEvent:
 Event = Trade | Book | IndexPrice | PrivateEvent
 
 
-def parse_event(line: bytes | str) -> Event:
+def parse_event(line: bytes | str, limits: SymbolLimits = DEFAULT_LIMITS) -> Event:
+    """The event on one line, its prices and quantities within the symbol's ``limits``."""
     try:
         raw = json.loads(line, parse_float=_refuse_float)
     except (ValueError, RecursionError) as error:
@@ -71,25 +80,30 @@ def parse_event(line: bytes | str) -> Event:
         side = raw.get("side")
         if side not in ("buy", "sell"):
             raise MalformedEvent('"side" must be "buy" or "sell"')
+        symbol = _symbol(raw)
+        bounds = limits.of(symbol)
         return Trade(
-            _symbol(raw),
+            symbol,
             _integer(raw, "id"),
-            _positive(raw, "price"),
-            _positive(raw, "qty"),
+            _positive(raw, "price", bounds),
+            _positive(raw, "qty", bounds),
             side,
             _integer(raw, "ts"),
         )
     if kind == "book":
-        bids = _levels(raw, "bids", reverse=True)
-        asks = _levels(raw, "asks", reverse=False)
+        symbol = _symbol(raw)
+        bids = _levels(raw, "bids", True, limits.of(symbol))
+        asks = _levels(raw, "asks", False, limits.of(symbol))
         if bids and asks and bids[0][0] >= asks[0][0]:
             raise MalformedEvent("crossed book: best bid >= best ask")
-        return Book(_symbol(raw), bids, asks, _integer(raw, "ts"))
+        return Book(symbol, bids, asks, _integer(raw, "ts"))
     if kind == "index":
         source = raw.get("source")
         if not isinstance(source, str) or not source:
             raise MalformedEvent('"source" must be a non-empty string')
-        return IndexPrice(_symbol(raw), source, _positive(raw, "price"), _integer(raw, "ts"))
+        symbol = _symbol(raw)
+        price = _positive(raw, "price", limits.of(symbol))
+        return IndexPrice(symbol, source, price, _integer(raw, "ts"))
     if kind in PRIVATE_TYPES:
         uid = normalize_uid(raw.get("uid"))
         if uid is None:
@@ -131,16 +145,26 @@ def decimal(text: object, what: str) -> Decimal:
     return value
 
 
-def _positive(raw: dict, key: str) -> Decimal:
+def _positive(raw: dict, key: str, limits: NumberLimits) -> Decimal:
     value = decimal(raw.get(key), f'"{key}"')
     if value <= 0:
         raise MalformedEvent(f'"{key}" must be positive')
+    if not limits.admits(value):
+        raise MalformedEvent(_beyond(f'"{key}"', limits), "number")
     return value
 
 
-def _levels(raw: dict, key: str, reverse: bool) -> tuple[Level, ...]:
+def _beyond(what: str, limits: NumberLimits) -> str:
+    return (
+        f"{what} out of bounds: more than {limits.integer_digits} digits before the point "
+        f"or {limits.places} after it"
+    )
+
+
+def _levels(raw: dict, key: str, reverse: bool, limits: NumberLimits) -> tuple[Level, ...]:
     """Book levels: the hot part of parsing (a book is hundreds of decimals), so the checks
-    are inlined rather than one call per number."""
+    are inlined rather than one call per number, and the bounds are one regex pass over the
+    side's texts (a number it flags is then checked exactly)."""
     levels = raw.get(key)
     if not isinstance(levels, list):
         raise MalformedEvent(f'"{key}" must be a list of [price, qty]')
@@ -164,4 +188,9 @@ def _levels(raw: dict, key: str, reverse: bool) -> tuple[Level, ...]:
         raise MalformedEvent(
             f'"{key}" must be a list of [price, qty], decimal strings, price > 0, qty >= 0'
         ) from None
+    texts = "|".join(text for level in levels for text in level)
+    if limits.breach.search(texts) and not all(
+        limits.admits(price) and limits.admits(qty) for price, qty in book.items()
+    ):
+        raise MalformedEvent(_beyond(f'"{key}"', limits), "number")
     return tuple(sorted(book.items(), reverse=reverse))

@@ -1,18 +1,27 @@
-"""Candlesticks (klines) per interval, aligned to UTC, as TradingView expects them.
+"""Candlesticks (klines) per interval, aligned to UTC, as TradingView and Binance draw them.
 
 A bar covers ``[t, t + interval)`` with ``t`` a multiple of the interval since the epoch (so
-``1d`` bars start at 00:00 UTC). A bar is pushed when it changed (the engine throttles), and
-once more with ``"closed": true`` when time passes its end; the next bar then opens at the
-previous close with no volume, so a chart never has a hole where nobody traded.
+``1d`` bars start at 00:00 UTC). ``o`` is the price of its first trade by time (``ts``, then
+id), ``c`` of its last, ``h``/``l`` the extremes of its trades. A bar is pushed when it changed
+(the engine throttles), and once more with ``"closed": true`` when the clock passes its end;
+the next bar opens at the previous close with no volume, so a chart never has a hole where
+nobody traded, and its first trade then sets all four prices.
+
+A late trade still reaches its bar while that bar ended less than ``grace_ms`` ago (the
+engine takes no trade later than that): the closed bar is amended and returned again, and so
+are the empty bars after it that carried its close.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal
 
-from exchange_stream.core.market.decimals import text
+from exchange_stream.core.market.decimals import plain, text
 from exchange_stream.core.market.events import Trade
+
+MAX_FILLED = 1000  # empty bars an advance adds for the intervals it skipped, at most
 
 INTERVAL_MS = {
     "1m": 60_000,
@@ -37,7 +46,32 @@ class Bar:
     quote_volume: Decimal = Decimal(0)
     count: int = 0
     closed: bool = False
+    first: tuple[int, int] = (-1, -1)  # (ts, id) of the trade that set the open
     latest: tuple[int, int] = (-1, -1)  # (ts, id) of the trade that set the close
+
+    def take(self, trade: Trade) -> None:
+        """Count one trade of the bar's interval, whatever order trades come in."""
+        key = (trade.ts, trade.id)
+        if not self.count:
+            self.open = self.high = self.low = self.close = trade.price
+            self.first = self.latest = key
+        else:
+            if key < self.first:
+                self.open, self.first = trade.price, key
+            if key > self.latest:
+                self.close, self.latest = trade.price, key
+            self.high = max(self.high, trade.price)
+            self.low = min(self.low, trade.price)
+        self.volume += trade.qty
+        self.quote_volume += trade.qty * trade.price
+        self.count += 1
+
+    def carry(self, close: Decimal) -> bool:
+        """An empty bar follows the previous close; whether that changed it."""
+        if self.count or self.close == close:
+            return False
+        self.open = self.high = self.low = self.close = close
+        return True
 
     def message(self) -> dict:
         return {
@@ -47,54 +81,97 @@ class Bar:
             "h": text(self.high),
             "l": text(self.low),
             "c": text(self.close),
-            "v": text(self.volume),
-            "q": text(self.quote_volume),
+            "v": plain(self.volume),
+            "q": plain(self.quote_volume),
             "n": self.count,
             "closed": self.closed,
         }
 
 
 class KlineSeries:
-    """One symbol's bars for one interval: the open bar and whether it changed."""
+    """One symbol's bars for one interval: the open bar, whether it changed, and the closed
+    bars a late trade may still amend (those that ended less than ``grace_ms`` ago)."""
 
-    def __init__(self, symbol: str, interval: str) -> None:
+    def __init__(self, symbol: str, interval: str, grace_ms: int = 60_000) -> None:
         self.symbol = symbol
         self.interval = interval
         self.length = INTERVAL_MS[interval]
+        self.grace_ms = grace_ms
         self.bar: Bar | None = None
+        self.recent: deque[Bar] = deque()  # closed bars still amendable, oldest first
         self.changed = False
         self.late_trades = 0
+        self._horizon = 0  # bars that ended before this (ms) are past amending
 
     def add(self, trade: Trade) -> list[dict]:
-        """Take a trade; return the messages of bars it closed (a trade past the bar's end)."""
+        """Take a trade; return the messages of the bars it closed (a trade past the open
+        bar's end) or amended (a late trade, for a closed bar), in time order."""
         start = trade.ts - trade.ts % self.length
         closed = self.advance(trade.ts)
         bar = self.bar
         if bar is None:
-            bar = self.bar = Bar(self.interval, start, *(trade.price,) * 4)
-        elif start < bar.start:
-            self.late_trades += 1  # its bar is closed and published already
-            return closed
-        bar.high = max(bar.high, trade.price)
-        bar.low = min(bar.low, trade.price)
-        if (trade.ts, trade.id) > bar.latest:  # trades may arrive out of order
-            bar.close, bar.latest = trade.price, (trade.ts, trade.id)
-        bar.volume += trade.qty
-        bar.quote_volume += trade.qty * trade.price
-        bar.count += 1
+            self.bar = Bar(self.interval, start, *(trade.price,) * 4)
+            self.bar.take(trade)
+        elif start >= bar.start:
+            bar.take(trade)
+        else:
+            return closed + self._amend(trade, start)
         self.changed = True
         return closed
 
+    def _amend(self, trade: Trade, start: int) -> list[dict]:
+        """A trade for a closed bar: amend it (or add it, and the empty ones up to the next,
+        before the first bar the series had) and carry its close to the empty bars after."""
+        recent = self.recent
+        index = next((i for i, b in enumerate(recent) if b.start >= start), len(recent))
+        if index < len(recent) and recent[index].start == start:
+            amended = [recent[index]]
+        elif start + self.length <= self._horizon or self.bar is None:
+            self.late_trades += 1  # past amending (the engine's bounds keep this from happening)
+            return []
+        else:
+            following = recent[index].start if index < len(recent) else self.bar.start
+            amended = [
+                Bar(self.interval, at, *(trade.price,) * 4, closed=True)
+                for at in range(start, following, self.length)
+            ]
+            for offset, bar in enumerate(amended):
+                recent.insert(index + offset, bar)
+        amended[0].take(trade)
+        close = amended[0].close
+        for later in list(recent)[index + len(amended) :]:
+            if not later.carry(close):
+                break
+            amended.append(later)
+        else:
+            if self.bar.carry(close):  # type: ignore[union-attr]  # set before any amending
+                self.changed = True
+        return [bar.message() for bar in amended]
+
     def advance(self, now_ms: int) -> list[dict]:
-        """Close the open bar if ``now_ms`` is past its end and open the bar of ``now_ms``."""
+        """Close the open bar if ``now_ms`` is past its end, with an empty closed bar for each
+        interval skipped (at most ``MAX_FILLED``: a clock that stood still, a replay's pause),
+        and open the bar of ``now_ms``; forget closed bars too old to amend."""
+        self._horizon = max(self._horizon, now_ms - self.grace_ms)  # a late trade's ts: not back
+        recent = self.recent
+        while recent and recent[0].start + self.length <= self._horizon:
+            recent.popleft()
         bar = self.bar
         if bar is None or now_ms < bar.start + self.length:
             return []
-        bar.closed = True
-        start = now_ms - now_ms % self.length
-        self.bar = Bar(self.interval, start, *(bar.close,) * 4)
+        current = now_ms - now_ms % self.length
+        bars = [bar]
+        start = bar.start + self.length
+        while start < current and len(bars) <= MAX_FILLED:
+            bars.append(Bar(self.interval, start, *(bar.close,) * 4))
+            start += self.length
+        for done in bars:
+            done.closed = True
+            if done.start + self.length > self._horizon:
+                recent.append(done)
+        self.bar = Bar(self.interval, current, *(bar.close,) * 4)
         self.changed = True
-        return [bar.message()]
+        return [done.message() for done in bars]
 
     def take_change(self) -> dict | None:
         """The open bar's message if it changed since the last call."""

@@ -17,6 +17,10 @@ After the public formulas of Binance USDⓈ-M futures (docs/market.md works an e
 - next funding time: the next 00:00, 08:00 or 16:00 UTC;
 - estimated settlement price: the average of the index over the last hour (per-second samples).
 
+The averages are over time, not counts: the samples taken in the last 300 s and 3,600 s (a
+second without a fresh index or a two-sided book takes none). When no source is fresh, the
+message keeps the last values computed from a fresh index and says ``"stale": true``.
+
 Everything is ``Decimal``; published values are rounded half-even to 8 decimal places.
 """
 
@@ -33,6 +37,8 @@ FUNDING_INTERVAL_MS = 8 * 3_600_000
 INTEREST_RATE = Decimal("0.0001")  # per funding interval
 PREMIUM_CLAMP = Decimal("0.0005")
 PLACES = Decimal("0.00000001")
+BASIS_MS = 300_000
+HOUR_MS = 3_600_000
 ZERO = Decimal(0)
 
 
@@ -116,8 +122,9 @@ class MarkPrice:
         self.stale_ms = stale_ms
         self.cap = cap
         self._sources: dict[str, IndexPrice] = {}
-        self._basis: deque[Decimal] = deque(maxlen=300)  # 5 minutes of per-second samples
-        self._index_hour: deque[Decimal] = deque(maxlen=3600)
+        self._basis: deque[tuple[int, Decimal]] = deque()  # (ms, sample), the last 5 minutes
+        self._index_hour: deque[tuple[int, Decimal]] = deque()  # the last hour
+        self._last_good: dict | None = None
         self._premiums: list[Decimal] = []
         self._premium_minute: int | None = None
         self._funding_period: int | None = None
@@ -136,10 +143,11 @@ class MarkPrice:
         index = self.index(now_ms)
         if index is None:
             return
-        self._index_hour.append(index)
+        _window(self._index_hour, now_ms, HOUR_MS).append((now_ms, index))
         if book is None or not book.bids or not book.asks:
             return
-        self._basis.append((book.bids[0][0] + book.asks[0][0]) / 2 - index)
+        basis = (book.bids[0][0] + book.asks[0][0]) / 2 - index
+        _window(self._basis, now_ms, BASIS_MS).append((now_ms, basis))
         period = now_ms // FUNDING_INTERVAL_MS
         if period != self._funding_period:
             self._funding_period, self._premiums = period, []
@@ -153,14 +161,18 @@ class MarkPrice:
             self._premiums.append(premium_index(index, impact_bid, impact_ask))
 
     def message(self, now_ms: int, last: Decimal | None) -> dict | None:
+        """The values now; with no fresh index the last good ones, ``"stale": true`` (None
+        before the first index price)."""
         index = self.index(now_ms)
         if index is None:
-            return None
+            if self._last_good is None:
+                return None
+            return {**self._last_good, "stale": True, "ts": now_ms}
         premium = self._premiums[-1] if self._premiums else ZERO
         funding = funding_rate(weighted_average(self._premiums), self.cap)
-        basis = mean(self._basis) or ZERO
-        settle = mean(self._index_hour) or index
-        return {
+        basis = mean(v for _, v in _window(self._basis, now_ms, BASIS_MS)) or ZERO
+        settle = mean(v for _, v in _window(self._index_hour, now_ms, HOUR_MS)) or index
+        self._last_good = {
             "symbol": self.symbol,
             "indexPrice": text(rounded(index)),
             "markPrice": text(rounded(mark_price(index, funding, now_ms, basis, last))),
@@ -168,5 +180,16 @@ class MarkPrice:
             "fundingRate": text(rounded(funding)),
             "nextFundingTime": next_funding_time(now_ms),
             "estimatedSettlePrice": text(rounded(settle)),
+            "stale": False,
             "ts": now_ms,
         }
+        return self._last_good
+
+
+def _window(
+    samples: deque[tuple[int, Decimal]], now_ms: int, length_ms: int
+) -> deque[tuple[int, Decimal]]:
+    """``samples`` without those taken ``length_ms`` or more before ``now_ms``."""
+    while samples and samples[0][0] <= now_ms - length_ms:
+        samples.popleft()
+    return samples

@@ -1,79 +1,117 @@
-"""The rolling 24-hour ticker, kept in one-minute buckets.
+"""The rolling 24-hour ticker, as Binance counts it, kept in one-minute buckets.
 
-Granularity: a minute. A bucket counts while its minute started less than 24 hours ago, so
-the window is 24 h give or take the current minute. ``open`` is the first price in the window,
-``change`` is ``last - open`` and ``changePercent`` is that in percent of ``open``, rounded
-half-even to two places; everything else is exact.
+The window is the trades whose ``ts`` is at or after ``now - 24 h`` rounded down to a whole
+minute: between 24 h and 24 h 59.999 s, never shorter (Binance: "no more than 59999 ms from
+the requested window"). ``open`` is the price of the window's first trade by time (``ts``,
+then id), ``last`` that of the latest trade by time, whenever it came; ``change`` is
+``last - open`` and ``changePercent`` that in percent of ``open``, rounded half-even to two
+places; everything else is exact, and computed values are spelled canonically (``plain``).
+Volumes and the count are running sums (a trade adds, a bucket leaving the window
+subtracts), so a message costs O(1), not O(minutes).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from exchange_stream.core.market.decimals import text
+from exchange_stream.core.market.decimals import plain, text
 from exchange_stream.core.market.events import Trade
 
 MINUTE_MS = 60_000
 DAY_MS = 24 * 60 * MINUTE_MS
+ZERO = Decimal(0)
 
 
-@dataclass
 class _Bucket:
-    minute: int
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
-    volume: Decimal
-    quote_volume: Decimal
-    count: int
+    __slots__ = ("count", "first", "high", "low", "minute", "open", "quote_volume", "volume")
+
+    def __init__(self, minute: int, trade: Trade) -> None:
+        self.minute = minute
+        self.first = (trade.ts, trade.id)
+        self.open = self.high = self.low = trade.price
+        self.volume = ZERO
+        self.quote_volume = ZERO
+        self.count = 0
 
 
 class RollingTicker:
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
-        self._buckets: deque[_Bucket] = deque()
+        self._buckets: deque[_Bucket] = deque()  # by minute, oldest first
         self._last: Decimal | None = None
         self._latest = (-1, -1)  # (ts, id) of the trade that set the last price
+        self._volume = ZERO
+        self._quote_volume = ZERO
+        self._count = 0
+        self._high: Decimal | None = None  # over the buckets kept; None: to be recomputed
+        self._low: Decimal | None = None
 
     def add(self, trade: Trade) -> None:
-        minute = trade.ts // MINUTE_MS
         if (trade.ts, trade.id) > self._latest:
             self._last, self._latest = trade.price, (trade.ts, trade.id)
-        bucket = self._bucket_for(minute, trade.price)
+        bucket = self._bucket_for(trade)
         if bucket is None:
-            return  # older than the buckets kept: outside any window we will show
+            return  # its minute has left the window already
+        if (trade.ts, trade.id) < bucket.first:
+            bucket.first, bucket.open = (trade.ts, trade.id), trade.price
         bucket.high = max(bucket.high, trade.price)
         bucket.low = min(bucket.low, trade.price)
-        bucket.close = trade.price
+        quote = trade.qty * trade.price
         bucket.volume += trade.qty
-        bucket.quote_volume += trade.qty * trade.price
+        bucket.quote_volume += quote
         bucket.count += 1
+        self._volume += trade.qty
+        self._quote_volume += quote
+        self._count += 1
+        if self._high is not None:
+            self._high = max(self._high, trade.price)
+        if self._low is not None:
+            self._low = min(self._low, trade.price)
 
-    def _bucket_for(self, minute: int, price: Decimal) -> _Bucket | None:
-        if self._buckets and self._buckets[-1].minute == minute:
-            return self._buckets[-1]
-        if not self._buckets or self._buckets[-1].minute < minute:
-            bucket = _Bucket(minute, price, price, price, price, Decimal(0), Decimal(0), 0)
-            self._buckets.append(bucket)
-            return bucket
-        for bucket in reversed(self._buckets):  # a late trade: rare, search back
-            if bucket.minute == minute:
-                return bucket
-        return None
+    def _bucket_for(self, trade: Trade) -> _Bucket | None:
+        minute = trade.ts // MINUTE_MS
+        buckets = self._buckets
+        if not buckets or buckets[-1].minute < minute:
+            buckets.append(_Bucket(minute, trade))
+            return buckets[-1]
+        # The current minute, or a late trade (rare): search back from the newest.
+        for index in range(len(buckets) - 1, -1, -1):
+            if buckets[index].minute == minute:
+                return buckets[index]
+            if buckets[index].minute < minute:
+                buckets.insert(index + 1, _Bucket(minute, trade))
+                return buckets[index + 1]
+        if self._pruned_before is not None and minute < self._pruned_before:
+            return None
+        buckets.appendleft(_Bucket(minute, trade))
+        return buckets[0]
+
+    _pruned_before: int | None = None  # the oldest minute still in the window, once pruned
 
     def message(self, now_ms: int) -> dict | None:
         """The ticker at ``now_ms``, or None before the first trade."""
         oldest = (now_ms - DAY_MS) // MINUTE_MS
-        while self._buckets and self._buckets[0].minute <= oldest:
-            self._buckets.popleft()
+        self._pruned_before = oldest
+        buckets = self._buckets
+        while buckets and buckets[0].minute < oldest:
+            gone = buckets.popleft()
+            self._volume -= gone.volume
+            self._quote_volume -= gone.quote_volume
+            self._count -= gone.count
+            if gone.high == self._high:
+                self._high = None
+            if gone.low == self._low:
+                self._low = None
         if self._last is None:
             return None
         last = self._last
-        buckets = self._buckets
+        if buckets and (self._high is None or self._low is None):
+            self._high = max(b.high for b in buckets)
+            self._low = min(b.low for b in buckets)
         open_ = buckets[0].open if buckets else last
+        high = self._high if buckets and self._high is not None else last
+        low = self._low if buckets and self._low is not None else last
         change = last - open_
         percent = (change * 100 / open_).quantize(Decimal("0.01"), ROUND_HALF_EVEN)
         if percent.is_zero():
@@ -81,13 +119,13 @@ class RollingTicker:
         return {
             "symbol": self.symbol,
             "open": text(open_),
-            "high": text(max((b.high for b in buckets), default=last)),
-            "low": text(min((b.low for b in buckets), default=last)),
+            "high": text(high),
+            "low": text(low),
             "last": text(last),
-            "volume": text(sum((b.volume for b in buckets), Decimal(0))),
-            "quoteVolume": text(sum((b.quote_volume for b in buckets), Decimal(0))),
-            "change": text(change),
+            "volume": plain(self._volume),
+            "quoteVolume": plain(self._quote_volume),
+            "change": plain(change),
             "changePercent": text(percent),
-            "count": sum(b.count for b in buckets),
+            "count": self._count,
             "ts": now_ms,
         }
