@@ -116,7 +116,7 @@ class Gateway(MultiService):
         if config.runs_market and serves_market:
             self.market = market_service(
                 self.node.publish,
-                MarketSettings(prefix=config.prefix),
+                MarketSettings.of(config),
                 reactor,
                 feed=config.feed,
                 feed_udp=config.feed_udp,

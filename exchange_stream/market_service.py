@@ -6,18 +6,24 @@ alone (``twistd exchange-market --mesh redis://...``) it publishes into a mesh o
 
 from __future__ import annotations
 
+from typing import IO
+
 from twisted.application import internet, strports
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.logger import Logger
 from twisted.python import usage
 
 from exchange_stream.adapters.feed import BookPoller, DatagramFeed, FeedInput, LineFeedFactory
+from exchange_stream.adapters.replay import OutputFile, Replay
 from exchange_stream.adapters.upstream import quiet_http_client
 from exchange_stream.core.config import GatewayConfig, check_udp
-from exchange_stream.core.meshurl import check_mesh_url
-from exchange_stream.core.streams import StreamPolicy
 from exchange_stream.mesh import open_mesh
 from exchange_stream.services.market_engine import MarketEngine, MarketSettings, Publish
 from exchange_stream.services.simulator import Simulator
+
+log = Logger()
 
 
 class MarketService(MultiService):
@@ -66,57 +72,119 @@ def market_service(
 
 _GATEWAY = GatewayConfig()
 
+# Options shared with the gateways' (``twistd exchange-stream``): they must match.
+_SHARED = [
+    ("prefix", str, "internal channel prefix"),
+    ("history-types", str, "channel types that keep a history"),
+    ("history-size", int, "publications a stream channel's history keeps"),
+    ("history-ttl", float, "seconds a publication stays in its channel's history"),
+    ("max-integer-digits", int, "digits before the point in a price or quantity"),
+    ("max-places", int, "digits after the point in a price or quantity"),
+    ("symbol-limits", str, "per symbol, SYMBOL=INTEGER_DIGITS:PLACES,..."),
+    ("max-ahead-ms", int, "how far an event's ts may be ahead of the clock"),
+    ("max-late-ms", int, "how far behind (a closed bar is amendable as long)"),
+]
+
 
 class Options(usage.Options):
-    """``twistd exchange-market``: the engine on its own, publishing into a shared mesh."""
+    """``twistd exchange-market``: the engine on its own, publishing into a shared mesh, or
+    replaying a recording on its own time."""
 
     optParameters = [
-        ["mesh", None, None, "mesh to publish into: redis://host:port/db (required)"],
-        ["prefix", None, "ex:", "internal channel prefix (as the gateways')"],
+        ["mesh", None, None, "mesh to publish into: redis://host:port/db"],
         ["feed", None, None, "listening endpoint for JSON lines, e.g. tcp:7001"],
         ["feed-udp", None, None, "[interface:]port for one JSON event per datagram"],
         ["book-url", None, None, "URL to poll for book snapshots"],
         ["book-interval", None, 0.2, "seconds between book polls", float],
-        # The history of the channels it publishes (trades, bars) is written by the publisher:
-        # these must match the gateways' options.
-        ["history-types", None, _GATEWAY.history_types, "as the gateways' --history-types"],
-        ["history-size", None, _GATEWAY.history_size, "as the gateways' --history-size", int],
-        ["history-ttl", None, _GATEWAY.history_ttl, "as the gateways' --history-ttl", float],
+        ["replay", None, None, "replay this recording (JSON lines) on its events' time, then stop"],
+        ["output", None, None, "write every publication to this file, one JSON line each"],
+        *[
+            [
+                option,
+                None,
+                getattr(_GATEWAY, option.replace("-", "_")),
+                f"as the gateways': {text}",
+                kind,
+            ]
+            for option, kind, text in _SHARED
+        ],
     ]
     optFlags = [["simulate", None, "feed the engine from the built-in simulated market"]]
 
-    streams: StreamPolicy
+    config: GatewayConfig
 
     def postOptions(self) -> None:
-        if not self["mesh"]:
-            raise usage.UsageError("--mesh is required (the gateways' redis://...)")
+        if self["replay"]:
+            if self["feed"] or self["feed-udp"] or self["book-url"] or self["simulate"]:
+                raise usage.UsageError("--replay is the only input when it is given")
+            if not (self["mesh"] or self["output"]):
+                raise usage.UsageError("--replay needs somewhere to publish: --output, --mesh")
+        else:
+            if not self["mesh"]:
+                raise usage.UsageError("--mesh is required (the gateways' redis://...)")
+            if not (self["feed"] or self["feed-udp"] or self["book-url"] or self["simulate"]):
+                raise usage.UsageError("give at least one input: --feed, --feed-udp, --book-url")
+        shared = {option.replace("-", "_"): self[option] for option, _kind, _text in _SHARED}
         try:
-            check_mesh_url(self["mesh"])
             if self["feed-udp"]:
                 check_udp(self["feed-udp"])
-            self.streams = StreamPolicy.from_options(
-                self["history-types"], self["history-size"], self["history-ttl"]
-            )
-        except ValueError as error:
+            self.config = GatewayConfig(mesh=self["mesh"] or "memory:", **shared)
+        except (TypeError, ValueError) as error:
             raise usage.UsageError(str(error)) from None
-        if not (self["feed"] or self["feed-udp"] or self["book-url"] or self["simulate"]):
-            raise usage.UsageError("give at least one input: --feed, --feed-udp, --book-url")
 
 
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    mesh = open_mesh(options["mesh"], reactor, streams=options.streams)
-    service = market_service(
-        mesh.publish,
-        MarketSettings(prefix=options["prefix"]),
-        reactor,
-        feed=options["feed"],
-        feed_udp=options["feed-udp"],
-        book_url=options["book-url"],
-        book_interval=options["book-interval"],
-        simulate=options["simulate"],
-    )
-    if IService.providedBy(mesh):
+    config = options.config
+    mesh = open_mesh(config.mesh, reactor, streams=config.streams) if options["mesh"] else None
+    publish: Publish | None = mesh.publish if mesh is not None else None
+    output = None
+    if options["output"]:
+        # Open for the life of the process; the replay flushes it before it stops.
+        output = OutputFile(open(options["output"], "wb"), publish)  # noqa: SIM115
+        publish = output
+    assert publish is not None  # postOptions: --mesh, or --replay with --output
+    if options["replay"]:
+        recording = open(options["replay"], "rb")  # noqa: SIM115 (read to its end by the replay)
+        settled = output.settled if output is not None else None
+        service, replay = replay_service(recording, publish, MarketSettings.of(config), settled)
+
+        def done(_: object) -> None:
+            log.info(
+                "replay done: {lines} lines, {published} publications, refused {refused}",
+                lines=replay.lines,
+                published=service.engine.published,
+                refused=dict(service.engine.refused),
+            )
+            reactor.stop()
+
+        replay.finished.addBoth(done)
+    else:
+        service = market_service(
+            publish,
+            MarketSettings.of(config),
+            reactor,
+            feed=options["feed"],
+            feed_udp=options["feed-udp"],
+            book_url=options["book-url"],
+            book_interval=options["book-interval"],
+            simulate=options["simulate"],
+        )
+    if mesh is not None and IService.providedBy(mesh):
         mesh.setServiceParent(service)
     return service
+
+
+def replay_service(
+    recording: IO[bytes], publish: Publish, settings: MarketSettings, settled=None
+) -> tuple[MarketService, Replay]:
+    """The engine on an event-time clock fed by ``recording``; ``replay.finished`` fires
+    once it is read and ``settled()`` (every publication answered) has fired."""
+    clock = Clock()
+    engine = MarketEngine(publish, settings, clock)
+    source = FeedInput(engine.handle, engine.limits, engine.refused)
+    service = MarketService(engine, source)
+    replay = Replay(recording, source, clock, settled or (lambda: succeed(None)))
+    replay.setServiceParent(service)
+    return service, replay

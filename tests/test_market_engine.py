@@ -272,6 +272,12 @@ def test_demo_keeps_a_consistent_book_for_ten_seconds(clock):
     assert metrics["exchange_stream_market_events_total"] > 1000
     assert metrics["exchange_stream_market_published_total"] > 100
     assert metrics["exchange_stream_market_malformed_events_total"] == 0
+    # The simulator's events all pass the ingestion stage; a bad one is counted by reason.
+    assert not [name for name in metrics if name.startswith("exchange_stream_market_refused")]
+    gateway.market.input.raw(b'{"type":"index","symbol":"BTCUSDT","source":"x","price":"1",'
+                             b'"ts":1}', "test")  # fmt: skip
+    _, _, body = stub_request(StubTreq(gateway.api_resource()), "GET", "http://api/metrics")
+    assert 'exchange_stream_market_refused_total{reason="late"} 1.0' in body.decode()
 
 
 @pytest_twisted.ensureDeferred
@@ -328,3 +334,27 @@ async def test_exchange_market_keeps_the_history_its_options_name(redis_server):
 def test_exchange_market_refuses_a_history_size_of_zero():
     with pytest.raises(usage.UsageError, match="history_size"):
         MarketOptions().parseOptions(["--mesh", "memory:", "--simulate", "--history-size", "0"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--replay", "r.jsonl"], "somewhere to publish"),
+        (["--replay", "r.jsonl", "--output", "o", "--simulate"], "only input"),
+        (["--mesh", "memory:", "--simulate", "--symbol-limits", "BTC=1"], "SYMBOL=INTEGER"),
+        (["--mesh", "memory:", "--simulate", "--max-late-ms", "0"], "max_late_ms"),
+    ],
+)
+def test_exchange_market_options_say_what_is_wrong(argv, complaint):
+    with pytest.raises(usage.UsageError, match=complaint):
+        MarketOptions().parseOptions(argv)
+
+
+def test_the_gateways_market_bounds_come_from_its_options():
+    from exchange_stream.options import Options as GatewayOptions
+
+    options = GatewayOptions()
+    options.parseOptions(["--demo", "--max-late-ms", "5000", "--symbol-limits", "SHIBUSDT=12:18"])
+    settings = MarketSettings.of(options.config)
+    assert settings.max_late_ms == 5000 and settings.limits.of("SHIBUSDT").integer_digits == 12
+    assert settings.limits.of("BTCUSDT").integer_digits == 15

@@ -44,13 +44,18 @@ class FeedInput:
         self.malformed = 0
 
     def raw(self, data: bytes | str, source: str) -> None:
+        event = self.parse(data, source)
+        if event is not None:
+            self.event(event)
+
+    def parse(self, data: bytes | str, source: str) -> Event | None:
+        """The event in ``data``, or None (counted) when it is not a valid one."""
         try:
-            event = parse_event(data, self._limits)
+            return parse_event(data, self._limits)
         except MalformedEvent as error:
             self.received += 1
             self._bad(error, source)
-            return
-        self.event(event)
+            return None
 
     def event(self, event: Event) -> None:
         """An event that needs no parsing (the simulator's), counted like the others."""

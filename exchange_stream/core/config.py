@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from exchange_stream.core.market.decimals import NumberLimits, SymbolLimits, limits_table
 from exchange_stream.core.meshurl import check_mesh_url
 from exchange_stream.core.streams import STREAM_TYPES, StreamPolicy
 
@@ -51,6 +52,11 @@ class GatewayConfig:
     feed_udp: str | None = None
     book_url: str | None = None
     book_interval: float = 0.2
+    max_integer_digits: int = 15
+    max_places: int = 18
+    symbol_limits: str = ""
+    max_ahead_ms: int = 10_000
+    max_late_ms: int = 60_000
     history_types: str = ",".join(sorted(STREAM_TYPES))
     history_size: int = 10_000
     history_ttl: float = 600.0
@@ -77,10 +83,14 @@ class GatewayConfig:
             "history_size",
             "history_ttl",
             "idempotency_ttl",
+            "max_integer_digits",
+            "max_ahead_ms",
+            "max_late_ms",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("ping_interval", "ping_timeout", "drain_seconds"):
+        self.market_limits  # noqa: B018 (raises on a malformed --symbol-limits)
+        for name in ("ping_interval", "ping_timeout", "drain_seconds", "max_places"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 (off) or positive")
         if self.workers is not None and self.workers <= 0:
@@ -105,6 +115,12 @@ class GatewayConfig:
             if origin:
                 patterns.append(origin)
         return patterns
+
+    @cached_property
+    def market_limits(self) -> SymbolLimits:
+        """How big and fine the market engine's input numbers may be, per symbol."""
+        default = NumberLimits(self.max_integer_digits, self.max_places)
+        return SymbolLimits(default, limits_table(self.symbol_limits))
 
     @cached_property
     def streams(self) -> StreamPolicy:

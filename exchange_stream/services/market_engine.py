@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from exchange_stream.core.config import GatewayConfig
 from exchange_stream.core.encoding import encode
 from exchange_stream.core.market.bars import fold
 from exchange_stream.core.market.decimals import EXACT, SymbolLimits
@@ -58,6 +59,16 @@ class MarketSettings:
     max_ahead_ms: int = 10_000  # an event's ts further ahead of the clock is refused
     max_late_ms: int = 60_000  # ... further behind too; a closed bar is amendable this long
     limits: SymbolLimits = field(default_factory=SymbolLimits)
+
+    @classmethod
+    def of(cls, config: GatewayConfig) -> MarketSettings:
+        """The settings the options of ``twistd exchange-stream`` or ``exchange-market`` give."""
+        return cls(
+            prefix=config.prefix,
+            max_ahead_ms=config.max_ahead_ms,
+            max_late_ms=config.max_late_ms,
+            limits=config.market_limits,
+        )
 
 
 class _Symbol:
@@ -181,7 +192,8 @@ class MarketEngine(PeriodicService):
         ]
 
     def _now_ms(self) -> int:
-        return int(self._clock.seconds() * 1000)
+        # Rounded, not truncated: a replay's clock set to an event's ts/1000 reads that ts.
+        return round(self._clock.seconds() * 1000)
 
     def push(self) -> None:
         """Depth diffs and trade batches since the last push."""

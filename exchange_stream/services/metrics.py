@@ -121,6 +121,14 @@ class _MarketCollector(Collector):
             ),
         ):
             yield CounterMetricFamily(f"exchange_stream_{name}", text, value=value)
+        refused = CounterMetricFamily(
+            "exchange_stream_market_refused",
+            "Market events refused, by reason (docs/market.md, what the engine accepts).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._engine.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
 
 
 class GatewayMetrics:
