@@ -32,8 +32,11 @@ BAR_LIMITS = MappingProxyType(
 )
 
 
+BARS_MARK = "@bars_"  # in every bars channel's name, and in no other
+
+
 def bars_channel(prefix: str, symbol: str, interval: str) -> str:
-    return f"{prefix}{symbol}@bars_{interval}"
+    return f"{prefix}{symbol}{BARS_MARK}{interval}"
 
 
 @dataclass(frozen=True)

@@ -24,24 +24,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from exchange_stream.core.config import GatewayConfig
 from exchange_stream.core.encoding import encode
-from exchange_stream.core.market.bars import fold
 from exchange_stream.core.market.decimals import EXACT, SymbolLimits
 from exchange_stream.core.market.depth import DepthBook
 from exchange_stream.core.market.events import Book, Event, IndexPrice, PrivateEvent, Trade
 from exchange_stream.core.market.ingest import Admission, TimeBounds
-from exchange_stream.core.market.kline import INTERVAL_MS, Bar, KlineSeries
+from exchange_stream.core.market.kline import INTERVAL_MS, KlineSeries
 from exchange_stream.core.market.markprice import MarkPrice
 from exchange_stream.core.market.ticker import RollingTicker
 from exchange_stream.core.market.trades import TradeBatcher
 from exchange_stream.core.publication import MeshUnavailable, Publication
-from exchange_stream.core.streams import BARS_KEPT, bars_channel
+from exchange_stream.core.streams import BARS_KEPT, BARS_MARK, bars_channel
 from exchange_stream.services.periodic import PeriodicService
 
 Publish = Callable[[str, Publication, Publication | None], Deferred]
@@ -158,23 +158,38 @@ class MarketEngine(PeriodicService):
         elif isinstance(event, IndexPrice):
             state.mark.add_index(event)
 
-    def backfill(self, symbol: str, minutes: Sequence[Bar]) -> None:
-        """Closed 1m bars from before the engine started, oldest first (the demo's made-up
-        past): folded into every interval's bars as their trades would have been. The bars
-        they close go to the bars channels only (nobody subscribes yet), and the open bars to
-        the kline channels at once, as a push would."""
-        state = self._symbol(symbol)
-        now = self._now_ms()
-        for series in state.klines:
-            closed: list[dict] = []
-            for minute in minutes:
-                closed += fold(series, minute)
-            closed += series.advance(now)
-            for bar in closed:
-                self._send_bar(symbol, series.interval, bar)
-            change = series.take_change()
-            if change is not None:
-                self._send_kline(symbol, series.interval, change)
+    def backfill(self, trades: Sequence[Trade]) -> None:
+        """Trades from before the engine started (the demo's made-up past), in time order:
+        replayed on their own time (an engine of the same settings on an event-time clock,
+        whose only output is the bars channels), and this engine carries on from where that
+        one ends, with its open bars, its ticker and its bars not yet taken by the mesh."""
+        if not trades:
+            return
+        clock = Clock()
+        clock.advance(trades[0].ts / 1000)
+        past = MarketEngine(self._bars_only, self.settings, clock)
+        # Not started: its periodic pushes would only make messages nobody gets. A trade
+        # past a bar's end closes it, and one kline push at the end closes the rest.
+        for trade in trades:
+            clock.advance(max(0.0, trade.ts / 1000 - clock.seconds()))
+            past.handle(trade)
+        clock.advance(max(0.0, self._clock.seconds() - clock.seconds()))
+        past.push_klines()
+        for symbol, state in past._symbols.items():
+            mine = self._symbol(symbol)
+            mine.klines, mine.ticker = state.klines, state.ticker
+            mine.last_price, mine.last_trade = state.last_price, state.last_trade
+            for series in mine.klines:
+                series.changed = True  # the open bars go out on the next kline push
+        for channel, waiting in past._bars_waiting.items():
+            self._bars_waiting.setdefault(channel, deque(maxlen=BARS_KEPT)).extend(waiting)
+
+    def _bars_only(
+        self, channel: str, publication: Publication, snapshot: Publication | None
+    ) -> Deferred:
+        if BARS_MARK in channel:
+            return self._publish(channel, publication, snapshot)
+        return succeed(0)
 
     def _symbol(self, symbol: str) -> _Symbol:
         state = self._symbols.get(symbol)

@@ -6,12 +6,13 @@ trades at the touch. Every second each symbol gets index prices from three sourc
 then a demo user (uids 1001 to 1005) gets an order, balance, position or account event. It feeds
 the engine the same event objects the TCP/UDP feeds produce.
 
-At start it makes up each symbol's past (``history_minutes`` of 1m bars, 1000 by default: the
-bars channels keep that many) and hands it to the engine's back-fill, so a chart has hours of
-bars on first load. The past is the same random walk run backwards from the mid price now (a
-walk looks alike either way), twelve points a minute, with the volume and trade count the live
-flow has on average (busier and quieter stretches around it, moving more and less): quick (no
-trade is made up), and it ends where the live market begins.
+At start it makes up each symbol's past (``history_minutes`` minutes, 1000 by default: the
+bars channels keep that many bars) and hands it to the engine's back-fill, which replays it on
+its own time, so a chart has hours of bars on first load. The past is the same random walk run
+backwards from the mid price now (a walk looks alike either way), twelve points a minute, with
+the volume the live flow has on average (busier and quieter stretches around it, moving more
+and less), and it ends where the live market begins. To stay quick each minute is four trades
+(its open, high and low in the walk's order, and its close) carrying the minute's volume.
 """
 
 from __future__ import annotations
@@ -19,20 +20,19 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from twisted.internet.interfaces import IReactorTime
 
 from exchange_stream.core.market.decimals import text
 from exchange_stream.core.market.events import Book, Event, IndexPrice, PrivateEvent, Trade
-from exchange_stream.core.market.kline import Bar
 from exchange_stream.services.periodic import PeriodicService
 
 DEMO_UIDS = (1001, 1002, 1003, 1004, 1005)
 DEMO_TOKENS = {f"demo-{uid}": uid for uid in DEMO_UIDS}
 
-Backfill = Callable[[str, Sequence[Bar]], None]
+Backfill = Callable[[Sequence[Trade]], None]
 _POINTS = 12  # points of the walk per made-up minute
 _STEPS = 1200  # live steps (50 ms) in a minute
 _MOVES = 0.3 * _STEPS  # a step moves the mid 30% of the time ...
@@ -101,17 +101,18 @@ class Simulator(PeriodicService):
     def startService(self) -> None:
         if self._backfill is not None and self.history_minutes > 0:
             now = self._now_ms()
-            for market in self.markets:
-                self._backfill(market.symbol, self.past(market, now - now % 60_000))
+            trades = [t for m in self.markets for t in self.past(m, now - now % 60_000)]
+            self._backfill(sorted(trades, key=lambda trade: trade.ts))
         super().startService()
 
-    def past(self, market: Market, end: int) -> list[Bar]:
-        """``history_minutes`` closed 1m bars up to ``end`` (a minute's start, ms), oldest
-        first, the last one closing at the market's mid now."""
+    def past(self, market: Market, end: int) -> list[Trade]:
+        """The trades of ``history_minutes`` minutes up to ``end`` (a minute's start, ms),
+        oldest first, the last one at the market's mid now."""
         rng = self._rng
+        symbol = market.symbol
         floor = market.levels + 1  # the book's levels stay above zero
         price = market.mid_ticks
-        bars: list[Bar] = []
+        minutes: list[list[Trade]] = []
         mood = 0.0  # log of the activity, slowly varying: busy and quiet stretches
         for back in range(1, self.history_minutes + 1):
             mood = 0.85 * mood + rng.gauss(0, 0.25)
@@ -126,23 +127,20 @@ class Simulator(PeriodicService):
             trades = _TRADES * activity
             count = max(1, round(rng.gauss(trades, math.sqrt(trades))))
             lots = max(count, round(rng.gauss(count * _LOTS, math.sqrt(count * 2))))
-            volume = market.qty(lots)
-            bars.append(
-                Bar(
-                    "1m",
-                    end - back * 60_000,
-                    open=market.price(path[-1]),
-                    high=market.price(high),
-                    low=market.price(low),
-                    close=market.price(path[0]),
-                    volume=volume,
-                    quote_volume=volume * market.price((high + low) // 2),
-                    count=count,
-                    closed=True,
-                )
+            start = end - back * 60_000
+            middle = [high, low] if path[-1] > path[0] else [low, high]  # falling: high first
+            points = [(path[-1], 500), (middle[0], 20_000), (middle[1], 40_000), (path[0], 59_500)]
+            shares = [lots // 4 + (1 if n < lots % 4 else 0) for n in range(4)]
+            minutes.append(
+                [
+                    Trade(symbol, 0, market.price(ticks), market.qty(share), "buy", start + at)
+                    for (ticks, at), share in zip(points, shares, strict=True)
+                    if share
+                ]
             )
-        bars.reverse()
-        return bars
+        minutes.reverse()
+        made = [trade for minute in minutes for trade in minute]
+        return [replace(trade, id=n) for n, trade in enumerate(made, 1)]
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)

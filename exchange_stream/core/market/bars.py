@@ -1,4 +1,4 @@
-"""Bars for charts: ``GET /v1/market/klines`` (its query and its answer) and the back-fill.
+"""Bars for charts: ``GET /v1/market/klines``, its query and its answer.
 
 The market engine publishes each closed bar into ``<prefix><symbol>@bars_<interval>``
 (``core.streams.bars_channel``), the bar object of the kline channel, byte for byte. A
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from exchange_stream.core.channels import SYMBOL_PATTERN
 from exchange_stream.core.encoding import encode
-from exchange_stream.core.market.kline import INTERVAL_MS, Bar, KlineSeries
+from exchange_stream.core.market.kline import INTERVAL_MS
 from exchange_stream.core.streams import BARS_KEPT
 
 PATH = "/v1/market/klines"
@@ -177,35 +177,3 @@ def answer(closed: Iterable[bytes], current: bytes | None, query: BarsQuery) -> 
     )
     times = times[: query.limit] if query.start is not None else times[-query.limit :]
     return b"[" + b",".join(bars[t] for t in times) + b"]"
-
-
-# -- the back-fill ----------------------------------------------------------------------
-
-
-def fold(series: KlineSeries, minute: Bar) -> list[dict]:
-    """Add a closed 1m bar from before the engine ran (the demo's made-up past) to
-    ``series`` of any interval, as the trades of that minute would have: its bar grows, or
-    closes when the minute starts past its end and the next bar opens with the minute.
-    Returns the messages of the bars it closed; a minute older than the series' bar is
-    ignored."""
-    start = minute.start - minute.start % series.length
-    bar = series.bar
-    closed: list[dict] = []
-    if bar is not None and start < bar.start:
-        return closed
-    if bar is not None and start >= bar.start + series.length:
-        bar.closed = True
-        closed.append(bar.message())
-        bar = None
-    if bar is None:
-        bar = series.bar = Bar(series.interval, start, minute.open, minute.high, minute.low,
-                               minute.close)  # fmt: skip
-    else:
-        bar.high = max(bar.high, minute.high)
-        bar.low = min(bar.low, minute.low)
-        bar.close = minute.close
-    bar.volume += minute.volume
-    bar.quote_volume += minute.quote_volume
-    bar.count += minute.count
-    series.changed = True
-    return closed
