@@ -355,7 +355,6 @@ def test_the_back_fill_replays_the_past_on_its_own_time():
     assert ticker["count"] == sum(b["n"] for b in bars)  # the past's trades, in the 24 h
 
 
-
 # -- Redis: the engine on another node ------------------------------------------------------
 
 
