@@ -176,7 +176,7 @@ def test_ticker_rolls_24_hours_in_minute_buckets():
 
 def test_kline_bars_align_to_utc_and_close_across_the_minute():
     series = KlineSeries("BTCUSDT", "1m")
-    assert series.add(trade(1, "100", "1", T0 + 59_999)) == []
+    assert series.add(trade(1, "100", "1", T0 + 59_999), T0 + 59_999) == []
     assert series.take_change() == {
         "interval": "1m",
         "t": T0,
@@ -190,7 +190,7 @@ def test_kline_bars_align_to_utc_and_close_across_the_minute():
         "closed": False,
     }
     assert series.take_change() is None  # throttled: only when changed
-    series.add(trade(2, "102", "2", T0 + 59_999))
+    series.add(trade(2, "102", "2", T0 + 59_999), T0 + 59_999)
     closed = series.advance(T0 + 60_000)
     assert closed == [
         {
@@ -214,20 +214,20 @@ def test_kline_bars_align_to_utc_and_close_across_the_minute():
         "0",
         0,
     )
-    series.add(trade(3, "101", "1", T0 + 60_001))
+    series.add(trade(3, "101", "1", T0 + 60_001), T0 + 60_001)
     bar = series.take_change()  # the first trade sets all four prices
     assert (bar["o"], bar["h"], bar["l"], bar["c"]) == ("101", "101", "101", "101")
-    amended = series.add(trade(4, "90", "1", T0 + 1))  # late, for the closed bar: amended
+    amended = series.add(trade(4, "90", "1", T0 + 1), T0 + 60_001)  # late: amends the closed bar
     assert amended == [{**closed[0], "o": "90", "l": "90", "v": "4", "q": "394", "n": 3}]
     assert series.take_change() is None  # the open bar did not change
     series.advance(T0 + 120_001)  # the first bar ended over a minute ago: past amending
-    assert series.add(trade(5, "80", "1", T0 + 2)) == [] and series.late_trades == 1
+    assert series.add(trade(5, "80", "1", T0 + 2), T0 + 120_001) == [] and series.late_trades == 1
 
 
-def test_a_trade_in_a_later_minute_closes_the_bar_itself():
+def test_the_clock_in_a_later_minute_closes_the_bar_and_fills_the_gap():
     series = KlineSeries("BTCUSDT", "1m")
-    series.add(trade(1, "100", "1", T0))
-    closed = series.add(trade(2, "105", "1", T0 + 3 * 60_000 + 5))
+    series.add(trade(1, "100", "1", T0), T0)
+    closed = series.add(trade(2, "105", "1", T0 + 3 * 60_000 + 5), T0 + 3 * 60_000 + 5)
     # the bar, and the two minutes nobody traded in, carrying its close: no hole
     assert [bar["t"] for bar in closed] == [T0, T0 + 60_000, T0 + 120_000]
     assert all(bar["closed"] and bar["c"] == "100" for bar in closed)
@@ -242,7 +242,7 @@ def test_a_trade_in_a_later_minute_closes_the_bar_itself():
 )
 def test_longer_intervals_start_on_utc_boundaries(interval, start):
     series = KlineSeries("BTCUSDT", interval)
-    series.add(trade(1, "1", "1", T0 + 1234))
+    series.add(trade(1, "1", "1", T0 + 1234), T0 + 1234)
     assert series.take_change()["t"] == start  # 13:20, 12:00, 00:00 UTC
 
 
@@ -287,3 +287,23 @@ def test_events_parse_exactly():
 def test_malformed_events_are_refused(line):
     with pytest.raises(MalformedEvent):
         parse_event(line)
+
+
+def test_a_trade_ahead_of_the_clock_waits_for_its_interval():
+    series = KlineSeries("BTCUSDT", "1m")
+    series.add(trade(1, "100", "1", T0 + 55_000), T0 + 55_000)
+    assert series.add(trade(2, "105", "1", T0 + 61_000), T0 + 56_000) == []  # 5 s ahead
+    bar = series.take_change()
+    assert (bar["t"], bar["c"], bar["n"], bar["closed"]) == (T0, "100", 1, False)
+    (closed,) = series.advance(T0 + 60_000)  # the clock, not the trade, closes the bar
+    assert (closed["t"], closed["c"], closed["n"]) == (T0, "100", 1)
+    bar = series.take_change()
+    assert (bar["t"], bar["o"], bar["n"]) == (T0 + 60_000, "105", 1)  # the waiting trade
+
+
+def test_a_clock_that_stood_still_for_days_makes_up_the_last_day_only():
+    series = KlineSeries("BTCUSDT", "1h")
+    series.add(trade(1, "100", "1", T0), T0)
+    closed = series.advance(T0 + 3 * DAY_MS)
+    assert closed[0]["t"] == T0 - T0 % 3_600_000 and closed[0]["n"] == 1
+    assert len(closed) == 1 + 24 and all(b["n"] == 0 for b in closed[1:])

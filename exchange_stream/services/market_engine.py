@@ -149,8 +149,9 @@ class MarketEngine(PeriodicService):
             state.ticker.add(event)
             if (event.ts, event.id) > state.last_trade:
                 state.last_price, state.last_trade = event.price, (event.ts, event.id)
+            now = self._now_ms()
             for series in state.klines:
-                for closed in series.add(event):  # closed by the trade's time, or amended
+                for closed in series.add(event, now):  # closed by the clock, or amended
                     self._send_kline(event.symbol, series.interval, closed)
         elif isinstance(event, Book):
             state.book = event

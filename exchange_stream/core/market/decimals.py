@@ -23,6 +23,16 @@ def text(value: Decimal) -> str:
     return format(value, "f")
 
 
+# What the matching engine may write: digits, a point, an exponent; no sign, no spaces, no
+# underscores, no NaN or Infinity (which Decimal() would all take).
+_DECIMAL_SPELLING = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+def spelled_right(spelled: str) -> bool:
+    """Whether a text is a decimal string as the input format defines it."""
+    return _DECIMAL_SPELLING.fullmatch(spelled) is not None
+
+
 def plain(value: Decimal) -> str:
     """A computed decimal (a sum, a difference) in the canonical spelling: ``0.25 + 0.75`` is
     ``"1"``, not ``"1.00"``, as a client comparing with its own sum would write it."""
@@ -65,12 +75,13 @@ class NumberLimits:
 
     @cached_property
     def breach(self) -> re.Pattern[str]:
-        """Finds, in decimal texts joined with "|", one that is out of the limits or has an
-        exponent (which :meth:`admits` then decides): one regex pass over a whole book side
-        instead of a check per number."""
-        integer = rf"(?:^|\|)[-+]?0*[1-9]\d{{{self.integer_digits},}}"
+        """Finds, in decimal texts joined with "|", one that is out of the limits, or has an
+        exponent or anything but digits and a point (which :func:`spelled_right` and
+        :meth:`admits` then decide): one regex pass over a whole book side instead of a check
+        per number."""
+        integer = rf"(?:^|\|)0*[1-9]\d{{{self.integer_digits},}}"
         fraction = rf"\.\d{{{self.places}}}0*[1-9]"
-        return re.compile(f"{integer}|{fraction}|[eE]")
+        return re.compile(f"{integer}|{fraction}|[^0-9.|]")
 
 
 @dataclass(frozen=True)

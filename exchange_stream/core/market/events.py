@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from exchange_stream.core.channels import PRIVATE_TYPES, SYMBOL_PATTERN, normalize_uid
-from exchange_stream.core.market.decimals import NumberLimits, SymbolLimits, canonical
+from exchange_stream.core.market.decimals import (
+    NumberLimits,
+    SymbolLimits,
+    canonical,
+    spelled_right,
+)
 
 Level = tuple[Decimal, Decimal]
 
@@ -133,8 +138,9 @@ def _integer(raw: dict, key: str) -> int:
 
 
 def decimal(text: object, what: str) -> Decimal:
-    """A finite Decimal from a decimal string."""
-    if not isinstance(text, str) or len(text) > 64:
+    """A finite Decimal from a decimal string (digits, a point, an exponent; at most 64
+    characters)."""
+    if not isinstance(text, str) or len(text) > 64 or not spelled_right(text):
         raise MalformedEvent(f"{what} must be a decimal string")
     try:
         value = canonical(text)
@@ -189,8 +195,11 @@ def _levels(raw: dict, key: str, reverse: bool, limits: NumberLimits) -> tuple[L
             f'"{key}" must be a list of [price, qty], decimal strings, price > 0, qty >= 0'
         ) from None
     texts = "|".join(text for level in levels for text in level)
-    if limits.breach.search(texts) and not all(
-        limits.admits(price) and limits.admits(qty) for price, qty in book.items()
-    ):
-        raise MalformedEvent(_beyond(f'"{key}"', limits), "number")
+    if limits.breach.search(texts):
+        if not all(map(spelled_right, texts.split("|"))):
+            raise MalformedEvent(
+                f'"{key}" must hold decimal strings (digits, a point, an exponent)'
+            )
+        if not all(limits.admits(price) and limits.admits(qty) for price, qty in book.items()):
+            raise MalformedEvent(_beyond(f'"{key}"', limits), "number")
     return tuple(sorted(book.items(), reverse=reverse))

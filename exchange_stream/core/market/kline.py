@@ -21,7 +21,7 @@ from decimal import Decimal
 from exchange_stream.core.market.decimals import plain, text
 from exchange_stream.core.market.events import Trade
 
-MAX_FILLED = 1000  # empty bars an advance adds for the intervals it skipped, at most
+FILLED_MS = 24 * 3_600_000  # an advance makes up the skipped intervals of the last day only
 
 INTERVAL_MS = {
     "1m": 60_000,
@@ -102,22 +102,28 @@ class KlineSeries:
         self.changed = False
         self.late_trades = 0
         self._horizon = 0  # bars that ended before this (ms) are past amending
+        self._ahead: list[Trade] = []  # trades for an interval the clock has not reached
 
-    def add(self, trade: Trade) -> list[dict]:
-        """Take a trade; return the messages of the bars it closed (a trade past the open
-        bar's end) or amended (a late trade, for a closed bar), in time order."""
+    def add(self, trade: Trade, now_ms: int) -> list[dict]:
+        """Take a trade at the clock's ``now_ms``; return the messages of the bars the clock
+        closed meanwhile, or the trade amended (a late trade, for a closed bar), in time order.
+        Only the clock closes a bar: a trade ahead of it (the engine takes up to
+        ``--max-ahead-ms``) waits for its interval to open."""
         start = trade.ts - trade.ts % self.length
-        closed = self.advance(trade.ts)
-        bar = self.bar
-        if bar is None:
+        if start > now_ms - now_ms % self.length:
+            self._ahead.append(trade)
+            return self.advance(now_ms)
+        if self.bar is None:
             self.bar = Bar(self.interval, start, *(trade.price,) * 4)
             self.bar.take(trade)
-        elif start >= bar.start:
-            bar.take(trade)
-        else:
-            return closed + self._amend(trade, start)
-        self.changed = True
-        return closed
+            self.changed = True
+            return self.advance(now_ms)
+        closed = self.advance(now_ms)
+        if start >= self.bar.start:
+            self.bar.take(trade)
+            self.changed = True
+            return closed
+        return closed + self._amend(trade, start)
 
     def _amend(self, trade: Trade, start: int) -> list[dict]:
         """A trade for a closed bar: amend it (or add it, and the empty ones up to the next,
@@ -150,28 +156,49 @@ class KlineSeries:
 
     def advance(self, now_ms: int) -> list[dict]:
         """Close the open bar if ``now_ms`` is past its end, with an empty closed bar for each
-        interval skipped (at most ``MAX_FILLED``: a clock that stood still, a replay's pause),
-        and open the bar of ``now_ms``; forget closed bars too old to amend."""
-        self._horizon = max(self._horizon, now_ms - self.grace_ms)  # a late trade's ts: not back
+        interval skipped (a clock that stood still, a replay's pause; those of the last
+        ``FILLED_MS`` only), and open the bar of ``now_ms``, with the trades that were
+        waiting for it; forget closed bars too old to amend."""
+        self._horizon = max(self._horizon, now_ms - self.grace_ms)
         recent = self.recent
         while recent and recent[0].start + self.length <= self._horizon:
             recent.popleft()
+        current = now_ms - now_ms % self.length
+        if self.bar is None:
+            self._open_first(current)
         bar = self.bar
         if bar is None or now_ms < bar.start + self.length:
             return []
-        current = now_ms - now_ms % self.length
-        bars = [bar]
-        start = bar.start + self.length
-        while start < current and len(bars) <= MAX_FILLED:
-            bars.append(Bar(self.interval, start, *(bar.close,) * 4))
+        done = [bar]
+        start = max(bar.start + self.length, current - FILLED_MS // self.length * self.length)
+        while start <= current:
+            following = Bar(self.interval, start, *(done[-1].close,) * 4)
+            for trade in [t for t in self._ahead if t.ts - t.ts % self.length == start]:
+                self._ahead.remove(trade)
+                following.take(trade)
+            done.append(following)
             start += self.length
-        for done in bars:
-            done.closed = True
-            if done.start + self.length > self._horizon:
-                recent.append(done)
-        self.bar = Bar(self.interval, current, *(bar.close,) * 4)
+        self.bar = done.pop()
+        for closed in done:
+            closed.closed = True
+            if closed.start + self.length > self._horizon:
+                recent.append(closed)
         self.changed = True
-        return [done.message() for done in bars]
+        return [closed.message() for closed in done]
+
+    def _open_first(self, current: int) -> None:
+        """The series' first bar, when its first trades came ahead of the clock and the
+        clock has reached them."""
+        due = [t.ts - t.ts % self.length for t in self._ahead]
+        if not due or min(due) > current:
+            return
+        start = min(due)
+        trades = [t for t, at in zip(self._ahead, due, strict=True) if at == start]
+        self.bar = Bar(self.interval, start, *(trades[0].price,) * 4)
+        for trade in trades:
+            self._ahead.remove(trade)
+            self.bar.take(trade)
+        self.changed = True
 
     def take_change(self) -> dict | None:
         """The open bar's message if it changed since the last call."""
