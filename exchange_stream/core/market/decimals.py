@@ -73,15 +73,16 @@ class NumberLimits:
         exponent = value.as_tuple().exponent
         return isinstance(exponent, int) and -exponent <= self.places
 
+    @property
+    def plain_length(self) -> int:
+        """A plain decimal text no longer than this has at most ``places`` digits after its
+        point (a longer one may still be within the bounds: leading zeros, trailing ones)."""
+        return self.places + 1
+
     @cached_property
-    def breach(self) -> re.Pattern[str]:
-        """Finds, in decimal texts joined with "|", one that is out of the limits, or has an
-        exponent or anything but digits and a point (which :func:`spelled_right` and
-        :meth:`admits` then decide): one regex pass over a whole book side instead of a check
-        per number."""
-        integer = rf"(?:^|\|)0*[1-9]\d{{{self.integer_digits},}}"
-        fraction = rf"\.\d{{{self.places}}}0*[1-9]"
-        return re.compile(f"{integer}|{fraction}|[^0-9.|]")
+    def ceiling(self) -> Decimal:
+        """The smallest value with too many digits before the point."""
+        return Decimal(10) ** self.integer_digits
 
 
 @dataclass(frozen=True)
