@@ -24,14 +24,15 @@ from exchange_stream.services.market_engine import MarketEngine, MarketSettings
 from exchange_stream.services.memory_mesh import MemoryMesh
 
 
-def make_lines(count: int, symbols: int, rng: random.Random) -> list[bytes]:
-    """A stream in which a book comes every 4th event, the rest mostly trades."""
+def make_lines(count: int, symbols: int, rng: random.Random, per_tick: int) -> list[bytes]:
+    """A stream in which a book comes every 4th event, the rest mostly trades, stamped with
+    the time the engine's clock will show when it takes them (``per_tick`` a 100 ms tick)."""
     names = [f"SYM{index}USDT" for index in range(symbols)]
     mids = {name: 10_000 + 1_000 * index for index, name in enumerate(names)}
-    lines, trade_id, ts = [], 0, 1_732_540_800_000
+    lines, trade_id = [], 0
     for index in range(count):
         name = names[index % symbols]
-        ts += 1
+        ts = 1_732_540_800_000 + index // per_tick * 100
         kind = index % 8
         if kind in (0, 4):
             mid = mids[name] = mids[name] + rng.choice((-1, 0, 1))
@@ -62,7 +63,7 @@ def main() -> None:
                         help="events between two 100 ms engine ticks")  # fmt: skip
     args = parser.parse_args()
     print(header_line(run_header()))
-    lines = make_lines(args.events, args.symbols, random.Random(7))
+    lines = make_lines(args.events, args.symbols, random.Random(7), args.events_per_tick)
     sizes = sum(len(line) for line in lines)
 
     clock = Clock()
@@ -70,7 +71,7 @@ def main() -> None:
     mesh = MemoryMesh()
     engine = MarketEngine(mesh.publish, MarketSettings(), clock)
     engine.startService()
-    feed = FeedInput(engine.handle)
+    feed = FeedInput(engine.handle, engine.limits, engine.refused)
 
     with pinned({args.core} if args.core >= 0 else None):
         started_wall, started_cpu = time.perf_counter(), own_cpu_seconds()
@@ -84,6 +85,8 @@ def main() -> None:
     print("market engine ingest")
     print(f"  events       {args.events:,} ({sizes / args.events:.0f} bytes average), "
           f"{args.symbols} symbols, {feed.malformed} malformed")  # fmt: skip
+    print(f"  refused      {sum(engine.refused.values()):,} {dict(engine.refused)} (the ingestion "
+          f"stage; a bench stream should have none)")  # fmt: skip
     print(f"  published    {engine.published:,} messages, {engine.publish_failures} failures")
     print(f"  wall         {wall:.2f} s, cpu {cpu:.2f} s on one core (os.cpu_count() = "
           f"{os.cpu_count()})")  # fmt: skip
