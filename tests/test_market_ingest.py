@@ -236,3 +236,18 @@ def test_absurd_events_leave_the_engine_working():
     ticker = [data["data"] for channel, data, _ in published if channel.endswith("@ticker")][-1]
     assert (ticker["last"], ticker["count"]) == ("100", 1)
     assert engine.refused == Counter(future=1, number=3)
+
+
+def test_an_engine_failure_on_one_event_is_logged_and_the_feed_goes_on():
+    taken = []
+
+    def handle(event):
+        if event.id == 2:
+            raise RuntimeError("a bug")
+        taken.append(event.id)
+
+    feed = FeedInput(handle)
+    for id_ in (1, 2, 3):
+        feed.raw(trade_line(id_), "test")
+    assert taken == [1, 3]
+    assert feed.refused == Counter(failed=1)

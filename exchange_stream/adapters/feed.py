@@ -58,9 +58,15 @@ class FeedInput:
             return None
 
     def event(self, event: Event) -> None:
-        """An event that needs no parsing (the simulator's), counted like the others."""
+        """An event that needs no parsing (the simulator's), counted like the others. An
+        engine that fails on one (a bug: valid events are applied whole) is logged with its
+        traceback and counted as ``failed``; the feed goes on with the next."""
         self.received += 1
-        self._handle(event)
+        try:
+            self._handle(event)
+        except Exception:
+            self.refused["failed"] += 1
+            log.failure("market feed: the engine failed on {event!r}", event=event)
 
     def _bad(self, error: Exception, source: str) -> None:
         self.malformed += 1
