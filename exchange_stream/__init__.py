@@ -5,4 +5,4 @@ The public entry points for embedding are :class:`exchange_stream.gateway.Gatewa
 (the gateway plus its listening endpoints, as ``twistd exchange-stream`` runs it).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -73,3 +73,26 @@ def test_stock_client_sees_errors_and_close_codes(twistd_gateway):
     # the gateway is still there for everyone else
     assert http("GET", f"{api}/healthz")[0] == 200
     assert "Traceback" not in log.read_text()
+
+
+def test_the_installed_version_licence_and_changelog_agree():
+    """The installed distribution's version is the package's, the changelog's newest entry and
+    the browser client's; its licence file is MIT and shipped with it."""
+    import importlib.metadata
+    from pathlib import Path
+
+    import exchange_stream
+
+    root = Path(__file__).resolve().parent.parent
+    installed = importlib.metadata.distribution("exchange-stream")
+    assert installed.version == exchange_stream.__version__
+    newest = next(
+        line for line in (root / "CHANGELOG.md").read_text().splitlines() if line.startswith("## ")
+    )
+    assert newest.startswith(f"## {exchange_stream.__version__} ")
+    package = json.loads((root / "clients" / "js" / "package.json").read_text())
+    assert package["version"] == exchange_stream.__version__
+    assert (root / "LICENSE").read_text().startswith("MIT License")
+    shipped = [str(f) for f in installed.files or [] if f.name == "LICENSE"]
+    assert shipped, "LICENSE is not in the installed distribution"
+    assert installed.metadata["License"] == "MIT"
