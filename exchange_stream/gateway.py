@@ -120,6 +120,7 @@ class Gateway(MultiService):
                 reactor,
                 feed=config.feed,
                 feed_udp=config.feed_udp,
+                feed_secret=config.feed_secret,
                 book_url=config.book_url,
                 book_interval=config.book_interval,
                 simulate=config.demo,

@@ -18,7 +18,8 @@ from twisted.python import usage
 from exchange_stream.adapters.feed import BookPoller, DatagramFeed, FeedInput, LineFeedFactory
 from exchange_stream.adapters.replay import OutputFile, Replay
 from exchange_stream.adapters.upstream import quiet_http_client
-from exchange_stream.core.config import GatewayConfig, check_udp
+from exchange_stream.core.config import GatewayConfig
+from exchange_stream.core.feeds import feed_endpoint, feed_udp_address
 from exchange_stream.mesh import open_mesh
 from exchange_stream.services.market_engine import MarketEngine, MarketSettings, Publish
 from exchange_stream.services.simulator import Simulator
@@ -44,22 +45,25 @@ def market_service(
     *,
     feed: str | None = None,
     feed_udp: str | None = None,
+    feed_secret: str | None = None,
     book_url: str | None = None,
     book_interval: float = 0.2,
     simulate: bool = False,
     http=None,
 ) -> MarketService:
     """The engine fed by the inputs given, listening and polling on ``clock`` (the reactor);
-    ``http`` (a treq-like client) is needed with ``book_url`` only."""
+    ``http`` (a treq-like client) is needed with ``book_url`` only. The feeds listen on the
+    loopback interface unless one is named (``core.feeds``)."""
     engine = MarketEngine(publish, settings, clock)
     source = FeedInput(engine.handle, engine.limits, engine.refused)
     service = MarketService(engine, source)
     if feed:
-        strports.service(feed, LineFeedFactory(source), reactor=clock).setServiceParent(service)
+        lines = LineFeedFactory(source, feed_secret)
+        strports.service(feed_endpoint(feed), lines, reactor=clock).setServiceParent(service)
     if feed_udp:
-        interface, _, port = feed_udp.rpartition(":")
-        datagrams = DatagramFeed(source)
-        udp = internet.UDPServer(int(port), datagrams, interface=interface, reactor=clock)
+        interface, port = feed_udp_address(feed_udp)
+        datagrams = DatagramFeed(source, feed_secret)
+        udp = internet.UDPServer(port, datagrams, interface=interface, reactor=clock)
         udp.setServiceParent(service)
     if book_url:
         if http is None:
@@ -94,6 +98,7 @@ class Options(usage.Options):
         ["mesh", None, None, "mesh to publish into: redis://host:port/db"],
         ["feed", None, None, "listening endpoint for JSON lines, e.g. tcp:7001"],
         ["feed-udp", None, None, "[interface:]port for one JSON event per datagram"],
+        ["feed-secret", None, None, "what a feed's writers must send first (off 127.0.0.1)"],
         ["book-url", None, None, "URL to poll for book snapshots"],
         ["book-interval", None, 0.2, "seconds between book polls", float],
         ["replay", None, None, "replay this recording (JSON lines) on its events' time, then stop"],
@@ -125,10 +130,13 @@ class Options(usage.Options):
             if not (self["feed"] or self["feed-udp"] or self["book-url"] or self["simulate"]):
                 raise usage.UsageError("give at least one input: --feed, --feed-udp, --book-url")
         shared = {option.replace("-", "_"): self[option] for option, _kind, _text in _SHARED}
+        feeds = {
+            "feed": self["feed"],
+            "feed_udp": self["feed-udp"],
+            "feed_secret": self["feed-secret"],
+        }
         try:
-            if self["feed-udp"]:
-                check_udp(self["feed-udp"])
-            self.config = GatewayConfig(mesh=self["mesh"] or "memory:", **shared)
+            self.config = GatewayConfig(mesh=self["mesh"] or "memory:", **feeds, **shared)
         except (TypeError, ValueError) as error:
             raise usage.UsageError(str(error)) from None
 
@@ -167,6 +175,7 @@ def makeService(options: Options) -> MultiService:
             reactor,
             feed=options["feed"],
             feed_udp=options["feed-udp"],
+            feed_secret=options["feed-secret"],
             book_url=options["book-url"],
             book_interval=options["book-interval"],
             simulate=options["simulate"],

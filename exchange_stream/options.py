@@ -38,6 +38,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("workers", int, "processes accepting on the WebSocket port (more than 1: redis://, tcp:)"),
     ("feed", str, "run the market engine on JSON lines from this listening endpoint"),
     ("feed-udp", str, "run the market engine on JSON datagrams at [interface:]port"),
+    ("feed-secret", str, "what a feed's writers must send first (needed off 127.0.0.1)"),
     ("book-url", str, "run the market engine on book snapshots polled from this URL"),
     ("book-interval", float, "seconds between --book-url polls"),
     ("max-integer-digits", int, "market input: digits before the point in a price or quantity"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
+from hmac import compare_digest
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
@@ -89,6 +90,7 @@ class _LineFeed(Protocol):
     def connectionMade(self) -> None:
         self._buffer = b""
         self._skipping = False  # inside an overlong line: drop until its newline
+        self._admitted = self.factory.secret is None  # else: once its AUTH line is right
         assert self.transport is not None  # makeConnection sets it before connectionMade
         self._source = f"tcp {self.transport.getPeer()}"
         log.info("market feed: matching engine connected from {source}", source=self._source)
@@ -98,7 +100,10 @@ class _LineFeed(Protocol):
         self._buffer = lines.pop()
         feed = self.factory.feed
         for line in lines:
-            if self._skipping:
+            if not self._admitted:
+                if not self._authenticate(line):
+                    return
+            elif self._skipping:
                 self._skipping = False  # the tail of the overlong line
             elif len(line) > self.MAX_LENGTH:
                 feed._bad(MalformedEvent("line too long"), self._source)
@@ -110,6 +115,19 @@ class _LineFeed(Protocol):
         if self._skipping:
             self._buffer = b""
 
+    def _authenticate(self, line: bytes) -> bool:
+        """The first line must be ``AUTH <secret>``; anything else closes the connection."""
+        secret = self.factory.secret
+        if compare_digest(line.rstrip(b"\r"), b"AUTH " + secret):
+            self._admitted = True
+            return True
+        self.factory.feed.refused["unauthorised"] += 1
+        log.warn("market feed: {source} sent no valid AUTH line; closed", source=self._source)
+        assert self.transport is not None
+        self.transport.loseConnection()
+        self._buffer = b""
+        return False
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         log.info("market feed: {source} disconnected", source=self._source)
 
@@ -120,18 +138,28 @@ class LineFeedFactory(Factory):
     protocol = _LineFeed
     noisy = False
 
-    def __init__(self, feed: FeedInput) -> None:
+    def __init__(self, feed: FeedInput, secret: str | None = None) -> None:
         self.feed = feed
+        self.secret = None if secret is None else secret.encode()
 
 
 class DatagramFeed(DatagramProtocol):
-    """``--feed-udp 7002``: one JSON event per datagram."""
+    """``--feed-udp 7002``: one JSON event per datagram; with a secret, each datagram starts
+    with it and a newline."""
 
-    def __init__(self, feed: FeedInput) -> None:
+    def __init__(self, feed: FeedInput, secret: str | None = None) -> None:
         self.feed = feed
+        self._prefix = None if secret is None else secret.encode() + b"\n"
 
     def datagramReceived(self, datagram: bytes, address) -> None:
-        self.feed.raw(datagram, f"udp {address[0]}:{address[1]}")
+        source = f"udp {address[0]}:{address[1]}"
+        if self._prefix is not None:
+            given, event = datagram[: len(self._prefix)], datagram[len(self._prefix) :]
+            if not compare_digest(given, self._prefix):
+                self.feed.refused["unauthorised"] += 1
+                return
+            datagram = event
+        self.feed.raw(datagram, source)
 
 
 class BookPoller(PeriodicService):

@@ -9,17 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from exchange_stream.core.feeds import check_feeds
 from exchange_stream.core.market.decimals import NumberLimits, SymbolLimits, limits_table
 from exchange_stream.core.meshurl import check_mesh_url
 from exchange_stream.core.streams import STREAM_TYPES, StreamPolicy
-
-
-def check_udp(value: str) -> str:
-    """``--feed-udp`` takes ``[interface:]port``."""
-    _, _, port = value.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--feed-udp takes [interface:]port, not {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -50,6 +43,7 @@ class GatewayConfig:
     demo: bool = False
     feed: str | None = None
     feed_udp: str | None = None
+    feed_secret: str | None = None
     book_url: str | None = None
     book_interval: float = 0.2
     max_integer_digits: int = 15
@@ -66,8 +60,7 @@ class GatewayConfig:
         if not self.path.startswith("/"):
             raise ValueError(f"path must start with '/': {self.path!r}")
         check_mesh_url(self.mesh)
-        if self.feed_udp is not None:
-            check_udp(self.feed_udp)
+        check_feeds(self.feed, self.feed_udp, self.feed_secret)
         for name in (
             "book_interval",
             "auth_timeout",

@@ -1,0 +1,132 @@
+"""The market feeds as the docs write them are not open to the network (docs/market.md,
+"Running it"): loopback unless an interface is named, and then a shared secret, on real
+sockets."""
+
+import json
+import socket
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import succeed
+from twisted.internet.task import deferLater
+from twisted.python import usage
+
+from exchange_stream.core.config import GatewayConfig
+from exchange_stream.core.feeds import check_feeds, feed_endpoint, feed_udp_address
+from exchange_stream.market_service import Options as MarketOptions
+from exchange_stream.market_service import market_service
+from exchange_stream.options import Options
+from exchange_stream.services.market_engine import MarketSettings
+from tests.support import free_port, until
+
+
+def order_line(order_id: int) -> bytes:
+    return json.dumps({"type": "order", "uid": 1001, "data": {"orderId": order_id}}).encode()
+
+
+def test_feeds_listen_on_loopback_unless_an_interface_is_named():
+    assert feed_endpoint("tcp:7001") == "tcp:7001:interface=127.0.0.1"
+    assert feed_endpoint("tcp:7001:interface=0.0.0.0") == "tcp:7001:interface=0.0.0.0"
+    assert feed_endpoint("unix:/run/feed.sock") == "unix:/run/feed.sock"
+    assert feed_udp_address("7002") == ("127.0.0.1", 7002)
+    assert feed_udp_address("10.0.0.5:7002") == ("10.0.0.5", 7002)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--feed", "tcp:7001:interface=0.0.0.0"],
+        ["--feed-udp", "0.0.0.0:7002"],
+        ["--feed", "tcp:7001:interface=10.0.0.5", "--feed-secret", ""],
+    ],
+)
+def test_a_feed_beyond_this_host_needs_a_secret(argv):
+    with pytest.raises(usage.UsageError, match="--feed-secret"):
+        Options().parseOptions(argv)
+    with pytest.raises(usage.UsageError, match="--feed-secret"):
+        MarketOptions().parseOptions(["--mesh", "memory:", *argv])
+    check_feeds("tcp:7001", "7002", None)  # loopback: no secret needed
+
+
+def test_the_defaults_need_no_secret():
+    assert GatewayConfig(feed="tcp:7001", feed_udp="7002").feed_secret is None
+
+
+def started(secret=None, interface=None):
+    published = []
+
+    def publish(channel, publication, snapshot=None):
+        published.append((channel, json.loads(publication.payload)))
+        return succeed(1)
+
+    tcp, udp = free_port(), free_port()
+    feed = f"tcp:{tcp}" + (f":interface={interface}" if interface else "")
+    feed_udp = f"{interface}:{udp}" if interface else str(udp)
+    service = market_service(
+        publish, MarketSettings(), reactor, feed=feed, feed_udp=feed_udp, feed_secret=secret
+    )
+    service.startService()
+    return service, published, tcp, udp
+
+
+def this_hosts_address() -> str:
+    """An address of this host other than loopback (the one its default route leaves from)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.connect(("10.255.255.255", 1))  # no packet is sent: UDP connect only picks a route
+    address = probe.getsockname()[0]
+    probe.close()
+    assert not address.startswith("127."), "this test needs an address beyond loopback"
+    return address
+
+
+@pytest_twisted.ensureDeferred
+async def test_feeds_as_the_docs_write_them_cannot_be_reached_from_other_hosts():
+    service, published, tcp, udp = started()
+    outside = this_hosts_address()
+    try:
+        await until(lambda: _accepts(tcp))
+        with pytest.raises(OSError):
+            socket.create_connection((outside, tcp), timeout=2)
+        datagrams = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        datagrams.sendto(order_line(1), (outside, udp))
+        datagrams.sendto(order_line(2), ("127.0.0.1", udp))
+        await until(lambda: len(published) >= 1)
+        await deferLater(reactor, 0.2, lambda: None)
+        assert [p[1]["data"]["orderId"] for p in published] == [2]
+        datagrams.close()
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_a_secret_only_writers_who_send_it_are_heard():
+    service, published, tcp, udp = started(secret="s3cr3t", interface="0.0.0.0")
+    try:
+        await until(lambda: _accepts(tcp))
+        stranger = socket.create_connection(("127.0.0.1", tcp))
+        stranger.sendall(order_line(1) + b"\n")  # no AUTH line: closed
+        engine = socket.create_connection(("127.0.0.1", tcp))
+        engine.sendall(b"AUTH s3cr3t\n" + order_line(2) + b"\n")
+        datagrams = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        datagrams.sendto(order_line(3), ("127.0.0.1", udp))  # no secret: dropped
+        datagrams.sendto(b"s3cr3t\n" + order_line(4), ("127.0.0.1", udp))
+        await until(lambda: len(published) >= 2)
+        await until(lambda: service.input.refused["unauthorised"] == 2)
+        assert sorted(p[1]["data"]["orderId"] for p in published) == [2, 4]
+        stranger.settimeout(5)
+        assert stranger.recv(100) == b"", "the stranger's connection was closed"
+        for sock in (stranger, engine, datagrams):
+            sock.close()
+    finally:
+        await service.stopService()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        time.sleep(0.01)
+        return False
