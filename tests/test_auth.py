@@ -84,6 +84,12 @@ def test_token_goes_out_as_proper_json():
         (200, b'{"uid":"1002@balance"}', AuthFailed),
         (200, b'{"uid":"ex:1002"}', AuthFailed),
         (200, b'{"uid":null}', AuthFailed),
+        (200, b'{"uid":"-1002"}', AuthFailed),
+        (200, b'{"uid":"01002"}', AuthFailed),
+        (200, b'{"uid":"1002"}', "1002"),
+        (200, b'{"uid":"-abc"}', "-abc"),
+        (302, b"", AuthFailed),  # an SSO redirect: a rejection, not an outage
+        (301, b'{"uid":1001}', AuthFailed),
         (500, b"", AuthUnavailable),
         (503, b'{"uid":1001}', AuthUnavailable),
     ],
@@ -137,5 +143,33 @@ def test_expiry_from_the_back_end():
         "7",
         1060.0,
     )
-    for body in (b'{"uid":7,"exp":999}', b'{"uid":7,"exp":"soon"}', b'{"uid":7,"exp":true}'):
+    refused = (b'{"uid":7,"exp":999}', b'{"uid":7,"exp":"soon"}', b'{"uid":7,"exp":true}')
+    refused += (b'{"uid":7,"exp":NaN}', b'{"uid":7,"exp":Infinity}', b'{"uid":7,"exp":-Infinity}')
+    for body in refused:
         assert outcome(authenticate(Backend(body=body), clock=clock)) == AuthFailed, body
+
+
+class Chunked(Resource):
+    """An answer without Content-Length, written in ``chunks`` pieces of ``size`` bytes."""
+
+    isLeaf = True
+
+    def __init__(self, chunks, size=8192):
+        super().__init__()
+        self.chunks, self.size = chunks, size
+        self.written = 0
+
+    def render_POST(self, request):
+        for _ in range(self.chunks):
+            request.write(b" " * self.size)
+            self.written += self.size
+        request.write(b'{"uid":1001}')
+        request.finish()
+        return NOT_DONE_YET
+
+
+def test_an_answer_too_big_is_refused_and_not_kept():
+    big = b'{"uid":1001,"pad":"' + b"x" * (HttpAuthenticator.MAX_ANSWER + 1) + b'"}'
+    assert outcome(authenticate(Backend(body=big))) == AuthFailed  # announced by its length
+    assert outcome(authenticate(Chunked(chunks=20))) == AuthFailed  # 160 KiB, streamed
+    assert outcome(authenticate(Chunked(chunks=2))) == "1001"  # 16 KiB: fine

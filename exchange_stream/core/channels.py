@@ -69,12 +69,16 @@ def parse_channel(name: object) -> ChannelName:
 def normalize_uid(raw: object) -> str | None:
     """The uid an auth back end returned, as text, or None when it is not acceptable.
 
-    Accepted: a positive integer (JSON number, not a boolean) or ``[A-Za-z0-9_-]{1,64}``.
+    Accepted: a positive integer (JSON number, not a boolean) or ``[A-Za-z0-9_-]{1,64}``;
+    a string that spells an integer must spell it as the number would be (``"1002"``, not
+    ``"-1002"`` or ``"01002"``), so that one user has one channel name.
     """
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
         return str(raw) if raw > 0 else None
     if isinstance(raw, str) and _UID.fullmatch(raw):
+        if raw.lstrip("-").isdigit() and (raw.startswith(("-", "0"))):
+            return None
         return raw
     return None

@@ -6,6 +6,7 @@ Tokens are secrets: nothing here logs one.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,10 +62,14 @@ class HttpAuthenticator:
     """POST ``{"token": ...}`` to the exchange's endpoint, expect 200 ``{"uid": ...}``, with
     an optional ``"exp"``: when the login ends, in seconds since the epoch (as in a JWT).
 
-    A 4xx answer or a 200 without a valid uid is a rejection; a timeout, a refused connection
-    or a 5xx answer means the back end is unavailable and the client may try again.
-    ``http`` is a treq-like client (an ``HTTPClient``, or ``StubTreq`` in tests).
+    A 3xx or 4xx answer (a redirect is not followed: an SSO login page is a rejection) or a
+    200 without a valid uid is a rejection; a timeout, a refused connection or a 5xx answer
+    means the back end is unavailable and the client may try again. An answer is read up to
+    ``MAX_ANSWER`` bytes: a bigger one is a rejection, and is not kept in memory. ``http`` is
+    a treq-like client (an ``HTTPClient``, or ``StubTreq`` in tests).
     """
+
+    MAX_ANSWER = 64 * 1024
 
     log = Logger()
 
@@ -94,8 +99,9 @@ class HttpAuthenticator:
             self.url,
             data=encode({"token": token}),
             headers={b"Content-Type": [b"application/json"]},
+            allow_redirects=False,
         )
-        body = yield treq.content(response)
+        body = yield self._bounded_body(response)
         if response.code >= 500:
             self.log.warn(
                 "auth back end {url} answered HTTP {code}", url=self.url, code=response.code
@@ -115,9 +121,30 @@ class HttpAuthenticator:
             return Identity(uid)
         if isinstance(expires, bool) or not isinstance(expires, int | float):
             raise AuthFailed("auth back end answered with an exp that is not a number")
+        if not math.isfinite(expires):  # json.loads takes NaN and Infinity
+            raise AuthFailed("auth back end answered with an exp that is not finite")
         if expires <= self._reactor.seconds():
             raise AuthFailed("the login has expired already")
         return Identity(uid, float(expires))
+
+    def _bounded_body(self, response) -> Deferred:
+        """The answer's body, refused (AuthFailed) once it passes ``MAX_ANSWER`` bytes:
+        announced by Content-Length, or as it arrives (the rest is not read)."""
+        length = response.length
+        if isinstance(length, int) and length > self.MAX_ANSWER:
+            raise AuthFailed(f"auth back end answered {length} bytes")
+        chunks: list[bytes] = []
+        size = [0]
+
+        def collect(data: bytes) -> None:
+            size[0] += len(data)
+            if size[0] > self.MAX_ANSWER:
+                raise AuthFailed(f"auth back end answered more than {self.MAX_ANSWER} bytes")
+            chunks.append(data)
+
+        collecting = treq.collect(response, collect)
+        collecting.addCallback(lambda _: b"".join(chunks))
+        return collecting
 
     def _classify_failure(self, failure):
         if failure.check(AuthFailed, AuthUnavailable):

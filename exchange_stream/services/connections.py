@@ -84,11 +84,11 @@ class SessionRegistry:
         return self._sessions.values()
 
     def kick(self, uid: str) -> None:
-        """Log ``uid`` out of every session here. A kick is rare, so it looks through the
-        sessions rather than keep an index by uid on the path of every auth."""
+        """Log ``uid`` out of every session here, and out of every auth in flight. A kick is
+        rare, so it looks through the sessions rather than keep an index by uid on the path
+        of every auth."""
         for session in list(self._sessions):
-            if session.uid == uid:
-                session.log_out("kicked")
+            session.kick(uid)
 
     def __len__(self) -> int:
         return len(self._sessions)

@@ -54,6 +54,7 @@ class Session:
         "_closed",
         "_connection",
         "_expiry",
+        "_kicked_meanwhile",
         "_max_subscriptions",
         "_node",
         "_pending",
@@ -90,6 +91,7 @@ class Session:
         self._refused_in_a_row = 0
         self._abuse_limit = 2 * config.op_burst
         self._expiry: IDelayedCall | None = None
+        self._kicked_meanwhile: list[set[str]] = []  # per auth in flight: uids kicked since
 
     def handle_frame(self, text: bytes) -> None:
         """Handle one text frame from the client.
@@ -157,14 +159,22 @@ class Session:
 
     @inlineCallbacks
     def _op_auth(self, request: Request):
+        kicked: set[str] = set()
+        self._kicked_meanwhile.append(kicked)
         try:
             identity = yield self._authenticator.authenticate(request.token or "")
         except AuthFailed:
             raise OpError(ErrorCode.AUTH_FAILED, request.id) from None
         except AuthUnavailable:
             raise OpError(ErrorCode.AUTH_UNAVAILABLE, request.id) from None
+        finally:
+            self._kicked_meanwhile.remove(kicked)
         if self._closed:
             return None
+        if identity.uid in kicked:
+            # The user was kicked while the back end was answering: this login began before
+            # the kick, so it does not take (the kicked user's events must not reach it).
+            raise OpError(ErrorCode.AUTH_FAILED, request.id)
         if identity.uid != self.uid:
             self._drop_private_subscriptions()
         self.uid = identity.uid
@@ -179,6 +189,13 @@ class Session:
         if expires is not None:
             delay = max(0.0, expires - self._clock.seconds())
             self._expiry = self._clock.callLater(delay, self.log_out, "auth_expired")
+
+    def kick(self, uid: str) -> None:
+        """``uid`` is kicked: log it out here, and let no auth in flight log it in."""
+        for kicked in self._kicked_meanwhile:
+            kicked.add(uid)
+        if self.uid == uid:
+            self.log_out("kicked")
 
     def log_out(self, why: str) -> None:
         """End the login (it expired, or the user was kicked): private subscriptions end
