@@ -246,3 +246,17 @@ def test_a_batch_refused_by_the_mesh_is_503_for_every_item():
     status, answer = publish(client, [{"c": "ex:A@x", "d": "1"}, {"c": "ex:B@x", "d": "2"}])
     assert status == 503 and answer["E"]["c"] == 104
     assert [item["E"]["c"] for item in answer["r"]] == [104, 104]
+
+
+def test_publishes_that_reach_nobody_are_counted():
+    """A publish no node listens to answers s: 0 and is counted, single or in a batch: the
+    metric an operator watches for a misspelt channel (no ex: prefix, a lower-case symbol)."""
+    gateway, client = api()
+    subscribe_live(gateway.node, Recorder(), "ex:BTCUSDT@depth")
+    assert publish(client, {"c": "BTCUSDT@depth", "d": "{}"})[1]["r"]["s"] == 0  # no prefix
+    assert publish(client, {"c": "ex:BTCUSDT@depth", "d": "{}"})[1]["r"]["s"] == 1
+    batch = [{"c": "ex:btcusdt@depth", "d": "{}"}, {"c": "ex:BTCUSDT@depth", "d": "{}"}]
+    status, answer = publish(client, batch)
+    assert status == 200 and [r["s"] for r in answer["r"]] == [0, 1]
+    _, _, body = stub_request(client, "GET", "http://api/metrics")
+    assert "exchange_stream_publishes_unheard_total 2.0" in body.decode().splitlines()

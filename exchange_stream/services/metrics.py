@@ -142,6 +142,12 @@ class GatewayMetrics:
             "Publications accepted by the mesh through this node's API.",
             registry=self.registry,
         )
+        self.unheard = Counter(
+            "exchange_stream_publishes_unheard",
+            "Publications accepted that no node listened to (s: 0): a channel nobody watches "
+            "now, or a misspelt one.",
+            registry=self.registry,
+        )
         self.publish_errors = Counter(
             "exchange_stream_publish_errors",
             "Publish API requests refused, by error code.",

@@ -37,6 +37,9 @@ class Publisher:
         self._node = node
         self._is_draining = is_draining
         self._metrics = metrics
+        self._unheard_count = 0
+
+    LOG_UNHEARD_EVERY = 1000
 
     def refusal(self) -> ApiError | None:
         """Why nothing can be published now, if so (checked before reading a request)."""
@@ -61,15 +64,32 @@ class Publisher:
         node = self._node
         outcomes = [node.publish(r.channel, r.publication, r.snapshot, r.key) for r in requests]
         if not batch:
-            return outcomes[0].addCallbacks(self._accepted, self._refused)
-        return DeferredList(outcomes, consumeErrors=True).addCallback(self._batch_answer)
+            channel = requests[0].channel
+            return outcomes[0].addCallbacks(self._accepted, self._refused, (channel,))
+        answered = DeferredList(outcomes, consumeErrors=True)
+        return answered.addCallback(self._batch_answer, [r.channel for r in requests])
 
     def count_error(self, error: ApiError) -> None:
         self._metrics.publish_errors.labels(str(error.code)).inc()
 
-    def _accepted(self, published: Published) -> tuple[int, dict]:
+    def _accepted(self, published: Published, channel: str) -> tuple[int, dict]:
         self._metrics.published.inc()
+        if not published.nodes:
+            self._unheard(channel)
         return sent(published)
+
+    def _unheard(self, channel: str) -> None:
+        """A publish no node listens to: fine for a channel nobody watches now, a mistake for
+        a misspelt one (no ``ex:`` prefix, a lower-case symbol). Counted; the first and then one
+        in ``LOG_UNHEARD_EVERY`` logged at debug level with its channel."""
+        self._metrics.unheard.inc()
+        self._unheard_count += 1
+        if self._unheard_count % self.LOG_UNHEARD_EVERY == 1:
+            log.debug(
+                "publish to {channel} reached no node ({count} such so far)",
+                channel=channel,
+                count=self._unheard_count,
+            )
 
     def _refused(self, failure: Failure) -> tuple[int, dict]:
         error: ApiError
@@ -85,7 +105,9 @@ class Publisher:
         self.count_error(error)
         return error.status, error.answer()
 
-    def _batch_answer(self, outcomes: list[tuple[bool, Published | Failure]]) -> tuple[int, dict]:
+    def _batch_answer(
+        self, outcomes: list[tuple[bool, Published | Failure]], channels: list[str]
+    ) -> tuple[int, dict]:
         # DeferredList: (True, Published) for a publish accepted, (False, failure) for one refused.
         answers = [
             self._refused(value) if isinstance(value, Failure) else sent(value)
@@ -94,4 +116,7 @@ class Publisher:
         published = sum(ok for ok, _ in outcomes)
         if published:
             self._metrics.published.inc(published)
+        for (_, value), channel in zip(outcomes, channels, strict=True):
+            if isinstance(value, Published) and not value.nodes:
+                self._unheard(channel)
         return combined(answers)
