@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import platform
 import tomllib
 from typing import Any
 
+import autobahn
+from twisted.copyright import version as twisted_version
 from twisted.python import usage
 
+from exchange_stream import __version__
 from exchange_stream.core.config import GatewayConfig
 
 _DEFAULTS = GatewayConfig()
@@ -80,6 +84,11 @@ class Options(usage.Options):
 
     config: GatewayConfig
 
+    def opt_version(self) -> None:
+        """Print the version of exchange-stream and of what it runs on, and exit."""
+        print(version_line())
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
         values: dict[str, Any] = {}
         if self["config"]:
@@ -94,6 +103,14 @@ class Options(usage.Options):
             self.config = GatewayConfig(**values)
         except (TypeError, ValueError) as error:
             raise usage.UsageError(str(error)) from None
+
+
+def version_line() -> str:
+    """``exchange-stream 0.2.0 (Twisted 26.10.0, Autobahn 26.11.1, Python 3.11.7)``."""
+    return (
+        f"exchange-stream {__version__} (Twisted {twisted_version}, "
+        f"Autobahn {autobahn.__version__}, Python {platform.python_version()})"
+    )
 
 
 def _read_toml(path: str) -> dict[str, Any]:

@@ -96,3 +96,18 @@ def test_the_installed_version_licence_and_changelog_agree():
     shipped = [str(f) for f in installed.files or [] if f.name == "LICENSE"]
     assert shipped, "LICENSE is not in the installed distribution"
     assert installed.metadata["License"] == "MIT"
+
+
+@pytest.mark.parametrize("plugin", ["exchange-stream", "exchange-market"])
+def test_version_names_exchange_stream_not_twisted(tmp_path, plugin):
+    import exchange_stream
+
+    run = subprocess.run(
+        [str(TWISTD), "-n", "--pidfile=", plugin, "--version"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"exchange-stream {exchange_stream.__version__} (Twisted ")
