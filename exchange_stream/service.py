@@ -5,6 +5,7 @@ This is what ``twistd exchange-stream`` runs; an application may call it as well
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -101,20 +102,29 @@ def websocket_site(gateway: Gateway) -> Site:
     config = gateway.config
     path = config.path
     timeout = config.handshake_timeout  # an idle HTTP connection before the upgrade
+    # ... and the whole handshake request, however it trickles in
+    site = partial(QuietSite, timeout=timeout, deadline=timeout, clock=gateway.reactor)
     klines = KlinesResource(gateway.mesh, config.prefix)
     if not path.strip("/"):
-        return QuietSite(BesideWebSocket(gateway.websocket_resource(), klines), timeout)
+        return site(BesideWebSocket(gateway.websocket_resource(), klines))
     root = File(STATIC) if config.demo else Resource()
     if overlaps(path):
         log.warn("no bars history on the WebSocket port: --path {path} is in its way", path=path)
     else:
         mount(root, KLINES_PATH, klines)
     mount(root, path, gateway.websocket_resource())
-    return QuietSite(root, timeout)
+    return site(root)
 
 
 def api_site(gateway: Gateway) -> Site:
     """The site for the internal API port. Its bodies are JSON it reads itself, so
     twisted.web need not parse each POST's Content-Type (through the ``email`` package)
     looking for a form to decode."""
-    return QuietSite(gateway.api_resource(), forms=False)
+    config = gateway.config
+    return QuietSite(
+        gateway.api_resource(),
+        forms=False,
+        deadline=config.handshake_timeout,  # each request, headers and body, in this time
+        max_body=config.max_publish_size,
+        clock=gateway.reactor,
+    )

@@ -74,3 +74,22 @@ def test_the_login_ends_when_the_auth_back_end_said_it_expires(clock):
         {"event": "notice", "data": {"type": "auth_expired", "channels": ["@order"]}}
     ]
     assert client.request({"op": "list"}) == [{"result": ["BTCUSDT@depth"]}]
+
+
+def test_a_handshake_trickled_a_byte_at_a_time_is_cut_at_the_handshake_timeout(clock):
+    """Each byte would restart an idle timeout; the whole request has a deadline (slowloris)."""
+    site = clocked_site(memory_gateway(clock, HANDSHAKING))
+    site.clock = clock
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    request = b"GET /exchange-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    for byte in request[:4]:
+        channel.dataReceived(bytes([byte]))
+        clock.advance(0.1)
+    assert not transport.disconnecting
+    for byte in request[4:6]:
+        channel.dataReceived(bytes([byte]))
+        clock.advance(0.1)
+    assert transport.disconnecting, "cut 0.5 s after its first byte, bytes still coming"
+    assert site.slow_requests == 1

@@ -11,11 +11,15 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from functools import partial
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site, UnsupportedMethod
 
@@ -174,17 +178,119 @@ def api_root(
     return root
 
 
+class BoundedRequest(Request):
+    """A request whose body may not pass the site's ``max_body``: refused with 413 from its
+    ``Content-Length`` before a byte of it is read (twisted.web would spool it to a temporary
+    file first), or as it arrives when it has none (chunked)."""
+
+    _received = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        limit = _site(self.channel).max_body
+        if limit is not None and length is not None and length > limit:
+            self._too_big(limit)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        limit = _site(self.channel).max_body
+        self._received += len(data)
+        if limit is not None and self._received > limit:
+            self._too_big(limit)
+            return
+        super().handleContentChunk(data)
+
+    def _too_big(self, limit: int) -> None:
+        self._refused = True
+        body = encode(ApiError(413, 103, f"body larger than {limit} bytes").answer())
+        head = (
+            b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        transport = self.channel.transport
+        if transport is not None:
+            transport.write(head + body)
+            transport.loseConnection()
+        _site(self.channel).refused_bodies += 1
+
+
+class DeadlineChannel(HTTPChannel):
+    """An HTTP connection whose every request must arrive whole (headers and body) within
+    the site's ``deadline`` seconds of its first byte: a request trickled a byte at a time
+    (slowloris) is cut, although each byte would restart an idle timeout. A connection
+    upgraded to a WebSocket is not an HTTP one any more, and is left alone."""
+
+    _deadline_call: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        site = _site(self)
+        if site.deadline is not None and self._deadline_call is None and self.transport:
+            self._deadline_call = site.clock.callLater(site.deadline, self._too_slow)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._cancel_deadline()  # the request is whole: the next one gets its own deadline
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline_call is not None and self._deadline_call.active():
+            self._deadline_call.cancel()
+        self._deadline_call = None
+
+    def _too_slow(self) -> None:
+        self._deadline_call = None
+        if self.transport is not None:  # None once a WebSocket took the connection over
+            _site(self).slow_requests += 1
+            cast(ITCPTransport, self.transport).abortConnection()
+
+
 class QuietSite(Site):
-    """A site without a per-request access log: publishes and handshakes are too frequent
-    for one log line each; ``/metrics`` counts them instead."""
+    """A site without a per-request access log (publishes and handshakes are too frequent
+    for one log line each; ``/metrics`` counts them instead), with a ``deadline`` for each
+    request to arrive whole and a ``max_body`` enforced before reading (``BoundedRequest``,
+    ``DeadlineChannel``)."""
 
     displayTracebacks = False
+    # A plain HTTP/1.1 channel, not twisted.web's HTTP/2-negotiating wrapper: neither port
+    # speaks HTTP/2, and the deadline needs the channel itself.
+    protocol = DeadlineChannel  # type: ignore[assignment]
+    requestFactory = BoundedRequest
 
-    def __init__(self, resource: IResource, timeout: float = 60, forms: bool = True) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        timeout: float = 60,
+        forms: bool = True,
+        *,
+        deadline: float | None = None,
+        max_body: int | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
         super().__init__(resource, timeout=timeout, parsePOSTFormSubmission=forms)
+        self.deadline = deadline
+        self.max_body = max_body
+        if clock is None:
+            from twisted.internet import reactor as installed
+
+            clock = installed
+        self.clock = clock
+        self.slow_requests = 0  # cut by the deadline
+        self.refused_bodies = 0  # 413 before reading
 
     def log(self, request: object) -> None:
         pass
+
+
+def _site(channel: HTTPChannel) -> QuietSite:
+    """The site a channel of a ``QuietSite`` belongs to (``Site.buildProtocol`` sets it)."""
+    return cast(QuietSite, getattr(channel, "site"))  # noqa: B009 (HTTPChannel does not declare it)
 
 
 def mount(root: Resource, path: str, resource: IResource) -> None:
