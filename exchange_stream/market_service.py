@@ -6,6 +6,7 @@ alone (``twistd exchange-market --mesh redis://...``) it publishes into a mesh o
 
 from __future__ import annotations
 
+import os
 from typing import IO
 
 from twisted.application import internet, strports
@@ -135,6 +136,7 @@ class Options(usage.Options):
                 raise usage.UsageError("--mesh is required (the gateways' redis://...)")
             if not (self["feed"] or self["feed-udp"] or self["book-url"] or self["simulate"]):
                 raise usage.UsageError("give at least one input: --feed, --feed-udp, --book-url")
+        _check_files(self["replay"], self["output"])
         shared = {option.replace("-", "_"): self[option] for option, _kind, _text in _SHARED}
         feeds = {
             "feed": self["feed"],
@@ -145,6 +147,17 @@ class Options(usage.Options):
             self.config = GatewayConfig(mesh=self["mesh"] or "memory:", **feeds, **shared)
         except (TypeError, ValueError) as error:
             raise usage.UsageError(str(error)) from None
+
+
+def _check_files(replay: str | None, output: str | None) -> None:
+    """A recording that cannot be read, or an output that cannot be written, is one clear line
+    at start (and the output is not emptied for a recording that is not there)."""
+    if replay is not None and not (os.path.isfile(replay) and os.access(replay, os.R_OK)):
+        raise usage.UsageError(f"--replay {replay}: no such readable file")
+    if output is not None:
+        folder = os.path.dirname(os.path.abspath(output))
+        if os.path.isdir(output) or not os.access(folder, os.W_OK):
+            raise usage.UsageError(f"--output {output}: cannot write there")
 
 
 def makeService(options: Options) -> MultiService:

@@ -30,6 +30,7 @@ def test_feeds_listen_on_loopback_unless_an_interface_is_named():
     assert feed_endpoint("tcp:7001") == "tcp:7001:interface=127.0.0.1"
     assert feed_endpoint("tcp:7001:interface=0.0.0.0") == "tcp:7001:interface=0.0.0.0"
     assert feed_endpoint("unix:/run/feed.sock") == "unix:/run/feed.sock"
+    assert feed_endpoint("tcp6:7001") == "tcp6:7001:interface=\\:\\:1"  # not "::", all of them
     assert feed_udp_address("7002") == ("127.0.0.1", 7002)
     assert feed_udp_address("10.0.0.5:7002") == ("10.0.0.5", 7002)
 
@@ -40,6 +41,8 @@ def test_feeds_listen_on_loopback_unless_an_interface_is_named():
         ["--feed", "tcp:7001:interface=0.0.0.0"],
         ["--feed-udp", "0.0.0.0:7002"],
         ["--feed", "tcp:7001:interface=10.0.0.5", "--feed-secret", ""],
+        ["--feed", "tcp6:7001:interface=\\:\\:"],
+        ["--feed", "systemd:domain=INET:index=0"],  # anywhere, for all we know
     ],
 )
 def test_a_feed_beyond_this_host_needs_a_secret(argv):
@@ -112,9 +115,10 @@ async def test_with_a_secret_only_writers_who_send_it_are_heard():
         datagrams = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         datagrams.sendto(order_line(3), ("127.0.0.1", udp))  # no secret: dropped
         datagrams.sendto(b"s3cr3t\n" + order_line(4), ("127.0.0.1", udp))
-        await until(lambda: len(published) >= 2)
+        datagrams.sendto(b"s3cr3t\r\n" + order_line(5), ("127.0.0.1", udp))
+        await until(lambda: len(published) >= 3)
         await until(lambda: service.input.refused["unauthorised"] == 2)
-        assert sorted(p[1]["data"]["orderId"] for p in published) == [2, 4]
+        assert sorted(p[1]["data"]["orderId"] for p in published) == [2, 4, 5]
         stranger.settimeout(5)
         assert stranger.recv(100) == b"", "the stranger's connection was closed"
         for sock in (stranger, engine, datagrams):
@@ -126,6 +130,35 @@ async def test_with_a_secret_only_writers_who_send_it_are_heard():
 def _accepts(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        time.sleep(0.01)
+        return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tcp6_feed_without_an_interface_is_on_loopback_too():
+    published = []
+    port = free_port()
+    service = market_service(
+        lambda c, p, s=None: published.append(c) or succeed(1),
+        MarketSettings(),
+        reactor,
+        feed=f"tcp6:{port}",
+    )
+    service.startService()
+    try:
+        await until(lambda: _accepts_on("::1", port, socket.AF_INET6))
+        assert not _accepts_on(this_hosts_address(), port, socket.AF_INET)
+    finally:
+        await service.stopService()
+
+
+def _accepts_on(host: str, port: int, family: int) -> bool:
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.5)
+            probe.connect((host, port))
         return True
     except OSError:
         time.sleep(0.01)

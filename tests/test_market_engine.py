@@ -358,3 +358,15 @@ def test_the_gateways_market_bounds_come_from_its_options():
     settings = MarketSettings.of(options.config)
     assert settings.max_late_ms == 5000 and settings.limits.of("SHIBUSDT").integer_digits == 12
     assert settings.limits.of("BTCUSDT").integer_digits == 15
+
+
+def test_replay_files_that_cannot_be_used_are_one_clear_line(tmp_path):
+    kept = tmp_path / "kept.jsonl"
+    kept.write_bytes(b"12345")
+    with pytest.raises(usage.UsageError, match="no such readable file"):
+        MarketOptions().parseOptions(["--replay", str(tmp_path / "none"), "--output", str(kept)])
+    assert kept.read_bytes() == b"12345", "the output is not emptied"
+    recording = tmp_path / "r.jsonl"
+    recording.write_bytes(b"")
+    with pytest.raises(usage.UsageError, match="cannot write there"):
+        MarketOptions().parseOptions(["--replay", str(recording), "--output", "/no/such/dir/x"])

@@ -74,8 +74,9 @@ class FeedInput:
         self.refused[error.reason if isinstance(error, MalformedEvent) else "malformed"] += 1
         if self.malformed % self.log_every == 1:
             log.warn(
-                "market feed: skipped a malformed event from {source} ({error}); {count} so far",
+                "market feed: refused an event from {source} ({reason}: {error}); {count} so far",
                 source=source,
+                reason=error.reason if isinstance(error, MalformedEvent) else "malformed",
                 error=error,
                 count=self.malformed,
             )
@@ -149,13 +150,13 @@ class DatagramFeed(DatagramProtocol):
 
     def __init__(self, feed: FeedInput, secret: str | None = None) -> None:
         self.feed = feed
-        self._prefix = None if secret is None else secret.encode() + b"\n"
+        self._secret = None if secret is None else secret.encode()
 
     def datagramReceived(self, datagram: bytes, address) -> None:
         source = f"udp {address[0]}:{address[1]}"
-        if self._prefix is not None:
-            given, event = datagram[: len(self._prefix)], datagram[len(self._prefix) :]
-            if not compare_digest(given, self._prefix):
+        if self._secret is not None:
+            given, _, event = datagram.partition(b"\n")
+            if not compare_digest(given.rstrip(b"\r"), self._secret):  # "\r\n" too, as on TCP
                 self.feed.refused["unauthorised"] += 1
                 return
             datagram = event

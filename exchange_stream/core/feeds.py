@@ -11,14 +11,15 @@ from __future__ import annotations
 
 LOOPBACK = "127.0.0.1"
 _LOCAL = {"127.0.0.1", "::1", "localhost"}
+_LOOPBACK_OF = {"tcp": LOOPBACK, "ssl": LOOPBACK, "tcp6": "\\:\\:1"}  # endpoint-escaped ::1
 
 
 def feed_endpoint(description: str) -> str:
-    """A Twisted endpoint string for ``--feed``: ``tcp:``/``ssl:`` without an ``interface=``
-    option listen on the loopback interface."""
+    """A Twisted endpoint string for ``--feed``: ``tcp:``, ``tcp6:`` and ``ssl:`` without an
+    ``interface=`` option listen on the loopback interface (``tcp6:`` would take ``::``)."""
     kind, _, rest = description.partition(":")
-    if kind in ("tcp", "ssl") and "interface=" not in rest:
-        return f"{description}:interface={LOOPBACK}"
+    if kind in _LOOPBACK_OF and "interface=" not in rest:
+        return f"{description}:interface={_LOOPBACK_OF[kind]}"
     return description
 
 
@@ -31,11 +32,17 @@ def feed_udp_address(value: str) -> tuple[str, int]:
 
 
 def _endpoint_is_local(description: str) -> bool:
+    """Whether an endpoint (as ``feed_endpoint`` completes it) is reachable from this host
+    only: a UNIX socket, or TCP/TLS on a loopback interface. Any other kind (``systemd:``,
+    ...) may be reachable from elsewhere."""
     kind, _, rest = description.partition(":")
     if kind == "unix":
         return True
-    options = dict(part.split("=", 1) for part in rest.split(":") if "=" in part)
-    return options.get("interface", LOOPBACK) in _LOCAL
+    if kind not in _LOOPBACK_OF:
+        return False
+    unescaped = rest.replace("\\:", "\0")
+    options = dict(part.split("=", 1) for part in unescaped.split(":") if "=" in part)
+    return options.get("interface", "").replace("\0", ":") in _LOCAL
 
 
 def check_feeds(feed: str | None, feed_udp: str | None, secret: str | None) -> None:
