@@ -60,7 +60,7 @@ def market_service(
     source = FeedInput(engine.handle, engine.limits, engine.refused)
     service = MarketService(engine, source)
     if feed:
-        lines = LineFeedFactory(source, feed_secret)
+        lines = LineFeedFactory(source, feed_secret, clock)
         strports.service(feed_endpoint(feed), lines, reactor=clock).setServiceParent(service)
     if feed_udp:
         interface, port = feed_udp_address(feed_udp)

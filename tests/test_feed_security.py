@@ -163,3 +163,36 @@ def _accepts_on(host: str, port: int, family: int) -> bool:
     except OSError:
         time.sleep(0.01)
         return False
+
+
+def test_a_connection_that_never_sends_its_auth_line_is_closed():
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from exchange_stream.adapters.feed import FeedInput, LineFeedFactory
+
+    clock = Clock()
+    feed = FeedInput(lambda event: None)
+    factory = LineFeedFactory(feed, "s3cr3t", clock)
+    protocol = factory.buildProtocol(IPv4Address("TCP", "10.0.0.9", 4000))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    clock.advance(9.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.disconnecting and feed.refused["unauthorised"] == 1
+    answered = factory.buildProtocol(IPv4Address("TCP", "10.0.0.9", 4001))
+    answered.makeConnection(StringTransport())
+    answered.dataReceived(b"AUTH s3cr3t\n")
+    clock.advance(60)
+    assert not answered.transport.disconnecting
+
+
+def test_trade_ids_stay_within_what_javascript_holds_exactly():
+    from exchange_stream.core.market.events import MalformedEvent, parse_event
+
+    line = '{"type":"trade","symbol":"B","id":%d,"price":"1","qty":"1","side":"buy","ts":1}'
+    assert parse_event(line % (2**53 - 1)).id == 2**53 - 1
+    with pytest.raises(MalformedEvent, match="JavaScript"):
+        parse_event(line % 2**53)

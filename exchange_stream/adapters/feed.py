@@ -87,11 +87,16 @@ class _LineFeed(Protocol):
     the chunk (or the connection); here an overlong line is skipped alone, up to its end."""
 
     MAX_LENGTH = 4 * 1024 * 1024  # a full book of thousands of levels fits
+    AUTH_WITHIN = 10.0  # seconds for a connection's AUTH line, when a secret is asked
 
     def connectionMade(self) -> None:
         self._buffer = b""
         self._skipping = False  # inside an overlong line: drop until its newline
         self._admitted = self.factory.secret is None  # else: once its AUTH line is right
+        self._auth_call = None
+        if not self._admitted:
+            clock = self.factory.clock
+            self._auth_call = clock.callLater(self.AUTH_WITHIN, self._no_auth_line)
         assert self.transport is not None  # makeConnection sets it before connectionMade
         self._source = f"tcp {self.transport.getPeer()}"
         log.info("market feed: matching engine connected from {source}", source=self._source)
@@ -121,6 +126,7 @@ class _LineFeed(Protocol):
         secret = self.factory.secret
         if compare_digest(line.rstrip(b"\r"), b"AUTH " + secret):
             self._admitted = True
+            self._cancel_auth_call()
             return True
         self.factory.feed.refused["unauthorised"] += 1
         log.warn("market feed: {source} sent no valid AUTH line; closed", source=self._source)
@@ -129,7 +135,20 @@ class _LineFeed(Protocol):
         self._buffer = b""
         return False
 
+    def _no_auth_line(self) -> None:
+        self._auth_call = None
+        self.factory.feed.refused["unauthorised"] += 1
+        log.warn("market feed: {source} sent no AUTH line in time; closed", source=self._source)
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def _cancel_auth_call(self) -> None:
+        if self._auth_call is not None and self._auth_call.active():
+            self._auth_call.cancel()
+        self._auth_call = None
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_auth_call()
         log.info("market feed: {source} disconnected", source=self._source)
 
 
@@ -139,9 +158,14 @@ class LineFeedFactory(Factory):
     protocol = _LineFeed
     noisy = False
 
-    def __init__(self, feed: FeedInput, secret: str | None = None) -> None:
+    def __init__(self, feed: FeedInput, secret: str | None = None, clock=None) -> None:
         self.feed = feed
         self.secret = None if secret is None else secret.encode()
+        if clock is None:
+            from twisted.internet import reactor as installed
+
+            clock = installed
+        self.clock = clock
 
 
 class DatagramFeed(DatagramProtocol):

@@ -92,7 +92,7 @@ def parse_event(line: bytes | str, limits: SymbolLimits = DEFAULT_LIMITS) -> Eve
         bounds = limits.of(symbol)
         return Trade(
             symbol,
-            _integer(raw, "id"),
+            _integer(raw, "id", SAFE_INTEGER),
             _positive(raw, "price", bounds),
             _positive(raw, "qty", bounds),
             side,
@@ -133,10 +133,15 @@ def _symbol(raw: dict) -> str:
     return symbol
 
 
-def _integer(raw: dict, key: str) -> int:
+SAFE_INTEGER = 2**53 - 1  # the largest integer a JavaScript client holds exactly
+
+
+def _integer(raw: dict, key: str, largest: int | None = None) -> int:
     value = raw.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise MalformedEvent(f'"{key}" must be a non-negative integer')
+    if largest is not None and value > largest:
+        raise MalformedEvent(f'"{key}" must be at most {largest} (a JavaScript number)')
     return value
 
 
