@@ -38,6 +38,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("ping-timeout", float, "seconds to wait for a pong before dropping the peer"),
     ("allowed-origins", str, "comma-separated Origin patterns browsers may connect from"),
     ("max-backlog", int, "bytes a slow client may have waiting before it is closed (4100)"),
+    ("backlog", int, "pending connections a listening tcp:/ssl: port queues (reconnect storms)"),
     ("drain-seconds", float, "on shutdown, spread client closes over this many seconds"),
     ("workers", int, "processes accepting on the WebSocket port (more than 1: redis://, tcp:)"),
     ("feed", str, "run the market engine on JSON lines from this listening endpoint"),

@@ -22,6 +22,7 @@ from exchange_stream.adapters.upstream import listening_port
 from exchange_stream.adapters.web import QuietSite, mount
 from exchange_stream.adapters.workers import WorkerPool, process_count
 from exchange_stream.core.config import GatewayConfig
+from exchange_stream.core.endpoints import with_backlog
 from exchange_stream.core.market.bars import PATH as KLINES_PATH
 from exchange_stream.gateway import Gateway
 from exchange_stream.options import Options
@@ -52,8 +53,11 @@ def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiS
     workers = WorkerPool(config, processes, reactor) if processes > 1 else None
     gateway = Gateway(config, workers=workers, **gateway_args)
     gateway.setName("gateway")
-    websocket = strports.service(config.ws, websocket_site(gateway), reactor=reactor)
-    api = strports.service(config.api, api_site(gateway), reactor=reactor)
+    ws = with_backlog(config.ws, config.backlog)
+    websocket = strports.service(ws, websocket_site(gateway), reactor=reactor)
+    api = strports.service(
+        with_backlog(config.api, config.backlog), api_site(gateway), reactor=reactor
+    )
     if workers is not None:
         workers.share(lambda: listening_port(websocket))
     return GatewayService(gateway, websocket, api, workers)

@@ -92,3 +92,15 @@ def test_workers_default_to_one_per_core_with_a_shared_mesh_and_to_one_without()
         parse("--workers", "0")
     with pytest.raises(usage.UsageError, match="need a mesh they share"):
         parse("--workers", "2")
+
+
+def test_listening_ports_get_a_backlog_for_reconnect_storms():
+    from exchange_stream.core.endpoints import with_backlog
+
+    assert with_backlog("tcp:6790", 4096) == "tcp:6790:backlog=4096"
+    assert with_backlog("tcp:6789:interface=127.0.0.1", 4096).endswith(":backlog=4096")
+    assert with_backlog("ssl:443:privateKey=k.pem", 100) == "ssl:443:privateKey=k.pem:backlog=100"
+    assert with_backlog("tcp:6790:backlog=50", 4096) == "tcp:6790:backlog=50"  # said its own
+    assert with_backlog("unix:/run/es.sock", 4096) == "unix:/run/es.sock"
+    assert parse("--backlog", "1024").backlog == 1024
+    assert parse().backlog == 4096

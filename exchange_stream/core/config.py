@@ -38,6 +38,7 @@ class GatewayConfig:
     ping_timeout: float = 20.0
     allowed_origins: str = "*"
     max_backlog: int = 2 * 1024 * 1024
+    backlog: int = 4096  # pending connections the listening sockets queue (reconnect storms)
     drain_seconds: float = 5.0
     workers: int | None = None  # None: one per core with a shared mesh, else 1 (processes)
     demo: bool = False
@@ -79,6 +80,7 @@ class GatewayConfig:
             "max_integer_digits",
             "max_ahead_ms",
             "max_late_ms",
+            "backlog",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
