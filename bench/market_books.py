@@ -1,140 +1,297 @@
 """What one order book costs the market engine, in process and through the real TCP feed.
 
-Books of ``--levels`` levels a side (prices with one decimal, quantities with three, some with
-trailing zeros as fixed-scale feeds write them), each changing 3 to 10 levels a side from the
-last, as a matching engine sends them. Three figures:
+Books of ``--levels`` levels a side that move as a matching engine's do: each new book changes
+5 to 20 levels (quantities changed, levels taken out, new ones put in between, the best level
+eaten by a trade), prices on a 0.01 tick written with 1 or 2 decimals, quantities with 3 or 4
+("64000.1", "64000.15"; "0.125", "1.2500" as fixed-scale feeds write them). Three figures, each
+the median of ``--runs`` runs (the spread after it):
 
 - parse: ``parse_event`` alone (JSON, checks, bounds, canonical spelling, sorting);
 - parse + flush: every book also diffed and rendered (``DepthBook.offer`` + ``flush``: the
-  update, the snapshot, the checksum), the worst case of one book per push interval;
-- TCP feed: a separate process writes the lines into ``--feed`` of a market engine running on
-  the reactor (``market_service``, pushes every 100 ms on the real clock); the engine's process
-  CPU per book taken.
+  update, the snapshot, the checksum), the worst case of one book per push interval; the
+  flush alone is timed on books parsed beforehand;
+- TCP feed: a separate writer process (on another core) connects to ``--feed`` of a market
+  engine running on the reactor (``market_service``, pushes every 100 ms on the real clock)
+  and writes the lines as fast as the engine reads them; books/s and the engine process's CPU
+  per book, from the writer's first byte to the engine's last book.
 
-    python bench/market_books.py [--books 3000] [--levels 100] [--core 0]
+    python bench/market_books.py [--books 3000] [--levels 100] [--runs 3] [--core 0]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-from common import free_port, header_line, own_cpu_seconds, pinned, run_header
+from common import (
+    Processes,
+    free_port,
+    header_line,
+    own_cpu_seconds,
+    pinned,
+    progress,
+    run_header,
+)
 
 from exchange_stream.core.market.decimals import SymbolLimits
 from exchange_stream.core.market.depth import DepthBook
 from exchange_stream.core.market.events import parse_event
 
 START_MS = int(time.time() * 1000)
+TICK = 100  # price ticks per unit: 0.01
+LOT = 10_000  # quantity lots per unit: 0.0001
 
+# Connects, waits for the go line on stdin, writes every line at once, closes.
 WRITER = """
 import socket, sys
 lines = open(sys.argv[2], "rb").read()
 with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as sock:
+    sys.stdin.readline()
     sock.sendall(lines)
 """
 
 
-def make_books(count: int, levels: int, rng: random.Random, symbol: str = "BTCUSDT") -> list[bytes]:
-    bids = {640_000 - i: rng.randint(1, 99_999) for i in range(1, levels + 1)}
-    asks = {640_000 + i: rng.randint(1, 99_999) for i in range(1, levels + 1)}
-    lines = []
-    for index in range(count):
-        for side in (bids, asks):
-            for _ in range(rng.randint(3, 10)):
-                side[rng.choice(list(side))] = rng.randint(1, 99_999)
+def _price(ticks: int) -> str:
+    """2 decimals, one trailing zero dropped: 64000.15, 64000.1, 64000.0."""
+    spelled = f"{ticks // TICK}.{ticks % TICK:02d}"
+    return spelled[:-1] if spelled.endswith("0") else spelled
+
+
+def _qty(lots: int) -> str:
+    """4 decimals, one trailing zero dropped: 0.1255, 0.125, 1.250."""
+    spelled = f"{lots // LOT}.{lots % LOT:04d}"
+    return spelled[:-1] if spelled.endswith("0") else spelled
+
+
+def _lots(rng: random.Random) -> int:
+    return int(rng.lognormvariate(8.5, 1.5)) + 1  # 0.0001 to tens of units, mostly < 1
+
+
+class MovingBook:
+    """A book of ticks -> lots a side, moved a few levels at a time, published ``levels``
+    deep (the levels below the top ``levels`` only refill it)."""
+
+    def __init__(self, levels: int, rng: random.Random, mid: int = 64_000 * TICK) -> None:
+        self.levels, self.rng = levels, rng
+        self.bids: dict[int, int] = {}
+        self.asks: dict[int, int] = {}
+        self.bids[mid - 1], self.asks[mid + 1] = _lots(rng), _lots(rng)
+        self._refill()
+
+    def _top(self, side: dict[int, int], bids: bool) -> list[int]:
+        return sorted(side, reverse=bids)[: self.levels]
+
+    def _refill(self) -> None:
+        """Deep enough again: new levels 1 to 3 ticks below the last one."""
+        for side, step in ((self.bids, -1), (self.asks, 1)):
+            last = min(side) if step < 0 else max(side)
+            while len(side) < self.levels + 10:
+                last += step * self.rng.randint(1, 3)
+                side[last] = _lots(self.rng)
+
+    def move(self) -> None:
+        rng = self.rng
+        for _ in range(rng.randint(5, 20)):
+            bids = rng.random() < 0.5
+            side, other = (self.bids, self.asks) if bids else (self.asks, self.bids)
+            top = self._top(side, bids)
+            near = top[min(int(len(top) * rng.random() ** 2), len(top) - 1)]  # mostly the top
+            action = rng.random()
+            if action < 0.55:
+                side[near] = _lots(rng)  # a quantity changed
+            elif action < 0.75 and len(side) > 1:
+                del side[near]  # cancelled
+            elif action < 0.9:
+                # a new level between the best of the other side and the last published one
+                best_other = min(other) if bids else max(other)
+                low, high = (top[-1], best_other - 1) if bids else (best_other + 1, top[-1])
+                if low <= high:
+                    side.setdefault(rng.randint(low, high), _lots(rng))
+            elif len(side) > 1:
+                del side[top[0]]  # the best level eaten by a trade
+        self._refill()
+
+    def line(self, ts: int, symbol: str = "BTCUSDT") -> bytes:
         event = {
             "type": "book",
             "symbol": symbol,
-            "bids": [[f"{p / 10:.1f}", f"{q / 1000:.3f}"] for p, q in sorted(bids.items())[::-1]],
-            "asks": [[f"{p / 10:.1f}", f"{q / 1000:.3f}"] for p, q in sorted(asks.items())],
-            "ts": START_MS + index,
+            "bids": [[_price(p), _qty(self.bids[p])] for p in self._top(self.bids, True)],
+            "asks": [[_price(p), _qty(self.asks[p])] for p in self._top(self.asks, False)],
+            "ts": ts,
         }
-        lines.append(json.dumps(event, separators=(",", ":")).encode())
+        return json.dumps(event, separators=(",", ":")).encode()
+
+
+def make_books(count: int, levels: int, rng: random.Random) -> list[bytes]:
+    book = MovingBook(levels, rng)
+    lines = []
+    for index in range(count):
+        book.move()
+        lines.append(book.line(START_MS + index))
     return lines
 
 
-def in_process(lines: list[bytes]) -> tuple[float, float]:
-    """µs per book: parse alone, parse + offer + flush."""
+def in_process(lines: list[bytes]) -> dict[str, float]:
+    """µs per book: parse alone, the flush alone (of books parsed beforehand), both."""
     limits = SymbolLimits()
-    depth = DepthBook("BTCUSDT")
-    parse = flush = 0.0
+    started = time.perf_counter()
     for line in lines:
-        started = time.perf_counter()
-        book = parse_event(line, limits)
-        parsed = time.perf_counter()
+        parse_event(line, limits)
+    parse = time.perf_counter() - started
+
+    books = [parse_event(line, limits) for line in lines]
+    gc.freeze()  # 3,000 books kept alive would make every collection slower: not the engine's
+    depth = DepthBook("BTCUSDT", 200)
+    started = time.perf_counter()
+    for book in books:
         depth.offer(book)
         depth.flush()
-        flush += time.perf_counter() - parsed
-        parse += parsed - started
-    return parse / len(lines) * 1e6, (parse + flush) / len(lines) * 1e6
+    flush = time.perf_counter() - started
+    gc.unfreeze()
+    del books
+
+    depth = DepthBook("BTCUSDT", 200)
+    started = time.perf_counter()
+    for line in lines:
+        depth.offer(parse_event(line, limits))
+        depth.flush()
+    both = time.perf_counter() - started
+    scale = 1e6 / len(lines)
+    return {"parse": parse * scale, "flush": flush * scale, "both": both * scale}
 
 
-def through_tcp(lines: list[bytes], workdir: str) -> tuple[float, float, int]:
-    """(engine CPU µs per book, wall seconds, books taken) with the engine on the reactor."""
+def through_tcp(lines: list[bytes], runs: int, writer_cpu: int | None) -> list[dict[str, float]]:
+    """Per run: engine CPU µs per book and books/s, with the engine on the reactor (which
+    cannot be restarted, so every run is a new engine on a new port within one reactor run)."""
     from twisted.internet import reactor
 
     from exchange_stream.market_service import market_service
     from exchange_stream.services.market_engine import MarketSettings
     from exchange_stream.services.memory_mesh import MemoryMesh
 
-    port = free_port()
-    mesh = MemoryMesh()
     settings = MarketSettings(max_ahead_ms=10**12, max_late_ms=10**12)  # stamped at build time
-    service = market_service(
-        mesh.publish, settings, reactor, feed=f"tcp:{port}:interface=127.0.0.1"
-    )
-    service.startService()
-    path = f"{workdir}/books.jsonl"
-    with open(path, "wb") as out:
-        out.write(b"".join(line + b"\n" for line in lines))
-    result: dict[str, float] = {}
+    results: list[dict[str, float]] = []
+    failure: list[BaseException] = []
+    with tempfile.TemporaryDirectory() as workdir, Processes() as processes:
+        path = Path(workdir) / "books.jsonl"
+        path.write_bytes(b"".join(line + b"\n" for line in lines))
 
-    def start() -> None:
-        result["cpu"], result["wall"] = own_cpu_seconds(), time.perf_counter()
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(port), path])
-        reactor.callLater(0.05, watch, writer)
+        def run() -> None:
+            if len(results) == runs:
+                reactor.stop()
+                return
+            port = free_port()
+            service = market_service(
+                MemoryMesh().publish, settings, reactor, feed=f"tcp:{port}:interface=127.0.0.1"
+            )
+            service.startService()
+            writer = processes.spawn(
+                [sys.executable, "-c", WRITER, str(port), str(path)],
+                cpu=writer_cpu,
+                stdin=subprocess.PIPE,
+            )
+            source, event = service.input, service.input.event
+            started: dict[str, float] = {}
 
-    def watch(writer: subprocess.Popen) -> None:
-        if service.input.received >= len(lines):
-            result["cpu"] = own_cpu_seconds() - result["cpu"]
-            result["wall"] = time.perf_counter() - result["wall"]
-            writer.wait()
-            reactor.stop()
-        else:
-            reactor.callLater(0.01, watch, writer)
+            def counted(parsed) -> None:  # the feed's counter, and the end of the run
+                event(parsed)
+                if source.received == len(lines):
+                    cpu, wall = own_cpu_seconds() - started["cpu"], time.perf_counter()
+                    results.append(
+                        {
+                            "cpu": cpu / len(lines) * 1e6,
+                            "rate": len(lines) / (wall - started["wall"]),
+                            "refused": sum(service.engine.refused.values()),
+                            "depth": service.engine.published,
+                        }
+                    )
+                    reactor.callLater(0, finish, service, writer)
+                    source.event = event
 
-    reactor.callWhenRunning(start)
-    reactor.run()
-    service.stopService()
-    return result["cpu"] / len(lines) * 1e6, result["wall"], service.input.received
+            source.event = counted
+
+            def go() -> None:
+                started["cpu"], started["wall"] = own_cpu_seconds(), time.perf_counter()
+                assert writer.stdin is not None
+                writer.stdin.write(b"go\n")
+                writer.stdin.close()
+
+            reactor.callLater(0.3, go)  # the writer has started and connected by then
+
+        def finish(service, writer: subprocess.Popen) -> None:
+            try:
+                processes.stop(writer)  # done writing: it exits by itself
+                service.stopService()
+            except BaseException as error:  # reported after the reactor stops
+                failure.append(error)
+                reactor.stop()
+                return
+            reactor.callLater(0.2, run)
+
+        reactor.callWhenRunning(run)
+        reactor.run()
+    if failure:
+        raise failure[0]
+    return results
+
+
+def spread(values: list[float], digits: int = 0) -> str:
+    """The median, and the range of the runs after it."""
+    figure = f"{{:,.{digits}f}}"
+    median = figure.format(statistics.median(values))
+    if len(values) == 1:
+        return median
+    return f"{median} ({figure.format(min(values))}-{figure.format(max(values))})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--books", type=int, default=3000)
     parser.add_argument("--levels", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--core", type=int, default=0, help="pin to this core (-1: no pinning)")
+    parser.add_argument(
+        "--writer-core", type=int, default=1, help="the TCP writer's core (-1: no pinning)"
+    )
     args = parser.parse_args()
     print(header_line(run_header()))
     lines = make_books(args.books, args.levels, random.Random(11))
     size = sum(map(len, lines)) / len(lines)
+    runs = []
     with pinned({args.core} if args.core >= 0 else None):
-        parse, both = in_process(lines)
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as workdir:
-            tcp, wall, taken = through_tcp(lines, workdir)
-    print(f"market engine, {args.books:,} books of {args.levels} levels a side ({size:,.0f} bytes)")
-    print(f"  parse            {parse:6.0f} us per book")
-    print(f"  parse + flush    {both:6.0f} us per book (every book diffed, rendered, checksummed)")
-    print(f"  TCP feed         {tcp:6.0f} us engine CPU per book ({taken:,} books in {wall:.2f} s,")
-    print("                   pushes every 100 ms on the real clock: not every book is flushed)")
-    print(f"  one core keeps up with {1e6 / both:,.0f} books/s when every book is published")
+        for run in range(args.runs):
+            progress(f"in process, run {run + 1} of {args.runs}")
+            runs.append(in_process(lines))
+        progress(f"TCP feed, {args.runs} runs")
+        tcp = through_tcp(lines, args.runs, args.writer_core if args.writer_core >= 0 else None)
+    parse, flush, both = ([run[key] for run in runs] for key in ("parse", "flush", "both"))
+    cpu, rate = [run["cpu"] for run in tcp], [run["rate"] for run in tcp]
+    print(
+        f"market engine, {args.books:,} books of {args.levels} levels a side "
+        f"({size:,.0f} bytes), median of {args.runs} runs (min-max)"
+    )
+    print(f"  parse            {spread(parse)} us per book")
+    print(f"  flush            {spread(flush)} us per book (diff, render, checksum)")
+    print(f"  parse + flush    {spread(both)} us per book (every book published)")
+    print(f"  TCP feed         {spread(cpu)} us engine CPU per book, {spread(rate)} books/s")
+    refused = max(run["refused"] for run in tcp)
+    published = statistics.median(run["depth"] for run in tcp)
+    print(
+        f"                   ({refused} refused; pushes every 100 ms on the real clock: "
+        f"{published:.0f} publications, not every book is flushed)"
+    )
+    print(
+        f"  one core keeps up with {1e6 / statistics.median(both):,.0f} books/s "
+        "when every book is published"
+    )
 
 
 if __name__ == "__main__":

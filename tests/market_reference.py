@@ -279,8 +279,8 @@ class Reference:
             if taken is not None:
                 reason = "duplicate" if taken.same(trade) else "conflict"
                 if now_ms - taken.ts > self.max_late_ms:
-                    # "ids are remembered for as long as their trade could still be
-                    # accepted": this one may be forgotten. Recorded; judged as remembered.
+                    # An id reused after its trade left the late bound: docs/market.md does
+                    # not say whether it is still remembered. Recorded; judged as remembered.
                     self.ambiguous.append(Verdict(raw, now_ms, kind, symbol, reason, trade))
                 raise Refused(reason)
             self._taken[(symbol, trade.id)] = trade

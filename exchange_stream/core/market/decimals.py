@@ -50,6 +50,8 @@ def canonical(spelled: str) -> Decimal:
     respelled = (spelled[-1:] == "0" and "." in spelled) or "e" in spelled or "E" in spelled
     if not respelled or not value.is_finite():
         return value
+    if not value:
+        return Decimal(0)  # not formatted: "0E-999999" would be a million digits
     if value and not -64 <= value.adjusted() <= 64:
         return value  # too big or too fine for any limit: not expanded (9E+999999)
     fixed = format(value, "f")
