@@ -251,3 +251,13 @@ def test_an_engine_failure_on_one_event_is_logged_and_the_feed_goes_on():
         feed.raw(trade_line(id_), "test")
     assert taken == [1, 3]
     assert feed.refused == Counter(failed=1)
+
+
+def test_a_zero_with_a_huge_exponent_is_not_expanded():
+    """'0E-999999' would be a million digits if respelled by formatting: it is zero."""
+    from exchange_stream.core.market.decimals import canonical
+
+    assert canonical("0E-999999") == 0 and canonical("0.000E+999999") == 0
+    bids = b'[["1","0E-999999"],["0.5","1"]]'
+    line = b'{"type":"book","symbol":"BTCUSDT","bids":' + bids + b',"asks":[],"ts":1}'
+    assert parse_event(line, SymbolLimits()).bids == ((D("0.5"), D(1)),)  # the zero: no level
