@@ -357,3 +357,37 @@ def test_a_wrong_password_keeps_the_mesh_down_and_retrying_with_backoff(clock):
             clock.advance(0.1)
     assert attempts[1] - attempts[0] > 0.5 and attempts[2] - attempts[1] > 0.5  # backing off
     mesh.stopService()
+
+
+def test_an_unreachable_redis_is_named_in_warnings_repeated_with_back_off():
+    """ClientService only logs "Scheduling retry ... HostnameEndpoint" at info level: the mesh
+    warns, naming Redis and the error, at the 1st, 2nd, 4th, 8th... failure in a row."""
+    from twisted.internet.defer import fail, succeed
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.internet.interfaces import IStreamClientEndpoint
+    from twisted.logger import LogLevel, capturedLogs
+    from zope.interface import implementer
+    from zope.interface.verify import verifyObject
+
+    from exchange_stream.adapters.redis_protocol import ReportingEndpoint
+
+    @implementer(IStreamClientEndpoint)
+    class Refusing:
+        up = False
+
+        def connect(self, factory):
+            return succeed("protocol") if self.up else fail(ConnectionRefusedError())
+
+    inner = Refusing()
+    endpoint = ReportingEndpoint(inner, "RedisAddress(redis 127.0.0.1:1 db=0) (command connection)")
+    assert verifyObject(IStreamClientEndpoint, endpoint)
+    with capturedLogs() as events:
+        for _ in range(9):
+            endpoint.connect(None).addErrback(lambda f: None)
+        inner.up = True
+        endpoint.connect(None)
+    warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert [e["count"] for e in warnings] == [1, 2, 4, 8]
+    assert "127.0.0.1:1" in warnings[0]["what"] and "refused" in warnings[0]["why"].lower()
+    (back,) = [e for e in events if e["log_level"] == LogLevel.info]
+    assert back["count"] == 9 and endpoint.failures == 0

@@ -37,6 +37,7 @@ from exchange_stream.adapters.redis_catchup import CatchUp
 from exchange_stream.adapters.redis_commands import Deadline, execute, run_script
 from exchange_stream.adapters.redis_protocol import (
     RedisConnectionFactory,
+    ReportingEndpoint,
     SubscriberConnection,
     redis_endpoint,
 )
@@ -101,12 +102,13 @@ class RedisMesh(MultiService):
             reactor,
         )
         self.self_check = SelfCheck(self, self.restart_subscriber, reactor, *self_check)
-        for protocol, ready, receiver in (
-            (RedisProtocol, self._commands_ready, None),
-            (SubscriberConnection, self._subscriber_ready, self),
+        for protocol, ready, receiver, role in (
+            (RedisProtocol, self._commands_ready, None, "command"),
+            (SubscriberConnection, self._subscriber_ready, self, "subscriber"),
         ):
             factory = RedisConnectionFactory(protocol, self.address, ready, receiver)
-            service = ClientService(endpoint, factory, retryPolicy=policy, clock=reactor)
+            reporting = ReportingEndpoint(endpoint, f"{self.address} ({role} connection)")
+            service = ClientService(reporting, factory, retryPolicy=policy, clock=reactor)
             service.setServiceParent(self)
         self.self_check.setServiceParent(self)
 

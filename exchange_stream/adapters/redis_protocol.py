@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from txredisapi import RedisProtocol, SubscriberProtocol
+from zope.interface import implementer
 
 from exchange_stream.core.meshurl import RedisAddress
 
@@ -46,6 +49,49 @@ def redis_endpoint(address: RedisAddress, reactor) -> IStreamClientEndpoint:
                 trust = Certificate.loadPEM(pem.read())
         endpoint = wrapClientTLS(optionsForClientTLS(address.host, trustRoot=trust), endpoint)
     return endpoint
+
+
+@implementer(IStreamClientEndpoint)
+class ReportingEndpoint:
+    """``endpoint``, naming Redis when it cannot be reached: ``ClientService`` retries with
+    back-off but only logs "Scheduling retry ... HostnameEndpoint" at info level, which no
+    operator reads as "Redis is down". A warning names the address and the error at the 1st,
+    2nd, 4th, 8th, ... consecutive failure (repeated, with back-off), and an info line says when
+    it is reached again."""
+
+    log = Logger()
+
+    def __init__(self, endpoint: IStreamClientEndpoint, what: str) -> None:
+        self._endpoint = endpoint
+        self._what = what
+        self.failures = 0
+
+    def connect(self, protocolFactory) -> Deferred:
+        attempt = self._endpoint.connect(protocolFactory)
+        attempt.addCallbacks(self._reached, self._failed)
+        return attempt
+
+    def _reached(self, protocol: object) -> object:
+        if self.failures:
+            self.log.info(
+                "Redis mesh: {what} reached again after {count} failed attempts",
+                what=self._what,
+                count=self.failures,
+            )
+        self.failures = 0
+        return protocol
+
+    def _failed(self, failure: Failure) -> Failure:
+        self.failures += 1
+        if self.failures & (self.failures - 1) == 0:  # 1, 2, 4, 8, ...
+            self.log.warn(
+                "Redis mesh: cannot reach {what} ({why}); {count} attempt(s) failed, retrying "
+                "with back-off; publishes answer 503 meanwhile",
+                what=self._what,
+                why=failure.getErrorMessage() or getattr(failure.type, "__name__", "error"),
+                count=self.failures,
+            )
+        return failure
 
 
 class RedisConnectionFactory(Factory):
