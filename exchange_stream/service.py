@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -53,14 +55,22 @@ def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiS
     workers = WorkerPool(config, processes, reactor) if processes > 1 else None
     gateway = Gateway(config, workers=workers, **gateway_args)
     gateway.setName("gateway")
-    ws = with_backlog(config.ws, config.backlog)
-    websocket = strports.service(ws, websocket_site(gateway), reactor=reactor)
-    api = strports.service(
-        with_backlog(config.api, config.backlog), api_site(gateway), reactor=reactor
-    )
+    websocket = _listener("--ws", config.ws, config.backlog, websocket_site(gateway), reactor)
+    api = _listener("--api", config.api, config.backlog, api_site(gateway), reactor)
     if workers is not None:
         workers.share(lambda: listening_port(websocket))
     return GatewayService(gateway, websocket, api, workers)
+
+
+def _listener(
+    option: str, description: str, backlog: int, site: Site, reactor: Any
+) -> StreamServerEndpointService:
+    """The listening service for an endpoint option; a string Twisted cannot use (an unknown
+    kind, a missing TLS file) stops the start with one line naming the option, no traceback."""
+    try:
+        return strports.service(with_backlog(description, backlog), site, reactor=reactor)
+    except (ValueError, OSError, ImportError) as error:
+        raise SystemExit(f"exchange-stream: {option} {description}: {error}") from None
 
 
 class GatewayService(MultiService):
@@ -81,6 +91,19 @@ class GatewayService(MultiService):
         for child in (gateway, websocket, api, workers):
             if child is not None:
                 child.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        """Listen (before twistd drops privileges); a port in use or refused stops the start
+        with one line saying which and what to do, no traceback."""
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            where = f"{error.interface or '*'}:{error.port}"
+            raise SystemExit(
+                f"exchange-stream: cannot listen on {where} ({error.socketError}): another "
+                "process has it, or it needs privileges; stop that process or choose another "
+                "--ws / --api"
+            ) from None
 
     def stopService(self) -> Deferred:
         self.running = 0

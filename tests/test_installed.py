@@ -111,3 +111,34 @@ def test_version_names_exchange_stream_not_twisted(tmp_path, plugin):
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith(f"exchange-stream {exchange_stream.__version__} (Twisted ")
+
+
+def test_startup_failures_are_one_line_and_exit_1(tmp_path):
+    """A port in use, an endpoint Twisted cannot parse, a missing TLS file: one line saying
+    which option and what is wrong, exit status 1, no traceback (issue 12)."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    cases = [
+        (["--ws", f"tcp:{port}:interface=127.0.0.1"], f"cannot listen on 127.0.0.1:{port}"),
+        (["--ws", "tcpx:1"], "--ws tcpx:1: Unknown endpoint type"),
+        (["--api", "ssl:1:privateKey=/no/such.pem"], "--api ssl:1:privateKey=/no/such.pem:"),
+    ]
+    try:
+        for argv, said in cases:
+            run = subprocess.run(
+                [str(TWISTD), "-n", "--pidfile=", "exchange-stream", "--api", "tcp:0", *argv],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            output = run.stdout + run.stderr
+            assert run.returncode == 1, output
+            assert said in output, output
+            assert "Traceback" not in output, output
+    finally:
+        taken.close()
