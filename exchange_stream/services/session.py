@@ -91,7 +91,9 @@ class Session:
         self._refused_in_a_row = 0
         self._abuse_limit = 2 * config.op_burst
         self._expiry: IDelayedCall | None = None
-        self._kicked_meanwhile: list[set[str]] = []  # per auth in flight: uids kicked since
+        # Per auth in flight, the uids kicked since it began; None while none is (most of a
+        # connection's life: no list kept per idle connection).
+        self._kicked_meanwhile: list[set[str]] | None = None
 
     def handle_frame(self, text: bytes) -> None:
         """Handle one text frame from the client.
@@ -160,6 +162,8 @@ class Session:
     @inlineCallbacks
     def _op_auth(self, request: Request):
         kicked: set[str] = set()
+        if self._kicked_meanwhile is None:
+            self._kicked_meanwhile = []
         self._kicked_meanwhile.append(kicked)
         try:
             identity = yield self._authenticator.authenticate(request.token or "")
@@ -169,6 +173,8 @@ class Session:
             raise OpError(ErrorCode.AUTH_UNAVAILABLE, request.id) from None
         finally:
             self._kicked_meanwhile.remove(kicked)
+            if not self._kicked_meanwhile:
+                self._kicked_meanwhile = None
         if self._closed:
             return None
         if identity.uid in kicked:
@@ -192,7 +198,7 @@ class Session:
 
     def kick(self, uid: str) -> None:
         """``uid`` is kicked: log it out here, and let no auth in flight log it in."""
-        for kicked in self._kicked_meanwhile:
+        for kicked in self._kicked_meanwhile or ():
             kicked.add(uid)
         if self.uid == uid:
             self.log_out("kicked")

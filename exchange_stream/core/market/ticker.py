@@ -46,6 +46,7 @@ class RollingTicker:
         self._count = 0
         self._high: Decimal | None = None  # over the buckets kept; None: to be recomputed
         self._low: Decimal | None = None
+        self._oldest: int | None = None  # the window's oldest minute, once a message set it
 
     def add(self, trade: Trade) -> None:
         if (trade.ts, trade.id) > self._latest:
@@ -82,17 +83,15 @@ class RollingTicker:
             if buckets[index].minute < minute:
                 buckets.insert(index + 1, _Bucket(minute, trade))
                 return buckets[index + 1]
-        if self._pruned_before is not None and minute < self._pruned_before:
+        if self._oldest is not None and minute < self._oldest:
             return None
         buckets.appendleft(_Bucket(minute, trade))
         return buckets[0]
 
-    _pruned_before: int | None = None  # the oldest minute still in the window, once pruned
-
     def message(self, now_ms: int) -> dict | None:
         """The ticker at ``now_ms``, or None before the first trade."""
         oldest = (now_ms - DAY_MS) // MINUTE_MS
-        self._pruned_before = oldest
+        self._oldest = oldest
         buckets = self._buckets
         while buckets and buckets[0].minute < oldest:
             gone = buckets.popleft()
