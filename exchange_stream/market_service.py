@@ -178,11 +178,14 @@ def makeService(options: Options) -> MultiService:
         service, replay = replay_service(recording, publish, MarketSettings.of(config), settled)
 
         def done(_: object) -> None:
+            engine = service.engine
             log.info(
-                "replay done: {lines} lines, {published} publications, refused {refused}",
+                "replay done: {lines} lines, {published} publications, {failed} the mesh "
+                "refused (not sent), events refused {refused}",
                 lines=replay.lines,
-                published=service.engine.published,
-                refused=dict(service.engine.refused),
+                published=engine.published,
+                failed=engine.publish_failures,
+                refused=dict(engine.refused),
             )
             reactor.stop()
 
