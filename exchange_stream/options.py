@@ -38,6 +38,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("ping-timeout", float, "seconds to wait for a pong before dropping the peer"),
     ("allowed-origins", str, "comma-separated Origin patterns browsers may connect from"),
     ("max-backlog", int, "bytes a slow client may have waiting before it is closed (4100)"),
+    ("slow-client-grace", float, "seconds a client closed with 4100 has to read the close frame"),
     ("backlog", int, "pending connections a listening tcp:/ssl: port queues (reconnect storms)"),
     ("drain-seconds", float, "on shutdown, spread client closes over this many seconds"),
     ("workers", int, "processes accepting on the WebSocket port (more than 1: redis://, tcp:)"),

@@ -23,6 +23,8 @@ reads Twisted's private queue state; any other transport (TLS, a test's) takes
 
 from __future__ import annotations
 
+from collections import deque
+
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet.interfaces import IReactorTime, ITransport
@@ -129,24 +131,35 @@ class FastSendProtocol(WebSocketServerProtocol):
     connection opens (the handshake answer, which may be followed at once by a close) and for
     compression or Autobahn's queued synchronous sends, Autobahn's path is used, after what the
     turn writer holds.
+
+    Flow control: a subclass that registers as its transport's push producer is paused when
+    the transport's buffer is full (64 KiB: the client reads slower than we write). From then
+    on its frames wait here, in order, instead of piling up in the transport, and go out when
+    the transport asks for more. Past ``factory.max_backlog`` bytes waiting, ``too_slow`` is
+    called: the waiting frames can be dropped whole, which bytes already handed to the
+    transport could not be (one of them may be half sent).
     """
+
+    _held: deque[bytes] | None = None  # None: frames go out; a deque while paused
+    _held_size = 0
 
     def sendPreparedMessage(self, prepared) -> None:
         """The fan-out hot path: a few checks and a list append per subscriber."""
-        if self.state != self.STATE_OPEN or not self.may_write(len(prepared.payloadHybi)):
+        if self.state != self.STATE_OPEN:
             return
-        if not self.send_queue and not compresses(self):
+        if self.send_queue or compresses(self):
+            super().sendPreparedMessage(prepared)  # ends in sendData
+        elif self._held is None:
             self.factory.turn_writer.write(self.transport, prepared.payloadHybi)
         else:
-            super().sendPreparedMessage(prepared)
-
-    def may_write(self, size: int) -> bool:
-        """Whether a frame of ``size`` bytes may be written now (a subclass bounds this)."""
-        return True
+            self.hold(prepared.payloadHybi)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         if self.state == self.STATE_OPEN and not (sync or chopsize or self.send_queue):
-            self.factory.turn_writer.write(self.transport, data)
+            if self._held is None:
+                self.factory.turn_writer.write(self.transport, data)
+            else:
+                self.hold(data)
             return
         self.factory.turn_writer.flush_one(self.transport)
         super().sendData(data, sync, chopsize)
@@ -161,3 +174,52 @@ class FastSendProtocol(WebSocketServerProtocol):
     def send_text(self, payload: bytes) -> None:
         """``sendMessage`` for a text message, through the same fast path."""
         self.sendPreparedMessage(prepare_frame(payload))
+
+    # -- IPushProducer, for a subclass that registers as its transport's producer --------
+
+    def pauseProducing(self) -> None:
+        if self._held is None:
+            self._held = deque()
+
+    def resumeProducing(self) -> None:
+        """The transport's buffer is empty: hand it what waits, until it is full again."""
+        held, self._held = self._held, None
+        transport = self.transport
+        if held and transport is not None:  # what the turn writer holds is older: first
+            self.factory.turn_writer.flush_one(transport)
+        while held and transport is not None:
+            frame = held.popleft()
+            self._held_size -= len(frame)
+            transport.write(frame)
+            if self.paused:  # that write filled the buffer again
+                self._held = held
+                return
+        self._held_size = 0
+
+    @property
+    def paused(self) -> bool:
+        """Whether frames wait here now (the transport's buffer is full)."""
+        return self._held is not None
+
+    def stopProducing(self) -> None:
+        self.pauseProducing()
+
+    def hold(self, frame: bytes) -> None:
+        """Keep ``frame`` until the transport asks for more, within ``factory.max_backlog``."""
+        assert self._held is not None
+        self._held.append(frame)
+        self._held_size += len(frame)
+        if self._held_size > self.factory.max_backlog:
+            self.too_slow()
+
+    def drop_held(self) -> int:
+        """Forget the frames waiting (they are never sent); how many bytes they were."""
+        dropped, self._held_size = self._held_size, 0
+        if self._held is not None:
+            self._held.clear()
+            self._held = None
+        return dropped
+
+    def too_slow(self) -> None:
+        """More than ``factory.max_backlog`` bytes wait: what to do is the subclass's policy."""
+        raise NotImplementedError

@@ -37,15 +37,17 @@ class GatewayProtocol(FastSendProtocol):
     """One client connection.
 
     It is also the push producer of its transport: the transport pauses it when its write
-    buffer is full (the client reads slower than we write). Bytes written while paused are the
-    backlog; past ``max_backlog`` the connection is closed with 4100 and its buffers freed.
+    buffer is full (the client reads slower than we write), and frames then wait in order
+    (``FastSendProtocol``). Past ``max_backlog`` bytes waiting, the client is too slow: the
+    waiting frames are dropped and the 4100 close frame is written instead, right behind the
+    bytes the transport already holds (at most its 64 KiB buffer and one turn's frames); the
+    connection is kept ``slow_client_grace`` seconds holding only those, so that a client that
+    wakes up reads why it was closed, then it is dropped.
     """
 
     session: Session | None = None
     address: str | None = None
     last_heard = 0.0  # when the client last sent anything (see heartbeat.py)
-    _paused = False
-    _backlog = 0
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -99,11 +101,13 @@ class GatewayProtocol(FastSendProtocol):
     # -- IClientConnection --------------------------------------------------------------
 
     def send_reply(self, reply: bytes) -> None:
-        if self.state == WebSocketProtocol.STATE_OPEN and self.may_write(len(reply)):
+        if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendMessage(reply)
 
     def send_ping(self, frame: bytes) -> None:
-        if self.state == WebSocketProtocol.STATE_OPEN:
+        # Not while paused: a client that does not read needs no ping to be found out (the
+        # heartbeat goes by what it hears), and the ping would only add to what waits.
+        if self.state == WebSocketProtocol.STATE_OPEN and not self.paused:
             write_now(self.transport, frame)
 
     def drop_dead(self) -> None:
@@ -117,36 +121,16 @@ class GatewayProtocol(FastSendProtocol):
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendCloseFrame(code, reason.encode()[:123], isReply=False)
 
-    # -- IPushProducer: the transport's flow control ------------------------------------
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._backlog = 0
-
-    def stopProducing(self) -> None:
-        self._paused = True
-
-    def may_write(self, size: int) -> bool:
-        """Account for ``size`` bytes about to be written; False when they must not be,
-        because this write is the one that made the client too slow (it is being closed)."""
-        if not self._paused:
-            return True
-        self._backlog += size
-        if self._backlog > self.factory.max_backlog:
-            self._too_slow()
-            return False
-        return True
-
-    def _too_slow(self) -> None:
-        """Close with 4100. The close frame queues behind the backlog and nothing more is
-        written; Autobahn's close-handshake timeout (1 s) then drops the connection if the
-        client has not read up to it, which frees the buffer."""
+    def too_slow(self) -> None:
+        """Close with 4100 instead of holding more. The close handshake's timeout becomes the
+        grace period: a client that reads again within it reads the close frame and answers
+        it (a clean close); one that does not is dropped then, which frees the transport's
+        buffer."""
         self.factory.slow_consumers += 1
-        log.info("closing a slow client ({peer}): {backlog} bytes unsent", peer=self.peer,
-                 backlog=self._backlog)  # fmt: skip
+        dropped = self.drop_held()
+        log.info("closing a slow client ({peer}): {dropped} bytes unsent, dropped",
+                 peer=self.peer, dropped=dropped)  # fmt: skip
+        self.closeHandshakeTimeout = self.factory.slow_client_grace
         self.close(CloseCode.TOO_SLOW, "too slow: reconnect with backoff")
 
 
@@ -171,6 +155,7 @@ class GatewayFactory(WebSocketServerFactory):
         self.clock = clock
         self.slow_consumers = 0
         self.max_backlog = config.max_backlog
+        self.slow_client_grace = config.slow_client_grace
         header = config.real_ip_header
         self.real_ip_header = header.lower() if header else None
         origins = config.origins

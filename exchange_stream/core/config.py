@@ -38,6 +38,7 @@ class GatewayConfig:
     ping_timeout: float = 20.0
     allowed_origins: str = "*"
     max_backlog: int = 2 * 1024 * 1024
+    slow_client_grace: float = 10.0  # a client closed with 4100 has this long to read why
     backlog: int = 4096  # pending connections the listening sockets queue (reconnect storms)
     drain_seconds: float = 5.0
     workers: int | None = None  # None: one per core with a shared mesh, else 1 (processes)
@@ -74,6 +75,7 @@ class GatewayConfig:
             "max_connections_per_ip",
             "handshake_timeout",
             "max_backlog",
+            "slow_client_grace",
             "history_size",
             "history_ttl",
             "idempotency_ttl",
