@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource, Resource
 
+from exchange_stream.adapters.admitted import TicketedWebSocketResource
 from exchange_stream.adapters.fastwrite import TurnWriter, prepare_frame
 from exchange_stream.adapters.upstream import quiet_http_client
 from exchange_stream.adapters.web import api_root, bearer
@@ -95,7 +95,14 @@ class Gateway(MultiService):
         self.sessions = SessionRegistry(self.node, self.authenticator, config, reactor)
         self._drain = Drain(self.sessions.connections, reactor, config.drain_seconds)
         admission = Admission(
-            config.max_connections, config.max_connections_per_ip, self._is_draining
+            config.max_connections,
+            config.max_connections_per_ip,
+            self._is_draining,
+            by_peer=config.real_ip_header is None,
+        )
+        # The API port's own count: back ends' connections, never refused for a drain.
+        self.api_admission = Admission(
+            config.max_connections, config.max_connections_per_ip, lambda: False
         )
         self.factory = GatewayFactory(self.sessions, admission, self.turn_writer, reactor, config)
         self.process_figures = ProcessFigures(
@@ -154,7 +161,7 @@ class Gateway(MultiService):
 
     def websocket_resource(self) -> IResource:
         """The WebSocket endpoint, to mount at ``config.path`` of a ``twisted.web`` site."""
-        return WebSocketResource(self.factory)
+        return TicketedWebSocketResource(self.factory)
 
     def api_resource(self) -> Resource:
         """The internal API root: ``/v1/mesh/publish``, ``/v1/mesh/kick``, ``/ws/v1``,
@@ -169,12 +176,13 @@ class Gateway(MultiService):
             config.ping_interval,
             config.ping_timeout,
             config.streams,
+            self.api_admission,
         )
         return api_root(
             self.publisher,
             self.health,
             self.metrics.registry,
-            WebSocketResource(websocket_api),
+            TicketedWebSocketResource(websocket_api),
             authorization,
             config.max_publish_size,
             config.streams,

@@ -130,7 +130,13 @@ def websocket_site(gateway: Gateway) -> Site:
     path = config.path
     timeout = config.handshake_timeout  # an idle HTTP connection before the upgrade
     # ... and the whole handshake request, however it trickles in
-    site = partial(QuietSite, timeout=timeout, deadline=timeout, clock=gateway.reactor)
+    site = partial(
+        QuietSite,
+        timeout=timeout,
+        deadline=timeout,
+        clock=gateway.reactor,
+        admission=gateway.factory.admission,
+    )
     klines = KlinesResource(gateway.mesh, config.prefix)
     if not path.strip("/"):
         return site(BesideWebSocket(gateway.websocket_resource(), klines))
@@ -154,4 +160,5 @@ def api_site(gateway: Gateway) -> Site:
         deadline=config.handshake_timeout,  # each request, headers and body, in this time
         max_body=config.max_publish_size,
         clock=gateway.reactor,
+        admission=gateway.api_admission,
     )

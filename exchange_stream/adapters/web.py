@@ -15,8 +15,9 @@ from typing import TypeVar, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -33,6 +34,7 @@ from exchange_stream.core.mesh_api import (
     parse_publish,
 )
 from exchange_stream.core.streams import StreamPolicy
+from exchange_stream.services.connections import Admission
 from exchange_stream.services.health import Health
 from exchange_stream.services.publisher import Publisher
 
@@ -217,13 +219,62 @@ class BoundedRequest(Request):
         _site(self.channel).refused_bodies += 1
 
 
+def peer_host(peer: IAddress) -> str:
+    """The client address a connection is counted by: the IP, v4 or v6 alike; every peer of a
+    UNIX socket (a proxy in front) is one address."""
+    return peer.host if isinstance(peer, IPv4Address | IPv6Address) else "unix"
+
+
+class Refused(Resource):
+    """The answer to every request on a connection that was refused when it arrived (too
+    many from its address, or on the node): the status and reason, then the connection is
+    closed."""
+
+    isLeaf = True
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__()
+        self._status = status
+        self._reason = reason
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(self._status, self._reason.encode())  # as a refused handshake
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"connection", b"close")
+        request.notifyFinish().addBoth(lambda _: request.channel.loseConnection())
+        return self._reason.encode() + b"\n"
+
+
 class DeadlineChannel(HTTPChannel):
     """An HTTP connection whose every request must arrive whole (headers and body) within
     the site's ``deadline`` seconds of its first byte: a request trickled a byte at a time
     (slowloris) is cut, although each byte would restart an idle timeout. A connection
-    upgraded to a WebSocket is not an HTTP one any more, and is left alone."""
+    upgraded to a WebSocket is not an HTTP one any more, and is left alone.
+
+    With the site's ``admission``, the connection is counted from the moment it is accepted:
+    it holds a ``ticket`` until it closes, or until a WebSocket takes the connection over
+    with its ticket (``take_ticket``). One refused then has its ``refusal`` answered to each
+    request (``QuietSite.getResourceFor``)."""
 
     _deadline_call: IDelayedCall | None = None
+    ticket: str | None = None
+    refusal: tuple[int, str] | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        admission = _site(self).admission
+        if admission is not None and self.transport is not None:
+            admitted = admission.arrive(peer_host(self.transport.getPeer()))
+            if isinstance(admitted, tuple):
+                self.refusal = admitted
+            else:
+                self.ticket = admitted
+
+    def take_ticket(self) -> str | None:
+        """The connection's ticket, for the protocol that takes the connection over (it
+        leaves the admission when it closes; this channel will never hear of it)."""
+        ticket, self.ticket = self.ticket, None
+        return ticket
 
     def dataReceived(self, data: bytes) -> None:
         site = _site(self)
@@ -237,6 +288,9 @@ class DeadlineChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_deadline()
+        admission, ticket = _site(self).admission, self.take_ticket()
+        if admission is not None and ticket is not None:
+            admission.leave(ticket)
         super().connectionLost(reason)
 
     def _cancel_deadline(self) -> None:
@@ -254,7 +308,8 @@ class DeadlineChannel(HTTPChannel):
 class QuietSite(Site):
     """A site without a per-request access log (publishes and handshakes are too frequent
     for one log line each; ``/metrics`` counts them instead), with a ``deadline`` for each
-    request to arrive whole and a ``max_body`` enforced before reading (``BoundedRequest``,
+    request to arrive whole, a ``max_body`` enforced before reading and an ``admission``
+    counting connections from when they are accepted (``BoundedRequest``,
     ``DeadlineChannel``)."""
 
     displayTracebacks = False
@@ -272,10 +327,12 @@ class QuietSite(Site):
         deadline: float | None = None,
         max_body: int | None = None,
         clock: IReactorTime | None = None,
+        admission: Admission | None = None,
     ) -> None:
         super().__init__(resource, timeout=timeout, parsePOSTFormSubmission=forms)
         self.deadline = deadline
         self.max_body = max_body
+        self.admission = admission
         if clock is None:
             from twisted.internet import reactor as installed
 
@@ -286,6 +343,12 @@ class QuietSite(Site):
 
     def log(self, request: object) -> None:
         pass
+
+    def getResourceFor(self, request: Request) -> IResource:
+        refusal = getattr(request.channel, "refusal", None)
+        if refusal is not None:
+            return Refused(*refusal)
+        return super().getResourceFor(request)
 
 
 def _site(channel: HTTPChannel) -> QuietSite:

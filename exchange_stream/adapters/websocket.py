@@ -15,12 +15,13 @@ from typing import TypeVar, cast
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from exchange_stream.adapters.admitted import AdmittedFactory
 from exchange_stream.adapters.fastwrite import FastSendProtocol, TurnWriter, write_now
+from exchange_stream.adapters.web import peer_host
 from exchange_stream.core.config import GatewayConfig
 from exchange_stream.core.wire import CloseCode
 from exchange_stream.interfaces import IClientConnection, IHeartbeatPeer
@@ -46,7 +47,7 @@ class GatewayProtocol(FastSendProtocol):
     """
 
     session: Session | None = None
-    address: str | None = None
+    ticket: str | None = None  # what the admission counts this connection by (connections.py)
     last_heard = 0.0  # when the client last sent anything (see heartbeat.py)
 
     def connectionMade(self) -> None:
@@ -61,16 +62,19 @@ class GatewayProtocol(FastSendProtocol):
 
     def onConnect(self, request) -> None:
         assert self.transport is not None  # connected before the handshake
-        peer = self.transport.getPeer()
-        # IPv4 or IPv6 alike; a UNIX socket's peers (a proxy in front) all count as one.
-        address = peer.host if isinstance(peer, IPv4Address | IPv6Address) else "unix"
+        admission = self.factory.admission
+        peer = peer_host(self.transport.getPeer())
+        if self.ticket is None:  # a resource in a site of its own (embedded): counted now
+            self.ticket = self._admitted(admission.arrive(peer))
         header = self.factory.real_ip_header
-        if header and request.headers.get(header):
-            address = request.headers[header].split(",")[-1].strip()
-        refusal = self.factory.admission.enter(address)
-        if refusal is not None:
-            raise ConnectionDeny(*refusal)
-        self.address = address
+        if header:  # behind a proxy: the client's own address, or the peer's without one
+            address = request.headers.get(header, "").split(",")[-1].strip() or peer
+            self.ticket = self._admitted(admission.identify(self.ticket, address))
+
+    def _admitted(self, admitted: str | tuple[int, str]) -> str:
+        if isinstance(admitted, tuple):
+            raise ConnectionDeny(*admitted)
+        return admitted
 
     def dataReceived(self, data: bytes) -> None:
         self.last_heard = self.factory.clock.seconds()
@@ -94,9 +98,9 @@ class GatewayProtocol(FastSendProtocol):
         if self.session is not None:
             self.factory.sessions.end(self.session)
             self.session = None
-        if self.address is not None:
-            self.factory.admission.leave(self.address)
-            self.address = None
+        if self.ticket is not None:
+            self.factory.admission.leave(self.ticket)
+            self.ticket = None
 
     # -- IClientConnection --------------------------------------------------------------
 
@@ -134,7 +138,7 @@ class GatewayProtocol(FastSendProtocol):
         self.close(CloseCode.TOO_SLOW, "too slow: reconnect with backoff")
 
 
-class GatewayFactory(WebSocketServerFactory):
+class GatewayFactory(AdmittedFactory, WebSocketServerFactory):
     """Client connections: each is admitted, gets a session, and writes through the turn
     writer. ``slow_consumers`` counts the clients closed with 4100 (for metrics)."""
 

@@ -22,6 +22,7 @@ from functools import partial
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
 
+from exchange_stream.adapters.admitted import AdmittedFactory
 from exchange_stream.adapters.fastwrite import FastSendProtocol, TurnWriter
 from exchange_stream.core.encoding import encode
 from exchange_stream.core.mesh_api import (
@@ -34,12 +35,20 @@ from exchange_stream.core.mesh_api import (
     parse_publish,
 )
 from exchange_stream.core.streams import StreamPolicy
+from exchange_stream.services.connections import Admission
 from exchange_stream.services.publisher import Publisher
 
 BATCHES = {"mesh.publish"}
 
 
 class MeshApiProtocol(FastSendProtocol):
+    ticket: str | None = None  # the API port's admission counts the connection by this
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.ticket is not None:
+            self.factory.admission.leave(self.ticket)
+            self.ticket = None
+
     def onConnect(self, request) -> None:
         expected = self.factory.expected_authorization
         if expected is not None:
@@ -77,8 +86,9 @@ class MeshApiProtocol(FastSendProtocol):
             self.send_text(encode(answer))
 
 
-class MeshApiFactory(WebSocketServerFactory):
-    """Back ends' publish connections; ``authorization`` is the header ``--api-token`` needs."""
+class MeshApiFactory(AdmittedFactory, WebSocketServerFactory):
+    """Back ends' publish connections; ``authorization`` is the header ``--api-token`` needs;
+    ``admission`` counts the API port's connections (``TicketedWebSocketResource``)."""
 
     protocol = MeshApiProtocol
 
@@ -91,8 +101,10 @@ class MeshApiFactory(WebSocketServerFactory):
         ping_interval: float,
         ping_timeout: float,
         streams: StreamPolicy,
+        admission: Admission,
     ) -> None:
         super().__init__(server="exchange-stream")
+        self.admission = admission
         self.methods: dict[str, Callable[[object], PublishRequest]] = {
             "mesh.publish": partial(parse_publish, streams=streams),
             "mesh.kick": parse_kick,

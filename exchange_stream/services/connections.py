@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from exchange_stream.core.config import GatewayConfig
 from exchange_stream.core.wire import CloseCode, encode_notice
@@ -19,39 +20,96 @@ from exchange_stream.interfaces import IAuthenticator, IClientConnection
 from exchange_stream.services.node import Node
 from exchange_stream.services.session import Session
 
+log = Logger()
+
+SHARE_WARNING_FROM = 100  # connections from one address before a large share is worth a warning
+
+
+Refusal = tuple[int, str]  # an HTTP status and its reason
+
 
 class Admission:
-    """Connections on this node and per client address, within the configured limits."""
+    """Connections on this node and per client address, within the configured limits.
+
+    A connection is counted from its first moment (``arrive``, when it is accepted), not once
+    its handshake is complete: a handshake trickled a byte at a time holds a place as long as
+    it lasts, so one address cannot open more than its share however slowly it writes. What is
+    counted is a **ticket**, handed back by ``leave``: the address counted, or ``""`` for a
+    connection counted on the node only. That is every connection when ``by_peer`` is false
+    (``--real-ip-header``: the peer is a proxy, the client's own address comes with the
+    handshake's headers and is counted then, with ``identify``).
+
+    Counting peers, the first time one address holds 100 connections that are more than half
+    of the node's (and again at 200, 400, ...), a warning says it may be a proxy.
+    """
 
     def __init__(
-        self, max_connections: int, max_per_address: int, is_draining: Callable[[], bool]
+        self,
+        max_connections: int,
+        max_per_address: int,
+        is_draining: Callable[[], bool],
+        by_peer: bool = True,
     ) -> None:
         self._max_connections = max_connections
         self._max_per_address = max_per_address
         self._is_draining = is_draining
+        self._by_peer = by_peer
         self._per_address: dict[str, int] = {}
         self._admitted = 0
+        self._warn_at = SHARE_WARNING_FROM
 
-    def enter(self, address: str) -> tuple[int, str] | None:
-        """Count a new connection from ``address``, or say why not (HTTP status, reason)."""
+    def arrive(self, peer: str) -> str | Refusal:
+        """Count a new connection from ``peer``: its ticket, or why not."""
         if self._is_draining():
             return 503, "server shutting down"
         if self._admitted >= self._max_connections:
             return 503, "too many connections on this node"
-        if self._per_address.get(address, 0) >= self._max_per_address:
+        if not self._by_peer:
+            self._admitted += 1
+            return ""
+        refusal = self._count_address(peer)
+        if refusal is None:
+            self._admitted += 1
+            self._warn_on_a_large_share(peer)
+            return peer
+        return refusal
+
+    def identify(self, ticket: str, address: str) -> str | Refusal:
+        """The client's own address is known now (a proxy's header): count it, unless the
+        ticket counts an address already. The new ticket, or why not (the old one still
+        holds its place on the node until ``leave``)."""
+        if ticket:
+            return ticket
+        return self._count_address(address) or address
+
+    def leave(self, ticket: str) -> None:
+        """A connection that :meth:`arrive` counted has closed."""
+        self._admitted -= 1
+        if ticket:
+            left = self._per_address.get(ticket, 0) - 1
+            if left > 0:
+                self._per_address[ticket] = left
+            else:
+                self._per_address.pop(ticket, None)
+
+    def _count_address(self, address: str) -> Refusal | None:
+        held = self._per_address.get(address, 0)
+        if held >= self._max_per_address:
             return 429, "too many connections from your address"
-        self._per_address[address] = self._per_address.get(address, 0) + 1
-        self._admitted += 1
+        self._per_address[address] = held + 1
         return None
 
-    def leave(self, address: str) -> None:
-        """A connection that :meth:`enter` counted has closed."""
-        self._admitted -= 1
-        left = self._per_address.get(address, 0) - 1
-        if left > 0:
-            self._per_address[address] = left
-        else:
-            self._per_address.pop(address, None)
+    def _warn_on_a_large_share(self, address: str) -> None:
+        held = self._per_address[address]
+        if held >= self._warn_at and 2 * held > self._admitted:
+            log.warn(
+                "{held} of {admitted} connections come from {address}: if that is a proxy or "
+                "a load balancer, set --real-ip-header, or its clients share one address's "
+                "limit (--max-connections-per-ip {limit})",
+                held=held, admitted=self._admitted, address=address,
+                limit=self._max_per_address,
+            )  # fmt: skip
+            self._warn_at *= 2
 
 
 class SessionRegistry:
