@@ -27,9 +27,9 @@ CHANNEL = "ex:BTCUSDT@trades"
 SELF_CHECK = (0.3, 1.0)  # the heartbeat's interval and timeout, short for the tests
 
 
-async def node(url: str):
+async def node(url: str, self_check=SELF_CHECK):
     config = GatewayConfig(mesh=url, ping_interval=0)
-    mesh = RedisMesh(url, reactor, streams=config.streams, self_check=SELF_CHECK)
+    mesh = RedisMesh(url, reactor, streams=config.streams, self_check=self_check)
     started = await start_gateway(config, mesh=mesh)
     await until(lambda: mesh.available and mesh.receiving)
     return started
@@ -139,6 +139,30 @@ async def test_a_stalled_redis_is_not_taken_for_a_deaf_node(redis_server):
 
         traffic = await run_through(sleep, nodes, seconds=3.0)
         assert not traffic.refused
+        assert [started.gateway.mesh.deaf_events for started in nodes] == [0, 0, 0]
+    finally:
+        await stop(nodes)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_is_unhealthy_while_redis_does_not_answer_and_loses_nothing(redis_server):
+    """A 5 s stall, with the self-check's own timings (a beat every 2 s, a stall after 2 s
+    unanswered): /healthz answers 503 during it and 200 after, nobody is called deaf, and
+    every publish answered 200 is delivered."""
+    nodes = [await node(redis_server.url, self_check=(2.0, 6.0)) for _ in range(3)]
+    statuses: list[int] = []
+    try:
+
+        async def pause():
+            redis_server.client().client_pause(5000, all=True)
+            for _ in range(30):  # 6 s, every 0.2 s
+                statuses.append((await nodes[1].health())[0])
+                await deferLater(reactor, 0.2, lambda: None)
+
+        traffic = await run_through(pause, nodes, seconds=3.0)
+        assert not traffic.refused
+        print("healthz during and after the stall:", statuses)
+        assert 503 in statuses and statuses[-1] == 200
         assert [started.gateway.mesh.deaf_events for started in nodes] == [0, 0, 0]
     finally:
         await stop(nodes)

@@ -2,6 +2,7 @@
 written by the test. Pins reconnect with backoff, resubscribe without duplicates, and that a
 publish fails at once while the mesh is down."""
 
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -142,6 +143,7 @@ def test_reconnects_with_backoff_and_resubscribes_everything_once(setup):
     new.protocol.dataReceived(bulk("subscribe", heartbeat, 1) + bulk("subscribe", "ex:a", 2))
     assert not mesh.receiving
     new.protocol.dataReceived(bulk("subscribe", "ex:c", 3))
+    answer_publishes(endpoint.latest(subscriber=False))  # Redis answered the heartbeats
     assert mesh.receiving
     for _ in range(20):
         clock.advance(1)
@@ -264,6 +266,33 @@ def test_a_node_that_does_not_hear_its_heartbeat_is_deaf_and_resubscribes(setup)
     clock.advance(2)  # beat 2 is now more than 6 s old
     assert not mesh.receiving and mesh.self_check.deaf_events == 1
     assert subscriber.transport.disconnecting  # dropped, to resubscribe from scratch
+
+
+def test_a_redis_that_does_not_answer_makes_the_node_unhealthy_until_it_does(clock):
+    """Heartbeats neither accepted nor heard for more than 2 s: Redis is stalled, the node is
+    not receiving and /healthz fails; no deafness is claimed and nothing is restarted; the
+    answers that come at last make it healthy again."""
+    endpoint = FakeEndpoint()
+    mesh = RedisMesh("redis://127.0.0.1:6399/0", reactor=clock, endpoint=endpoint)
+    gateway = memory_gateway(clock, GatewayConfig(ping_interval=0), mesh=mesh)
+    api = StubTreq(gateway.api_resource())
+    commands, subscriber = endpoint.latest(subscriber=False), endpoint.latest(subscriber=True)
+    for channel in (mesh.self_check.channel, "es:control"):
+        subscriber.protocol.dataReceived(bulk("subscribe", channel, 1))
+    clock.advance(2)  # beat 1 sent; Redis says nothing from now on
+    assert stub_request(api, "GET", "http://api/healthz")[0] == 200
+    clock.advance(1.9)
+    assert mesh.receiving  # 1.9 s without an answer is allowed
+    clock.advance(0.2)
+    status, _, body = stub_request(api, "GET", "http://api/healthz")
+    assert status == 503 and json.loads(body)["receiving"] is False
+    for _ in range(5):  # 10 s more of silence: still stalled, never called deaf
+        clock.advance(2)
+    assert not mesh.receiving and mesh.self_check.deaf_events == 0
+    assert not subscriber.transport.disconnecting
+    answer_publishes(commands)  # Redis runs what waited
+    assert mesh.receiving
+    assert stub_request(api, "GET", "http://api/healthz")[0] == 200
 
 
 def test_no_deafness_claimed_while_heartbeats_cannot_be_published(setup):

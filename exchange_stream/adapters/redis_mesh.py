@@ -121,9 +121,16 @@ class RedisMesh(MultiService):
 
     @property
     def receiving(self) -> bool:
-        """This node receives its channels: the subscriber connection is up and Redis has
-        confirmed the (re)subscription of every channel wanted when it came up."""
-        return self._subscriber is not None and self._resubscribed and not self.self_check.deaf
+        """This node receives its channels: the subscriber connection is up, Redis has
+        confirmed the (re)subscription of every channel wanted when it came up, and neither
+        the self-check found the node deaf nor is Redis stalled."""
+        check = self.self_check
+        return (
+            self._subscriber is not None
+            and self._resubscribed
+            and not check.deaf
+            and not check.stalled
+        )
 
     @property
     def deaf_events(self) -> int:
