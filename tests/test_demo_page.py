@@ -1,5 +1,5 @@
 """Smoke test: the live demo page in a real headless Chromium, against
-``twistd exchange-stream --demo``.
+``twistd exchange-stream --demo``; and the simulator's promise that balances come soon.
 
 The page (``exchange_stream/static``: ``index.html``, ``demo.js`` and ``client.js``, the
 ``clients/js`` package through a symbolic link) is loaded from the gateway's WebSocket port and
@@ -28,7 +28,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
 from websockets.sync.client import connect
+
+from exchange_stream.core.market.events import PrivateEvent
+from exchange_stream.services.simulator import DEMO_UIDS, Simulator
 
 TWISTD = Path(sys.executable).parent / "twistd"
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -341,3 +345,25 @@ def test_demo_page_shows_live_data_and_logs_in(page):
     assert state["mismatches"] == 0, state["problems"]
     assert state["malformed"] == [] and state["errors"] == [], state
     assert page.problems() == []
+
+
+def test_the_simulator_sends_every_demo_users_balance_each_second():
+    """Whenever a demo user logs in, their whole balance comes within a second: the
+    simulator sends each one's every second (``BALANCE_EVERY``), changed or not."""
+    clock = Clock()
+    events: list = []
+    simulator = Simulator(events.append, clock, history_minutes=0)
+    simulator.startService()
+    try:
+        for _ in range(3):
+            events.clear()
+            clock.advance(1.0)
+            balances = {
+                e.uid: e.data for e in events if isinstance(e, PrivateEvent) and e.type == "balance"
+            }
+            assert set(balances) == {str(uid) for uid in DEMO_UIDS}
+            for uid, data in balances.items():
+                assert data["uid"] == int(uid)
+                assert {b["asset"] for b in data["balances"]} == {"USDT", "BTC"}
+    finally:
+        simulator.stopService()

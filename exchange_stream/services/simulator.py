@@ -2,9 +2,10 @@
 
 Each step (50 ms) moves each symbol's mid price by a few ticks now and then, refreshes a
 60-level book a side (a few levels change size, levels follow the mid), and prints a few
-trades at the touch. Every second each symbol gets index prices from three sources; now and
-then a demo user (uids 1001 to 1005) gets an order, balance, position or account event. It feeds
-the engine the same event objects the TCP/UDP feeds produce.
+trades at the touch. Every second each symbol gets index prices from three sources and each
+demo user (uids 1001 to 1005) its whole balance; now and then a demo user gets an order, a
+balance change, a position or an account event. It feeds the engine the same event objects the
+TCP/UDP feeds produce.
 
 At start it makes up each symbol's past (``history_minutes`` minutes, 1000 by default: the
 bars channels keep that many bars) and hands it to the engine's back-fill, which replays it on
@@ -40,6 +41,16 @@ _MOVE_SQUARED = 30 / 8  # ... by -3..3 ticks: a mean square move of 3.75 ticks^2
 _POINT_SIGMA = math.sqrt(_MOVES * _MOVE_SQUARED / _POINTS)  # ticks
 _TRADES = _STEPS * 7 / 6  # 0, 0, 1, 1, 2 or 3 trades a step
 _LOTS = 3  # 1..5 lots a trade (variance 2)
+
+# Each demo user's whole balance goes out every second, changed or not. A matching engine does
+# not know who is looking: a real front end reads the balance from the exchange's REST API when
+# the user logs in, then applies the @balance pushes (docs/client.md, Recovery). The demo has no
+# REST API, so its balances come again every second instead: a page that logs in shows them
+# within a second (with only the random changes, a user waited 7.5 s on average), and a client
+# that missed a push is right again at the next. Only balances: orders and positions are events,
+# not a state to repeat. Cost: one publication a second per demo user, 600 in a @balance
+# history of 10 minutes (it keeps up to 10,000).
+BALANCE_EVERY = 1.0
 
 
 @dataclass
@@ -94,9 +105,22 @@ class Simulator(PeriodicService):
         self._step = step
         self._trade_id = 0
         self._order_id = 0
+        # uid -> asset -> (available, locked), in cents: "12345.25", "100.00"
+        self.balances: dict[int, dict[str, tuple[Decimal, Decimal]]] = {
+            uid: {
+                "USDT": (self._cents(100_000, 9_999_999), Decimal("100.00")),
+                "BTC": (self._cents(1, 300), Decimal("0.00")),
+            }
+            for uid in DEMO_UIDS
+        }
 
     def periodic(self) -> list[tuple[float, Callable[[], object]]]:
-        return [(self._step, self.step), (1.0, self.index), (0.3, self.private)]
+        return [
+            (self._step, self.step),
+            (1.0, self.index),
+            (0.3, self.private),
+            (BALANCE_EVERY, self.publish_balances),
+        ]
 
     def startService(self) -> None:
         if self._backfill is not None and self.history_minutes > 0:
@@ -222,17 +246,11 @@ class Simulator(PeriodicService):
                 "status": self._rng.choice(("new", "partially_filled", "filled", "canceled")),
                 "ts": self._now_ms(),
             }
-        elif kind == "balance":
-            data = {
-                "uid": uid,
-                "balances": [
-                    {
-                        "asset": "USDT",
-                        "available": f"{self._rng.randint(1000, 99999)}.25",
-                        "locked": "100.00",
-                    }
-                ],
-            }
+        elif kind == "balance":  # a fill or a transfer: USDT moves by up to 500
+            available, locked = self.balances[uid]["USDT"]
+            moved = self._cents(-50_000, 50_000)
+            self.balances[uid]["USDT"] = (max(Decimal("0.00"), available + moved), locked)
+            data = self._balance(uid)
         elif kind == "position":
             data = {
                 "symbol": market.symbol,
@@ -243,3 +261,21 @@ class Simulator(PeriodicService):
         else:
             data = {"uid": uid, "level": "VIP1", "updated": self._now_ms()}
         self._handle(PrivateEvent(kind, str(uid), data))
+
+    def _cents(self, low: int, high: int) -> Decimal:
+        return Decimal(self._rng.randint(low, high)).scaleb(-2)
+
+    def publish_balances(self) -> None:
+        """Every demo user's whole balance (see ``BALANCE_EVERY``)."""
+        for uid in DEMO_UIDS:
+            self._handle(PrivateEvent("balance", str(uid), self._balance(uid)))
+
+    def _balance(self, uid: int) -> dict[str, object]:
+        assets = self.balances[uid].items()
+        return {
+            "uid": uid,
+            "balances": [
+                {"asset": asset, "available": text(free), "locked": text(locked)}
+                for asset, (free, locked) in assets
+            ],
+        }
