@@ -1,5 +1,5 @@
 """Smoke test: the live demo page in a real headless Chromium, against
-``twistd exchange-stream --demo``; and the simulator's promise that balances come soon.
+``twistd exchange-stream --demo``; and the page's number formatting, in Node.
 
 The page (``exchange_stream/static``: ``index.html``, ``demo.js`` and ``client.js``, the
 ``clients/js`` package through a symbolic link) is loaded from the gateway's WebSocket port and
@@ -12,11 +12,17 @@ the bars history behind the chart in ``tests/test_kline_history.py``.
 Chromium is installed with apt-get when missing and we are root; the test is skipped only when
 no browser exists and none can be installed. The test is synchronous: the gateway and the
 browser run as child processes.
+
+``demo.js`` starts with its formatting functions (``window.DemoFormat``: decimal strings
+rounded, padded and grouped digit by digit, private events as readable rows), which Node can
+``require()`` without a page; they are checked on sample strings with Node 20 (which, as for
+``tests/test_js_client.py``, must be there).
 """
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,6 +41,7 @@ from exchange_stream.core.market.events import PrivateEvent
 from exchange_stream.services.simulator import DEMO_UIDS, Simulator
 
 TWISTD = Path(sys.executable).parent / "twistd"
+DEMO_JS = Path(__file__).resolve().parent.parent / "exchange_stream" / "static" / "demo.js"
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 DEADLINE = 15.0  # seconds for the page to show everything it promises
 EMPTY = "\u2013"  # what the page shows before a value arrives (an en dash)
@@ -281,6 +288,10 @@ PAGE_STATE = """(() => {
     canvases: canvases.length, candlePixels, history: s.history, barsDrawn: s.barsDrawn,
     interval: s.interval, loggedIn: s.loggedIn,
     privateShown: document.querySelectorAll('#private .entry').length,
+    privateRows: Array.from(document.querySelectorAll('#private .entry .what'))
+      .map((e) => e.textContent),
+    balancesShown: document.querySelectorAll('#balances .balance').length,
+    balanceShownMs: s.balanceShownMs,
     malformed: s.malformed, errors: s.errors,
   };
 })()"""
@@ -292,9 +303,10 @@ def page_state(page: DevTools) -> dict:
 
 def test_demo_page_shows_live_data_and_logs_in(page):
     """Served by the gateway, the page shows a verified book, trades, the ticker, the mark
-    price and a candle chart (lightweight-charts) holding the hours of 1m bars the history
-    answered; switching to 5m loads that history; logging in as demo-1001 brings a private
-    event; nothing errs."""
+    price (to BTCUSDT's 0.1 tick, not the engine's 8 places) and a candle chart
+    (lightweight-charts) holding the hours of 1m bars the history answered; switching to 5m
+    loads that history; logging in as demo-1001 shows its balances within about a second and
+    private events as words, not JSON; nothing errs."""
 
     def history_drawn(interval: str, at_least: int):
         def check():
@@ -328,6 +340,7 @@ def test_demo_page_shows_live_data_and_logs_in(page):
 
     state = wait_for(live, DEADLINE, "the live market on the page", lambda: page_state(page))
     assert state["mismatches"] == 0, state["problems"]
+    assert re.fullmatch(r"[0-9]+\.[0-9]", state["mark"]), state["mark"]
 
     page.evaluate("window.demo.setInterval('5m')")
     wait_for(history_drawn("5m", 36), DEADLINE, "the 5m history", lambda: page_state(page))
@@ -339,12 +352,95 @@ def test_demo_page_shows_live_data_and_logs_in(page):
 
     def private_shown():
         s = page_state(page)
-        return s if s["loggedIn"] and s["privateShown"] >= 1 else None
+        return s if s["loggedIn"] and s["privateShown"] >= 1 and s["balancesShown"] else None
 
     state = wait_for(private_shown, DEADLINE, "a private event", lambda: page_state(page))
+    # The simulator sends every demo user's balance each second; 2 s leaves a slow CI room.
+    assert state["balanceShownMs"] <= 2000, state
+    assert state["privateRows"] and not [r for r in state["privateRows"] if "{" in r], state
     assert state["mismatches"] == 0, state["problems"]
     assert state["malformed"] == [] and state["errors"] == [], state
     assert page.problems() == []
+
+
+def run_format(calls: list[list]) -> list:
+    """Each ``[name, *args]`` called on demo.js's formatting functions in Node; the results."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not on PATH: the demo page's formatting tests need Node 20 or later")
+    script = (
+        "const F = require(process.argv[1]);"
+        "const calls = JSON.parse(process.argv[2]);"
+        "console.log(JSON.stringify(calls.map(([name, ...args]) => F[name](...args))));"
+    )
+    run = subprocess.run(
+        [node, "-e", script, str(DEMO_JS), json.dumps(calls)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+@pytest.mark.parametrize(
+    ("call", "shown"),
+    [
+        (["trim", "64000.60000000"], "64000.6"),  # the mark price the engine writes
+        (["trim", "63975.00000000"], "63975"),
+        (["fixed", "63986.44534765", 1], "63986.4"),  # to BTCUSDT's tick
+        (["fixed", "64000.65", 1], "64000.7"),  # half away from zero
+        (["fixed", "1.005", 2], "1.01"),  # Number("1.005").toFixed(2) says 1.00
+        (["fixed", "0.59846000", 4], "0.5985"),
+        (["fixed", "64000", 1], "64000.0"),  # padded: the wire drops trailing zeros
+        (["fixed", "99.96", 1], "100.0"),
+        (["fixed", "-0.04", 1], "0.0"),
+        (["fixed", "123456789012345678.95", 1], "123456789012345679.0"),  # past a float's digits
+        (["fixed", "n/a", 2], "n/a"),  # not a decimal: as it came
+        (["group", "3315820805.874"], "3,315,820,805.874"),
+        (["group", "-1234567"], "-1,234,567"),
+        (["group", "999.5"], "999.5"),
+        (["percent", "0.00049640", 4], "0.0496"),
+        (["percent", "0.0001", 4], "0.0100"),
+        (["percent", "-0.00012345", 4], "-0.0123"),
+        (["totals", ["0.1", "0.2", "0.05"]], ["0.10", "0.30", "0.35"]),  # not 0.30000000000000004
+        (["totals", ["9007199254740993", "1"]], ["9007199254740993", "9007199254740994"]),
+        (["signed", "0.00"], "0.00"),
+        (["signed", "1.2"], "+1.2"),
+    ],
+)
+def test_demo_page_formats_decimal_strings_digit_by_digit(call, shown):
+    """The page shows prices and sizes from their strings: rounded, padded, grouped and
+    summed exactly, never through a float."""
+    assert run_format([call]) == [shown]
+
+
+def test_demo_page_shows_private_events_as_words():
+    """An order, a balance (both spellings), a position and an account event become rows
+    of words: side, symbol, size @ price, status; asset, free, locked."""
+    order = {"orderId": 12, "symbol": "ETHUSDT", "side": "buy", "price": "3400.04",
+             "qty": "0.5", "status": "partially_filled", "ts": 1796289538830}  # fmt: skip
+    demo_balance = {"uid": 1001, "balances": [
+        {"asset": "USDT", "available": "12345.25", "locked": "100.00"}]}  # fmt: skip
+    tour_balance = {"uid": 1001, "balance": [
+        {"currency": "BTC", "available": "100", "unavailable": "1"}]}  # fmt: skip
+    position = {"symbol": "BTCUSDT", "side": "long", "qty": "0.25", "entryPrice": "64000.6"}
+    account = {"uid": 1001, "level": "VIP1", "updated": 1796289538830}
+    rows = run_format(
+        [
+            ["privateParts", "@order", order],
+            ["privateParts", "@balance", demo_balance],
+            ["privateParts", "@balance", tour_balance],
+            ["privateParts", "@position", position],
+            ["privateParts", "@account", account],
+        ]
+    )
+    words = [" ".join(text for text, _kind in row) for row in rows]
+    assert words == [
+        "BUY ETHUSDT 0.5 @ 3400.04 partially filled #12",
+        "USDT free 12,345.25 locked 100.00",
+        "BTC free 100 locked 1",
+        "BTCUSDT LONG 0.25 entry 64000.6",
+        "level VIP1",
+    ]
 
 
 def test_the_simulator_sends_every_demo_users_balance_each_second():

@@ -8,9 +8,235 @@
  * Query parameters: ?ws=<url> (default: /exchange-stream on this host), ?history=<url> (default:
  * /v1/market/klines on the WebSocket's host), ?symbol=ETHUSDT, ?interval=5m. The page's state
  * is mirrored in window.demoState (read by the tests).
+ *
+ * The formatting functions come first, with no DOM in them: in a browser they are
+ * window.DemoFormat, and Node can require() this file for them alone (tests/test_demo_page.py).
  */
-(function () {
+(function (root) {
   "use strict";
+
+  /* ------------------------------------------------------------------ formatting */
+
+  /*
+   * Prices and quantities are decimal strings on the wire, and they are shown from the
+   * string: rounded, padded or grouped digit by digit, never through a float (which would
+   * turn 0.1 + 0.2 into 0.30000000000000004 and lose digits past the 16th).
+   */
+  const Format = (function () {
+    const DECIMAL = /^([+-]?)([0-9]+)(?:\.([0-9]*))?$/;
+    const EMPTY = "\u2013"; // what the page shows for no value (an en dash)
+
+    /** {sign, int, frac} of a plain decimal string, or null for anything else. */
+    function parse(text) {
+      const m = typeof text === "string" ? DECIMAL.exec(text) : null;
+      if (!m) return null;
+      const int = m[2].replace(/^0+(?=[0-9])/, ""); // "007" → "7"
+      return { sign: m[1] === "-" ? "-" : "", int, frac: m[3] || "" };
+    }
+
+    function join(sign, int, frac) {
+      const zero = !/[1-9]/.test(int + frac);
+      return (sign && !zero ? "-" : "") + int + (frac ? `.${frac}` : "");
+    }
+
+    /** Digits after the point as written ("64000.60" → 2). */
+    function places(text) {
+      const d = parse(text);
+      return d ? d.frac.length : 0;
+    }
+
+    /** Without trailing fractional zeros: "64000.60000000" → "64000.6", "63975.000" → "63975". */
+    function trim(text) {
+      const d = parse(text);
+      if (!d) return text == null ? EMPTY : String(text);
+      return join(d.sign, d.int, d.frac.replace(/0+$/, ""));
+    }
+
+    /** Exactly ``n`` places, rounded half away from zero on the digits, padded with zeros:
+     * ("63986.44534765", 1) → "63986.4", ("0.59846", 4) → "0.5985", ("64000", 1) → "64000.0". */
+    function fixed(text, n) {
+      const d = parse(text);
+      if (!d) return text == null ? EMPTY : String(text);
+      if (d.frac.length <= n) return join(d.sign, d.int, d.frac.padEnd(n, "0"));
+      let digits = d.int + d.frac.slice(0, n);
+      if (d.frac.charAt(n) >= "5") {
+        const out = digits.split("");
+        let i = out.length - 1;
+        for (; i >= 0 && out[i] === "9"; i--) out[i] = "0";
+        if (i < 0) out.unshift("1");
+        else out[i] = String(Number(out[i]) + 1);
+        digits = out.join("");
+      }
+      const cut = digits.length - n;
+      return join(d.sign, digits.slice(0, cut).replace(/^0+(?=[0-9])/, ""), digits.slice(cut));
+    }
+
+    /** Thousands separators in the integer part: "3315820805.874" → "3,315,820,805.874". */
+    function group(text) {
+      const d = parse(text);
+      if (!d) return text == null ? EMPTY : String(text);
+      return join(d.sign, d.int.replace(/\B(?=([0-9]{3})+$)/g, ","), d.frac);
+    }
+
+    /** A rate as a percentage with ``n`` places, by moving the point:
+     * ("0.00049640", 4) → "0.0496". */
+    function percent(text, n) {
+      const d = parse(text);
+      if (!d) return text == null ? EMPTY : String(text);
+      const frac = d.frac.padEnd(2, "0");
+      return fixed(join(d.sign, d.int + frac.slice(0, 2), frac.slice(2)), n);
+    }
+
+    /** A decimal string as a whole number of 10^-scale units (BigInt), for exact sums. */
+    function units(text, scale) {
+      const d = parse(text);
+      if (!d || d.frac.length > scale) return null;
+      const n = BigInt(d.int + d.frac.padEnd(scale, "0"));
+      return d.sign ? -n : n;
+    }
+
+    /** The decimal string of ``units(…, scale)``. */
+    function fromUnits(n, scale) {
+      const neg = n < 0n;
+      const digits = (neg ? -n : n).toString().padStart(scale + 1, "0");
+      const cut = digits.length - scale;
+      return join(neg ? "-" : "", digits.slice(0, cut), digits.slice(cut));
+    }
+
+    /** Running sums of quantities, exact, each with ``scale`` places (default: as many as
+     * the most precise one has): (["0.1", "0.2", "0.05"]) → ["0.10", "0.30", "0.35"]. */
+    function totals(qtys, scale = Math.max(0, ...qtys.map(places))) {
+      let sum = 0n;
+      return qtys.map((q) => {
+        sum += units(q, scale) ?? 0n; // not a decimal, or finer than scale: not counted
+        return fromUnits(sum, scale);
+      });
+    }
+
+    /** "+1.5", "-0.2", "0.00" (no sign on a zero). */
+    function signed(text) {
+      const s = String(text);
+      const d = parse(s);
+      if (d && !/[1-9]/.test(d.int + d.frac)) return join("", d.int, d.frac);
+      return s.startsWith("-") || s.startsWith("+") ? s : `+${s}`;
+    }
+
+    /* ---- private events as rows: a list of [text, class] parts */
+
+    const str = (v) => (v == null || v === "" ? null : String(v));
+    const num = (v) => (typeof v === "string" ? group(v) : str(v));
+
+    /** The balance list of a ``@balance`` push, whichever field names it uses: the demo's
+     * ``balances: [{asset, available, locked}]`` or the tour's ``balance: [{currency,
+     * available, unavailable}]``; items {asset, free, locked}. */
+    function balanceItems(data) {
+      const list = data && (Array.isArray(data.balances) ? data.balances
+        : Array.isArray(data.balance) ? data.balance : null);
+      if (!list) return null;
+      return list.filter((item) => item && typeof item === "object").map((item) => ({
+        asset: String(item.asset ?? item.currency ?? "?"),
+        free: str(item.available ?? item.free) ?? EMPTY,
+        locked: str(item.locked ?? item.unavailable ?? item.frozen) ?? "0",
+      }));
+    }
+
+    function balanceParts(items) {
+      const parts = [];
+      for (const b of items) {
+        parts.push([b.asset, "asset"], ["free", "label"], [num(b.free), "num"],
+          ["locked", "label"], [num(b.locked), "num"]);
+      }
+      return parts;
+    }
+
+    // ``price(symbol, text)`` shows a price (the page pads it to the symbol's tick precision);
+    // prices and sizes are not grouped, as in the book and the trades.
+    function orderParts(o, price) {
+      const side = str(o.side);
+      const parts = [];
+      if (side) parts.push([side.toUpperCase(), /^s/i.test(side) ? "sell" : "buy"]);
+      if (str(o.symbol)) parts.push([o.symbol, "symbol"]);
+      const qty = str(o.qty ?? o.quantity ?? o.origQty);
+      if (qty) parts.push([qty, "num"]);
+      if (str(o.price)) parts.push(["@", "label"], [price(o.symbol, String(o.price)), "num"]);
+      const filled = str(o.filledQty ?? o.executedQty);
+      if (filled) parts.push(["filled", "label"], [filled, "num"]);
+      if (str(o.status)) parts.push([String(o.status).replace(/_/g, " "), `state ${o.status}`]);
+      const id = str(o.orderId ?? o.id);
+      if (id) parts.push([`#${id}`, "label"]);
+      return parts;
+    }
+
+    function positionParts(p, price) {
+      const side = str(p.side);
+      const parts = [];
+      if (str(p.symbol)) parts.push([p.symbol, "symbol"]);
+      if (side) parts.push([side.toUpperCase(), /^(s|short)/i.test(side) ? "sell" : "buy"]);
+      if (str(p.qty ?? p.size)) parts.push([str(p.qty ?? p.size), "num"]);
+      if (str(p.entryPrice)) {
+        parts.push(["entry", "label"], [price(p.symbol, String(p.entryPrice)), "num"]);
+      }
+      if (str(p.unrealizedPnl)) parts.push(["uPnL", "label"], [num(p.unrealizedPnl), "num"]);
+      return parts;
+    }
+
+    /** Any other object: its scalar fields as "name value" pairs (nested ones summarised). */
+    function fieldParts(data) {
+      if (data == null || typeof data !== "object") return [[String(data), "num"]];
+      const parts = [];
+      for (const [key, value] of Object.entries(data)) {
+        if (value == null) continue;
+        const shown = typeof value === "object"
+          ? (Array.isArray(value) ? `[${value.length}]` : "{…}")
+          : /(^ts$|time$|^updated$)/i.test(key) && typeof value === "number" ? null : String(value);
+        if (shown != null) parts.push([key, "label"], [shown, "num"]);
+      }
+      return parts;
+    }
+
+    /** What a row of the private log shows for one push on ``channel``. */
+    function privateParts(channel, data, price = (_symbol, text) => text) {
+      if (data == null || typeof data !== "object") return fieldParts(data);
+      // The client's own events about the private streams, and the gateway's notices.
+      if (channel === "recovered") {
+        return [[str(data.channel) ?? "?", "symbol"], ["replaying to offset", "label"],
+          [str(data.offset) ?? "?", "num"]];
+      }
+      if (channel === "lost") {
+        return [[str(data.channel) ?? "?", "symbol"], ["not replayable; now at offset", "label"],
+          [str(data.offset) ?? "?", "num"], ["refetch over REST", "state lost"]];
+      }
+      if (channel === "notice") {
+        const parts = [[str(data.type) ?? "?", "state"]];
+        if (Array.isArray(data.channels)) parts.push([data.channels.join(" "), "symbol"]);
+        if (data.reconnectInMs != null) {
+          parts.push(["in", "label"], [`${data.reconnectInMs} ms`, "num"]);
+        }
+        return parts;
+      }
+      if (channel === "@order") return orderParts(data, price);
+      if (channel === "@position") return positionParts(data, price);
+      if (channel === "@balance") {
+        const items = balanceItems(data);
+        if (items) return balanceParts(items);
+      }
+      if (channel === "@account") {
+        const rest = { ...data };
+        delete rest.uid;
+        return fieldParts(rest);
+      }
+      return fieldParts(data);
+    }
+
+    return {
+      EMPTY, parse, places, trim, fixed, group, percent, units, fromUnits, totals, signed,
+      balanceItems, balanceParts, privateParts,
+    };
+  })();
+
+  if (typeof module === "object" && module.exports) module.exports = Format;
+  if (typeof document === "undefined") return; // Node: the formatting functions only
+  root.DemoFormat = Format;
 
   const ES = window.ExchangeStream;
   const SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"];
@@ -56,12 +282,17 @@
     lastTicker: null,
     tickers: {},
     lastMark: null,
+    pricePlaces: {}, // symbol -> places of its prices (notePrices)
     bars: [], // oldest first, one per t: the history, then the kline channel's pushes
     barsDrawn: 0, // bars in the chart's candle series
     history: null, // the last /v1/market/klines request: {symbol, interval, status, bars, ms}
     loggedIn: false,
     token: null,
-    privateEvents: [], // newest first
+    privateEvents: [], // newest first: {channel, data, parts (what the row shows), ts}
+    balances: new Map(), // asset -> {asset, free, locked}, merged from the @balance pushes
+    balanceUpdates: 0,
+    loginAt: null, // performance.now() of the last login's start
+    balanceShownMs: null, // from then to the first balance on the page
     errors: [],
     malformed: [],
     closes: [], // {code, reason, ts} of each lost connection
@@ -80,28 +311,24 @@
   let prevLast = null;
   const dirty = new Set();
 
-  /* ------------------------------------------------------------------ formatting */
+  /* ------------------------------------------------------------- page formatting */
 
-  function fmtNum(text, maxFrac) {
-    const n = Number(text);
-    if (!Number.isFinite(n)) return String(text ?? "–");
-    return n.toLocaleString("en-US", {
-      minimumFractionDigits: 0,
-      maximumFractionDigits: maxFrac ?? 2,
-    });
+  const F = Format;
+  const decimals = F.places;
+
+  // A symbol's price precision: the most places any of its traded prices had on the wire
+  // (book levels, trades, the ticker). The wire drops trailing zeros ("64000" for 64000.0),
+  // so this is what the tick size gives; computed prices (mark, index: 8 places) are shown
+  // to it, and every price of the symbol is padded to it so that columns line up.
+  function notePrices(symbol, ...texts) {
+    let known = state.pricePlaces[symbol] ?? -1;
+    for (const t of texts) if (typeof t === "string") known = Math.max(known, decimals(t));
+    if (known >= 0) state.pricePlaces[symbol] = known;
   }
 
-  function decimals(text) {
-    const s = String(text);
-    const dot = s.indexOf(".");
-    return dot < 0 ? 0 : s.length - dot - 1;
-  }
-
-  function fmtFixed(n, places) {
-    return Number(n).toLocaleString("en-US", {
-      minimumFractionDigits: places,
-      maximumFractionDigits: places,
-    });
+  function fmtPrice(symbol, text) {
+    const places = state.pricePlaces[symbol];
+    return places == null ? F.trim(text) : F.fixed(text, places);
   }
 
   function fmtTime(ms, seconds) {
@@ -117,11 +344,7 @@
     return `${p(Math.floor(s / 3600))}:${p(Math.floor((s % 3600) / 60))}:${p(s % 60)}`;
   }
 
-  function signed(text) {
-    const s = String(text);
-    if (Number(s) === 0) return s.replace(/^[-+]/, "");
-    return s.startsWith("-") || s.startsWith("+") ? s : `+${s}`;
-  }
+  const signed = F.signed;
 
   function noteError(kind, detail) {
     if (detail instanceof ES.Cancelled) return; // unsubscribed before confirmed: on purpose
@@ -267,7 +490,7 @@
       b.classList.toggle("active", sym === state.symbol);
       const t = state.tickers[sym];
       if (t) {
-        b.querySelector(".last").textContent = t.last;
+        b.querySelector(".last").textContent = fmtPrice(sym, t.last);
         const chg = b.querySelector(".chg");
         chg.textContent = `${signed(t.changePercent)}%`;
         chg.className = `chg ${String(t.changePercent).startsWith("-") ? "down" : "up"}`;
@@ -372,7 +595,9 @@
     state.bookSeq = book ? book.seq : null;
   }
 
-  function bookRows(container, levels, maxTotal, reverse) {
+  // ``totals``: the running sums of the sizes, exact decimal strings (Format.totals); the
+  // bars' widths are the only thing computed in floats.
+  function bookRows(container, levels, totals, maxTotal, reverse) {
     const rows = container.children;
     while (rows.length < BOOK_ROWS) {
       const row = document.createElement("div");
@@ -380,14 +605,6 @@
       row.innerHTML = '<div class="bar"></div><span class="price"></span>' +
         '<span class="qty"></span><span class="total"></span>';
       container.appendChild(row);
-    }
-    let total = 0;
-    let places = 0;
-    const filled = [];
-    for (let i = 0; i < levels.length; i++) {
-      total += Number(levels[i][1]);
-      filled.push(total);
-      places = Math.max(places, decimals(levels[i][1]));
     }
     for (let i = 0; i < BOOK_ROWS; i++) {
       const index = reverse ? BOOK_ROWS - 1 - i : i;
@@ -401,10 +618,10 @@
         continue;
       }
       row.classList.remove("empty");
-      price.textContent = level[0];
+      price.textContent = fmtPrice(state.symbol, level[0]);
       qty.textContent = level[1];
-      tot.textContent = fmtFixed(filled[index], Math.min(places, 8));
-      bar.style.width = `${maxTotal > 0 ? (100 * filled[index]) / maxTotal : 0}%`;
+      tot.textContent = F.group(totals[index]);
+      bar.style.width = `${maxTotal > 0 ? (100 * Number(totals[index])) / maxTotal : 0}%`;
     }
   }
 
@@ -413,8 +630,8 @@
     if (!book || book.seq === null) {
       badge.textContent = "waiting for snapshot";
       badge.className = "badge";
-      bookRows($("asks"), [], 0, true);
-      bookRows($("bids"), [], 0, false);
+      bookRows($("asks"), [], [], 0, true);
+      bookRows($("bids"), [], [], 0, false);
       state.bookLevels = { bids: 0, asks: 0 };
       $("mid").textContent = "–";
       $("spread-text").textContent = "";
@@ -422,27 +639,35 @@
     }
     const bids = book.top("bids", BOOK_ROWS);
     const asks = book.top("asks", BOOK_ROWS);
-    const sum = (side) => side.reduce((acc, l) => acc + Number(l[1]), 0);
-    const maxTotal = Math.max(sum(bids), sum(asks));
-    bookRows($("asks"), asks, maxTotal, true);
-    bookRows($("bids"), bids, maxTotal, false);
+    notePrices(state.symbol, ...bids.map((l) => l[0]), ...asks.map((l) => l[0]));
+    // Both sides' totals with the same places, so that the column lines up.
+    const places = [...bids, ...asks].reduce((n, l) => Math.max(n, decimals(l[1])), 0);
+    const bidTotals = F.totals(bids.map((l) => l[1]), places);
+    const askTotals = F.totals(asks.map((l) => l[1]), places);
+    const maxTotal = Math.max(Number(bidTotals.at(-1) ?? 0), Number(askTotals.at(-1) ?? 0));
+    bookRows($("asks"), asks, askTotals, maxTotal, true);
+    bookRows($("bids"), bids, bidTotals, maxTotal, false);
     state.bookLevels = {
       bids: document.querySelectorAll("#bids .book-row:not(.empty)").length,
       asks: document.querySelectorAll("#asks .book-row:not(.empty)").length,
     };
     if (book.bestBid && book.bestAsk) {
-      const bid = Number(book.bestBid);
-      const ask = Number(book.bestAsk);
+      // Exact, in units of the finer of the two prices' last places.
       const places = Math.max(decimals(book.bestBid), decimals(book.bestAsk));
+      const bid = F.units(book.bestBid, places);
+      const ask = F.units(book.bestAsk, places);
       // The last trade (the ticker lags up to a second), else the mid price.
       const [latest, before] = state.trades;
       const mid = $("mid");
-      mid.textContent = latest ? latest.price : fmtFixed((bid + ask) / 2, places);
+      mid.textContent = latest
+        ? fmtPrice(state.symbol, latest.price)
+        : F.trim(F.fromUnits((bid + ask) * 5n, places + 1)); // (bid + ask) / 2, exact
       const falling = latest && before && Number(latest.price) < Number(before.price);
       mid.className = `num ${falling || (latest && latest.side === "sell" && !before) ? "down" : "up"}`;
-      const spread = ask - bid;
+      const spread = F.fromUnits(ask - bid, places);
+      const ratio = (100 * Number(spread)) / Number(book.bestAsk); // a ratio: floats are fine
       $("spread-text").textContent =
-        `spread ${fmtFixed(spread, places)} (${((100 * spread) / ask).toFixed(3)}%)`;
+        `spread ${fmtPrice(state.symbol, spread)} (${ratio.toFixed(3)}%)`;
     }
     const bad = state.checksumMismatches > 0 || state.gaps > 0;
     badge.textContent = `seq ${book.seq} · ✓ ${state.bookChecksumsOk}` +
@@ -468,6 +693,7 @@
         noteMalformed(channel, `trade id ${t.id} after ${lastTradeId}`, t);
       }
       if (typeof t.id === "number") lastTradeId = t.id;
+      notePrices(state.symbol, t.price);
       state.trades.unshift(t);
       state.tradesReceived++;
       tradeTimes.push(Date.now());
@@ -504,7 +730,7 @@
         continue;
       }
       row.classList.remove("empty");
-      price.textContent = t.price;
+      price.textContent = fmtPrice(state.symbol, t.price);
       price.className = `price ${t.side === "sell" ? "down" : "up"}`;
       qty.textContent = t.qty;
       time.textContent = fmtTime(t.ts);
@@ -532,6 +758,7 @@
       state.lastTicker = data;
       invalidate("ticker");
     }
+    notePrices(symbol, data.last, data.open, data.high, data.low);
     state.tickers[symbol] = data;
     invalidate("tabs");
   }
@@ -545,16 +772,16 @@
     }
     const up = !String(t.change).startsWith("-");
     const last = $("t-last");
-    last.textContent = t.last;
+    last.textContent = fmtPrice(state.symbol, t.last);
     last.className = `num ${prevLast && Number(t.last) < Number(prevLast) ? "down" : "up"}`;
     const change = $("t-change");
-    change.textContent = `${signed(t.change)}  ${signed(t.changePercent)}%`;
+    change.textContent = `${signed(fmtPrice(state.symbol, t.change))}  ${signed(t.changePercent)}%`;
     change.className = `num ${up ? "up" : "down"}`;
-    $("t-high").textContent = t.high;
-    $("t-low").textContent = t.low;
-    $("t-volume").textContent = fmtNum(t.volume, 4);
-    $("t-quote").textContent = fmtNum(t.quoteVolume, 2);
-    $("t-count").textContent = fmtNum(t.count, 0);
+    $("t-high").textContent = fmtPrice(state.symbol, t.high);
+    $("t-low").textContent = fmtPrice(state.symbol, t.low);
+    $("t-volume").textContent = F.group(t.volume); // in lots: as many places as it has
+    $("t-quote").textContent = F.group(F.fixed(t.quoteVolume, 2)); // a quote amount: cents
+    $("t-count").textContent = F.group(String(t.count ?? "–"));
   }
 
   /* ---- mark price */
@@ -575,20 +802,17 @@
       for (const id of ids) $(id).textContent = "–";
       return;
     }
-    $("m-mark").textContent = m.markPrice;
-    $("m-index").textContent = m.indexPrice;
-    const rate = Number(m.fundingRate);
+    // The engine computes these to 8 places; shown to the symbol's tick precision.
+    $("m-mark").textContent = fmtPrice(state.symbol, m.markPrice);
+    $("m-index").textContent = fmtPrice(state.symbol, m.indexPrice);
     const funding = $("m-funding");
-    funding.textContent = Number.isFinite(rate) ? `${(rate * 100).toFixed(4)}%` : m.fundingRate;
-    funding.className = `num ${rate < 0 ? "down" : "up"}`;
+    funding.textContent = `${F.percent(m.fundingRate, 4)}%`;
+    funding.className = `num ${String(m.fundingRate).startsWith("-") ? "down" : "up"}`;
     $("m-next").textContent = m.nextFundingTime
       ? `${fmtDuration(m.nextFundingTime - Date.now())}`
       : "–";
-    const premium = Number(m.premiumIndex);
-    $("m-premium").textContent = Number.isFinite(premium)
-      ? `${(premium * 100).toFixed(4)}%`
-      : m.premiumIndex;
-    $("m-settle").textContent = m.estimatedSettlePrice ?? "–";
+    $("m-premium").textContent = `${F.percent(m.premiumIndex, 4)}%`;
+    $("m-settle").textContent = fmtPrice(state.symbol, m.estimatedSettlePrice);
   }
 
   /* ---- chart: TradingView's lightweight-charts (vendor/), fed by the bars history
@@ -783,37 +1007,56 @@
         : `${head}  waiting for ${state.symbol}@kline_${state.interval}…`;
       return;
     }
-    info.textContent = `${head}  O ${shown.o}  H ${shown.h}  L ${shown.l}  C ${shown.c}  ` +
-      `V ${fmtNum(shown.v, 4)}  n ${shown.n ?? "–"}` + (shown.closed ? "  (closed)" : "") +
+    const px = (text) => fmtPrice(state.symbol, text);
+    info.textContent = `${head}  O ${px(shown.o)}  H ${px(shown.h)}  L ${px(shown.l)}  ` +
+      `C ${px(shown.c)}  V ${F.group(shown.v)}  n ${shown.n ?? "–"}` +
+      (shown.closed ? "  (closed)" : "") +
       (h && h.status === "failed" ? "  · history unavailable" : "");
   }
 
   /* ---- account: login and private channels */
 
   function onPrivate(channel, data) {
-    state.privateEvents.unshift({ channel, data, ts: Date.now() });
+    let parts = null;
+    if (channel === "@balance") {
+      state.lastBalance = data;
+      const items = F.balanceItems(data);
+      if (items) {
+        // A push may hold every asset (the demo's do) or only those that moved: merged by
+        // asset. The demo's exchange sends each user's whole balance every second
+        // (services/simulator.py), so the log gets a row only for what changed.
+        const changed = items.filter((b) => {
+          const had = state.balances.get(b.asset);
+          return !had || had.free !== b.free || had.locked !== b.locked;
+        });
+        for (const b of items) state.balances.set(b.asset, b);
+        state.balanceUpdates++;
+        invalidate("private");
+        if (!changed.length) return;
+        parts = F.balanceParts(changed);
+      }
+    }
+    parts = parts || F.privateParts(channel, data, fmtPrice);
+    state.privateEvents.unshift({ channel, data, parts, ts: Date.now() });
     if (state.privateEvents.length > PRIVATE_KEPT) state.privateEvents.length = PRIVATE_KEPT;
-    if (channel === "@balance") state.lastBalance = data;
     invalidate("private");
   }
 
   function renderPrivate() {
     const bal = $("balances");
-    const b = state.lastBalance;
-    const list = b && (Array.isArray(b.balances) ? b.balances : Array.isArray(b.balance) ? b.balance : null);
     bal.textContent = "";
-    if (list) {
-      for (const item of list) {
-        const div = document.createElement("div");
-        div.className = "balance";
-        const asset = item.asset ?? item.currency ?? "?";
-        const locked = item.locked ?? item.unavailable ?? "0";
-        div.innerHTML = "<b></b><div></div><span></span>";
-        div.children[0].textContent = asset;
-        div.children[1].textContent = item.available ?? "–";
-        div.children[2].textContent = `locked ${locked}`;
-        bal.appendChild(div);
-      }
+    for (const item of state.balances.values()) {
+      const div = document.createElement("div");
+      div.className = "balance";
+      div.innerHTML = '<b></b><div><span>free</span> <span class="num"></span></div>' +
+        '<div><span>locked</span> <span class="num"></span></div>';
+      div.children[0].textContent = item.asset;
+      div.children[1].children[1].textContent = F.group(item.free);
+      div.children[2].children[1].textContent = F.group(item.locked);
+      bal.appendChild(div);
+    }
+    if (state.balances.size && state.loginAt != null && state.balanceShownMs == null) {
+      state.balanceShownMs = Math.round(performance.now() - state.loginAt);
     }
     const log = $("private");
     log.textContent = "";
@@ -827,10 +1070,16 @@
     for (const ev of state.privateEvents.slice(0, 40)) {
       const row = document.createElement("div");
       row.className = "entry";
-      row.innerHTML = '<span class="time"></span><span class="chan"></span><span class="json"></span>';
+      row.innerHTML = '<span class="time"></span><span class="chan"></span><span class="what"></span>';
       row.children[0].textContent = fmtTime(ev.ts);
       row.children[1].textContent = ev.channel;
-      row.children[2].textContent = JSON.stringify(ev.data).slice(0, 400);
+      row.title = JSON.stringify(ev.data).slice(0, 1000); // the push as it came, on hover
+      for (const [text, kind] of ev.parts) {
+        const span = document.createElement("span");
+        span.className = kind;
+        span.textContent = text;
+        row.children[2].appendChild(span);
+      }
       log.appendChild(row);
     }
   }
@@ -839,6 +1088,9 @@
     const stateEl = $("account-state");
     stateEl.textContent = "logging in…";
     stateEl.className = "muted";
+    state.loginAt = performance.now();
+    state.balanceShownMs = null;
+    state.balances.clear(); // maybe another user's: not shown, nor counted as this login's
     try {
       await client.auth(token);
       state.loggedIn = true;
@@ -863,6 +1115,8 @@
     state.loggedIn = false;
     state.token = null;
     state.lastBalance = null;
+    state.balances.clear();
+    state.loginAt = null;
     state.privateEvents = [];
     $("account-state").textContent = "not logged in";
     $("account-state").className = "muted";
@@ -918,4 +1172,4 @@
   for (const part of Object.keys(RENDERERS)) invalidate(part);
 
   window.demo = { client, setSymbol, setInterval: setInterval_, login, logout, get book() { return book; } };
-})();
+})(typeof window !== "undefined" ? window : globalThis);
