@@ -363,6 +363,56 @@ def test_demo_page_shows_live_data_and_logs_in(page):
     assert page.problems() == []
 
 
+LAYOUT = """(() => {
+  const box = (el) => el.getBoundingClientRect();
+  const ticker = document.getElementById('ticker');
+  const tabs = Array.from(document.querySelectorAll('#symbols button'));
+  return {
+    width: innerWidth, pageWidth: document.documentElement.scrollWidth,
+    strip: Math.round(box(document.getElementById('symbols')).width),
+    tabs: tabs.map((b) => Math.round(box(b).width)),
+    tabsClipped: tabs.filter((b) => b.scrollWidth > b.clientWidth + 1).length,
+    tabsLabelled: tabs.filter((b) => /[0-9]/.test(b.querySelector('.last').textContent)).length,
+    tickerHidden: ticker.scrollWidth - ticker.clientWidth,
+    cellsOut: Array.from(ticker.children).filter((c) => box(c).right > innerWidth + 0.5).length,
+    panelsOut: Array.from(document.querySelectorAll('.panel'))
+      .filter((p) => box(p).right > innerWidth + 0.5).length,
+    topbar: Math.round(box(document.querySelector('.topbar')).height),
+  };
+})()"""
+
+
+def test_demo_page_fits_a_phone_and_a_desktop(page):
+    """At 390 px wide (a phone) the symbol tabs keep their size in a strip the width of the
+    screen, the ticker's figures wrap onto the screen and nothing is wider than it; at
+    1280 px the tabs sit in the top bar's one row."""
+
+    def layout(width: int, height: int):
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width, height=height, deviceScaleFactor=1, mobile=width < 600,
+        )  # fmt: skip
+
+        def settled():
+            s = page.evaluate(LAYOUT)
+            return s if s["width"] == width and s["tabsLabelled"] == 5 else None
+
+        return wait_for(settled, DEADLINE, f"the page at {width} px", lambda: page.evaluate(LAYOUT))
+
+    phone = layout(390, 844)
+    assert phone["pageWidth"] <= 390, phone
+    assert phone["strip"] >= 350 and min(phone["tabs"]) >= 90, phone
+    assert phone["tabsClipped"] == 0, phone
+    assert phone["tickerHidden"] <= 0 and phone["cellsOut"] == 0, phone
+    assert phone["panelsOut"] == 0, phone
+
+    desktop = layout(1280, 800)
+    assert desktop["pageWidth"] <= 1280 and desktop["topbar"] < 70, desktop
+    assert sum(desktop["tabs"]) <= desktop["strip"] and desktop["tabsClipped"] == 0, desktop
+    assert desktop["tickerHidden"] <= 0 and desktop["panelsOut"] == 0, desktop
+    assert page.problems() == []
+
+
 def run_format(calls: list[list]) -> list:
     """Each ``[name, *args]`` called on demo.js's formatting functions in Node; the results."""
     node = shutil.which("node")
