@@ -17,12 +17,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from exchange_stream.adapters.feed import BookPoller, DatagramFeed, FeedInput, LineFeedFactory
+from exchange_stream.adapters.listening import OneLineStartFailures
 from exchange_stream.adapters.replay import OutputFile, Replay
 from exchange_stream.adapters.upstream import quiet_http_client
 from exchange_stream.core.config import GatewayConfig
 from exchange_stream.core.feeds import feed_endpoint, feed_udp_address
 from exchange_stream.mesh import open_mesh
-from exchange_stream.options import version_line
+from exchange_stream.options import ShortUsageOnError, version_line
 from exchange_stream.services.market_engine import MarketEngine, MarketSettings, Publish
 from exchange_stream.services.simulator import Simulator
 
@@ -92,7 +93,7 @@ _SHARED = [
 ]
 
 
-class Options(usage.Options):
+class Options(ShortUsageOnError):
     """``twistd exchange-market``: the engine on its own, publishing into a shared mesh, or
     replaying a recording on its own time."""
 
@@ -204,7 +205,9 @@ def makeService(options: Options) -> MultiService:
         )
     if mesh is not None and IService.providedBy(mesh):
         mesh.setServiceParent(service)
-    return service
+    top = OneLineStartFailures({"--feed": options["feed"], "--feed-udp": options["feed-udp"]})
+    service.setServiceParent(top)
+    return top
 
 
 def replay_service(

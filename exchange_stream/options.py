@@ -75,7 +75,27 @@ def _help(option: str, text: str) -> str:
     return f"{text} [default: {default if default is not None else 'none'}]"
 
 
-class Options(usage.Options):
+class ShortUsageOnError(usage.Options):
+    """twistd answers an option error with the whole usage text (60 to 90 lines) before the
+    one line that says what is wrong. After a failed parse the usage is one line pointing to
+    ``--help`` instead, so the error is what the operator sees."""
+
+    _failed = False
+
+    def parseOptions(self, options=None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError:
+            self._failed = True
+            raise
+
+    def getUsage(self, width: int | None = None) -> str:
+        if self._failed:
+            return "(--help lists every option)\n"
+        return super().getUsage(width)
+
+
+class Options(ShortUsageOnError):
     """``twistd exchange-stream`` options; ``self.config`` holds the result."""
 
     optParameters = [

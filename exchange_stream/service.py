@@ -13,12 +13,13 @@ from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import File
 
+from exchange_stream import __version__
+from exchange_stream.adapters.listening import OneLineStartFailures
 from exchange_stream.adapters.market_history import BesideWebSocket, KlinesResource, overlaps
 from exchange_stream.adapters.upstream import listening_port
 from exchange_stream.adapters.web import QuietSite, mount
@@ -26,6 +27,7 @@ from exchange_stream.adapters.workers import WorkerPool, process_count
 from exchange_stream.core.config import GatewayConfig
 from exchange_stream.core.endpoints import with_backlog
 from exchange_stream.core.market.bars import PATH as KLINES_PATH
+from exchange_stream.core.meshurl import redacted
 from exchange_stream.gateway import Gateway
 from exchange_stream.options import Options
 
@@ -73,7 +75,7 @@ def _listener(
         raise SystemExit(f"exchange-stream: {option} {description}: {error}") from None
 
 
-class GatewayService(MultiService):
+class GatewayService(OneLineStartFailures):
     """Starts the gateway, then its listeners (then the workers, which share the WebSocket
     port); stops in the order a drain needs: no new clients, then the drain (publishes
     refused with 503 meanwhile), then the API, then the gateway's mesh and market engine.
@@ -86,24 +88,19 @@ class GatewayService(MultiService):
         api: IService,
         workers: WorkerPool | None = None,
     ) -> None:
-        super().__init__()
+        config = gateway.config
+        super().__init__(
+            {"--ws": config.ws, "--api": config.api, "--feed": config.feed,
+             "--feed-udp": config.feed_udp}
+        )  # fmt: skip
         self.gateway, self.websocket, self.api, self.workers = gateway, websocket, api, workers
         for child in (gateway, websocket, api, workers):
             if child is not None:
                 child.setServiceParent(self)
 
-    def privilegedStartService(self) -> None:
-        """Listen (before twistd drops privileges); a port in use or refused stops the start
-        with one line saying which and what to do, no traceback."""
-        try:
-            super().privilegedStartService()
-        except CannotListenError as error:
-            where = f"{error.interface or '*'}:{error.port}"
-            raise SystemExit(
-                f"exchange-stream: cannot listen on {where} ({error.socketError}): another "
-                "process has it, or it needs privileges; stop that process or choose another "
-                "--ws / --api"
-            ) from None
+    def startService(self) -> None:
+        super().startService()
+        log.info("{summary}", summary=startup_summary(self.gateway.config, self.workers))
 
     def stopService(self) -> Deferred:
         self.running = 0
@@ -116,6 +113,30 @@ class GatewayService(MultiService):
         stopping.addCallback(lambda _: self.api.stopService())
         stopping.addCallback(lambda _: self.gateway.stopService())
         return stopping
+
+
+def startup_summary(config: GatewayConfig, workers: WorkerPool | None) -> str:
+    """One line saying what this node is: its endpoints, mesh, auth and market inputs (no
+    password or token)."""
+    parts = [
+        f"exchange-stream {__version__}: clients on {config.ws} at {config.path}",
+        f"API on {config.api}" + (" (bearer token required)" if config.api_token else ""),
+        f"mesh {redacted(config.mesh)}",
+        "auth: demo tokens demo-1001..demo-1005" if config.demo else f"auth {config.auth_url}",
+    ]
+    inputs = [
+        f"{name} {value}"
+        for name, value in (("feed", config.feed), ("feed-udp", config.feed_udp),
+                            ("book-url", config.book_url))
+        if value
+    ]  # fmt: skip
+    if config.demo:
+        inputs.insert(0, "the simulated market")
+    if inputs:
+        parts.append("market engine on " + ", ".join(inputs))
+    if workers is not None:
+        parts.append(f"{workers.count} processes")
+    return "; ".join(parts)
 
 
 def websocket_site(gateway: Gateway) -> Site:

@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.support import TWIST, TWISTD, http
+from tests.support import TWIST, TWISTD, http, real_gateway
 
 
 def test_plugin_is_installed_for_twistd_and_twist(tmp_path):
@@ -114,23 +114,33 @@ def test_version_names_exchange_stream_not_twisted(tmp_path, plugin):
 
 
 def test_startup_failures_are_one_line_and_exit_1(tmp_path):
-    """A port in use, an endpoint Twisted cannot parse, a missing TLS file: one line saying
-    which option and what is wrong, exit status 1, no traceback (issue 12)."""
+    """A port in use (the option that named it), an endpoint Twisted cannot parse, a missing
+    TLS file, on either plugin: one line saying which option and what is wrong, exit status 1,
+    no traceback (issue 12)."""
     import socket
 
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = taken.getsockname()[1]
+    in_use = f"cannot listen on 127.0.0.1:{port} ([Errno 98] Address already in use)"
+    gateway = ["exchange-stream", "--api", "tcp:0", "--ws", "tcp:0"]
+    market = ["exchange-market", "--mesh", "redis://127.0.0.1:1/0"]
     cases = [
-        (["--ws", f"tcp:{port}:interface=127.0.0.1"], f"cannot listen on 127.0.0.1:{port}"),
-        (["--ws", "tcpx:1"], "--ws tcpx:1: Unknown endpoint type"),
-        (["--api", "ssl:1:privateKey=/no/such.pem"], "--api ssl:1:privateKey=/no/such.pem:"),
+        ([*gateway, "--ws", f"tcp:{port}:interface=127.0.0.1"], f"--ws tcp:{port}:interface"),
+        ([*gateway, "--ws", f"tcp:{port}:interface=127.0.0.1"], in_use),
+        ([*gateway, "--feed", f"tcp:{port}"], f"--feed tcp:{port}: {in_use}"),
+        ([*market, "--feed", f"tcp:{port}"], f"--feed tcp:{port}: {in_use}"),
+        ([*gateway, "--ws", "tcpx:1"], "--ws tcpx:1: Unknown endpoint type"),
+        (
+            [*gateway, "--api", "ssl:1:privateKey=/no/such.pem"],
+            "--api ssl:1:privateKey=/no/such.pem:",
+        ),
     ]
     try:
         for argv, said in cases:
             run = subprocess.run(
-                [str(TWISTD), "-n", "--pidfile=", "exchange-stream", "--api", "tcp:0", *argv],
+                [str(TWISTD), "-n", "--pidfile=", *argv],
                 cwd=tmp_path,
                 capture_output=True,
                 text=True,
@@ -142,3 +152,35 @@ def test_startup_failures_are_one_line_and_exit_1(tmp_path):
             assert "Traceback" not in output, output
     finally:
         taken.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["exchange-stream", "--max-backlog", "x"], "invalid literal for int()"),
+        (["exchange-stream", "--mesh", "foo://x"], "unsupported mesh URL 'foo://x'"),
+        (["exchange-market", "--feed", "tcp:7001"], "--mesh is required"),
+    ],
+)
+def test_an_option_error_is_the_last_of_a_few_lines_not_after_the_usage_text(tmp_path, argv, said):
+    run = subprocess.run(
+        [str(TWISTD), "-n", "--pidfile=", *argv],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    assert run.returncode == 1
+    assert said in lines[-1] and len(lines) <= 4, lines  # was 60-90 lines of usage first
+    assert any("--help" in line for line in lines)
+
+
+def test_the_start_says_in_one_line_what_listens_where_without_secrets(tmp_path):
+    with real_gateway(
+        tmp_path, "--api-token", "hunter2", "--feed", "tcp:0", "--auth-url", "http://a.example/x"
+    ) as (_, url, _api, log):
+        lines = [line for line in log.read_text().splitlines() if "exchange-stream 0." in line]
+    assert len(lines) == 1, lines
+    port = url.split(":")[2].split("/")[0]
+    assert f"clients on tcp:{port}:interface=127.0.0.1 at /exchange-stream" in lines[0]
+    assert "(bearer token required)" in lines[0] and "hunter2" not in lines[0]
+    assert "mesh memory:" in lines[0] and "auth http://a.example/x" in lines[0]
+    assert "market engine on feed tcp:0" in lines[0]

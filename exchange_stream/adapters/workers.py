@@ -145,6 +145,11 @@ class WorkerPool(Service):
         self._delays: dict[int, float] = {}
         self.retired = dict.fromkeys(COUNTERS, 0)  # counters of worker processes that ended
 
+    @property
+    def count(self) -> int:
+        """Processes accepting on the WebSocket port, the first one included."""
+        return self._count
+
     def _current(self) -> list[_Worker]:
         return [self._workers[number][0] for number in sorted(self._workers)]
 

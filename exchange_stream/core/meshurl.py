@@ -6,6 +6,7 @@ Twisted endpoint. Kept pure so that settings are checked before anything starts.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -20,6 +21,15 @@ def check_mesh_url(url: str) -> None:
         RedisAddress.from_url(url)
         return
     raise ValueError(f"unsupported mesh URL {url!r} (memory:, redis://, rediss://, unix://)")
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (in the user part or ``?password=``) shown as ``***``, for
+    logs."""
+    password = urlsplit(url).password
+    if password is not None:
+        url = url.replace(f":{password}@", ":***@", 1)
+    return re.sub(r"([?&])password=[^&]*", r"\1password=***", url)
 
 
 @dataclass(frozen=True)
