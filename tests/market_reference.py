@@ -47,7 +47,7 @@ INTERVALS = {
     "1d": 86_400_000,
 }
 REASONS = ("number", "future", "late", "duplicate", "conflict", "stale_book", "stale_index")
-SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9_.-]{0,63}")  # upper case, as channel names
 UID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # A decimal string: digits with an optional point and an optional exponent ("9E+999999" is a
 # decimal string, refused for its size, not for its spelling).

@@ -76,3 +76,21 @@ def test_acceptable_uids(raw, uid):
 )
 def test_unacceptable_uids(raw):
     assert normalize_uid(raw) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [("btcusdt@depth", "BTCUSDT@depth"), ("Btc-Usdt-Swap@kline_1m", "BTC-USDT-SWAP@kline_1m")],
+)
+def test_a_lower_case_symbol_is_refused_with_the_channel_that_was_meant(name, meant):
+    """Binance's clients spell streams in lower case; one market has one channel name, so
+    they are told which instead of being answered true and then left silent."""
+    with pytest.raises(InvalidChannel) as refused:
+        parse_channel(name)
+    assert refused.value.hint == f"symbols are upper case: {meant}"
+
+
+def test_an_unknown_type_gets_no_hint():
+    with pytest.raises(InvalidChannel) as refused:
+        parse_channel("btcusdt@bogus")
+    assert refused.value.hint is None

@@ -773,6 +773,13 @@ async def test_protocol_the_rate_limit_answers_at_once(gateways):
 
 
 @pytest_twisted.ensureDeferred
+async def test_protocol_a_lower_case_symbol_is_refused_with_a_hint(gateways):
+    running = await gateways()
+    example = block("protocol-lower-case")
+    await play(await running.connect(), example.text, example.where)
+
+
+@pytest_twisted.ensureDeferred
 async def test_protocol_error_answers(gateways):
     """Not JSON, an unknown op, an auth back end that is down: codes 2, 3 and 6."""
     running = await gateways()

@@ -73,3 +73,12 @@ def test_reply_shapes_match_the_seed():
     assert encode_result(None, ["A@depth"]) == b'{"result":["A@depth"]}'
     assert encode_error(OpError(ErrorCode.NOT_AUTH)) == b'{"code":1,"msg":"Not Auth"}'
     assert encode_pong(None, 12) == b'{"op":"pong","ts":12}'
+
+
+def test_a_lower_case_symbol_is_answered_code_4_with_a_hint():
+    with pytest.raises(OpError) as refused:
+        parse_request('{"op":"subscribe","channel":"btcusdt@depth","id":3}')
+    assert encode_error(refused.value) == (
+        b'{"code":4,"msg":"Invalid channel","channel":"btcusdt@depth",'
+        b'"hint":"symbols are upper case: BTCUSDT@depth","id":3}'
+    )

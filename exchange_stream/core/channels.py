@@ -19,13 +19,20 @@ PUBLIC_TYPES = frozenset(
 )
 PRIVATE_TYPES = frozenset({"balance", "order", "position", "account"})
 
-# Exchange symbols: BTCUSDT (Binance), BTC-USDT-SWAP (OKX), 1000PEPEUSDT, ETH_USDT.
-SYMBOL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Exchange symbols: BTCUSDT (Binance), BTC-USDT-SWAP (OKX), 1000PEPEUSDT, ETH_USDT. Upper
+# case only: one market has one channel name. Binance's clients write streams in lower case
+# (btcusdt@depth); answered "Invalid channel" with a hint rather than silence for ever.
+SYMBOL_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9_.-]{0,63}")
 _UID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class InvalidChannel(ValueError):
-    """The name is neither ``<symbol>@<public type>`` nor ``@<private type>``."""
+    """The name is neither ``<symbol>@<public type>`` nor ``@<private type>``; ``hint`` says
+    what was probably meant, when that is clear."""
+
+    def __init__(self, name: object, hint: str | None = None) -> None:
+        super().__init__(name)
+        self.hint = hint
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +70,8 @@ def parse_channel(name: object) -> ChannelName:
         return ChannelName(name, "", kind)
     if kind in PUBLIC_TYPES and SYMBOL_PATTERN.fullmatch(symbol):
         return ChannelName(name, symbol, kind)
+    if kind in PUBLIC_TYPES and SYMBOL_PATTERN.fullmatch(symbol.upper()):
+        raise InvalidChannel(name, f"symbols are upper case: {symbol.upper()}@{kind}")
     raise InvalidChannel(name)
 
 

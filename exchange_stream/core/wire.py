@@ -68,14 +68,21 @@ OPS = frozenset({"auth", "subscribe", "unsubscribe", "ping", "list"})
 class OpError(Exception):
     """A request the gateway answers with ``{"code":N,"msg":...}``; the connection stays open."""
 
-    def __init__(self, code: ErrorCode, request_id: RequestId = None, channel: str | None = None):
+    def __init__(
+        self,
+        code: ErrorCode,
+        request_id: RequestId = None,
+        channel: str | None = None,
+        hint: str | None = None,
+    ):
         super().__init__(code, request_id, channel)
         self.code = code
         self.request_id = request_id
         self.channel = channel
+        self.hint = hint
 
     def with_id(self, request_id: RequestId) -> OpError:
-        return OpError(self.code, request_id, self.channel)
+        return OpError(self.code, request_id, self.channel, self.hint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +183,8 @@ def _parse_channels(message: dict, request_id: RequestId) -> tuple[ChannelName, 
     for name in names:
         try:
             parsed[name] = parse_channel(name)
-        except InvalidChannel:
-            raise OpError(ErrorCode.INVALID_CHANNEL, request_id, name) from None
+        except InvalidChannel as invalid:
+            raise OpError(ErrorCode.INVALID_CHANNEL, request_id, name, invalid.hint) from None
     return tuple(parsed.values())
 
 
@@ -207,10 +214,13 @@ def encode_position(position: Position, recovered: bool | None) -> dict[str, obj
 
 
 def encode_error(error: OpError) -> bytes:
-    """``{"code":N,"msg":"..."}``; an invalid channel is named so the client can tell which."""
+    """``{"code":N,"msg":"..."}``; an invalid channel is named so the client can tell which,
+    with a ``hint`` when what was meant is clear."""
     reply: dict = {"code": int(error.code), "msg": ERROR_MESSAGES[error.code]}
     if error.channel is not None:
         reply["channel"] = error.channel
+    if error.hint is not None:
+        reply["hint"] = error.hint
     return encode(_with_id(reply, error.request_id))
 
 
