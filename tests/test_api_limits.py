@@ -4,6 +4,7 @@ real twisted.web parsing, on a StringTransport and a fake clock."""
 
 import json
 
+from prometheus_client import generate_latest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -26,6 +27,7 @@ def channel_on(clock, **config):
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
     transport = StringTransport()
     channel.makeConnection(transport)
+    site.metrics = lambda: generate_latest(gateway.metrics.registry).decode()  # for the test
     return site, channel, transport
 
 
@@ -47,6 +49,8 @@ def test_a_body_announced_too_big_is_refused_before_a_byte_of_it_is_read():
         assert body == {"E": {"c": 103, "m": "body larger than 1000 bytes"}}
         assert transport.disconnecting and site.refused_bodies == 1
         assert channel.requests[0].content is None, "nothing spooled"
+        # counted on /metrics, as a publish refused after reading it would be
+        assert 'exchange_stream_publish_errors_total{code="103"} 1.0' in site.metrics()
 
 
 def test_a_chunked_body_is_refused_as_it_passes_the_limit():

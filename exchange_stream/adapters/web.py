@@ -207,7 +207,11 @@ class BoundedRequest(Request):
 
     def _too_big(self, limit: int) -> None:
         self._refused = True
-        body = encode(ApiError(413, 103, f"body larger than {limit} bytes").answer())
+        site = _site(self.channel)
+        error = ApiError(413, 103, f"body larger than {limit} bytes")
+        if site.count_refusal is not None:
+            site.count_refusal(error)
+        body = encode(error.answer())
         head = (
             b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
@@ -216,7 +220,7 @@ class BoundedRequest(Request):
         if transport is not None:
             transport.write(head + body)
             transport.loseConnection()
-        _site(self.channel).refused_bodies += 1
+        site.refused_bodies += 1
 
 
 def peer_host(peer: IAddress) -> str:
@@ -328,11 +332,13 @@ class QuietSite(Site):
         max_body: int | None = None,
         clock: IReactorTime | None = None,
         admission: Admission | None = None,
+        count_refusal: Callable[[ApiError], object] | None = None,
     ) -> None:
         super().__init__(resource, timeout=timeout, parsePOSTFormSubmission=forms)
         self.deadline = deadline
         self.max_body = max_body
         self.admission = admission
+        self.count_refusal = count_refusal  # a body refused before reading, for the metrics
         if clock is None:
             from twisted.internet import reactor as installed
 
