@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from exchange_stream.core.encoding import encode
 from exchange_stream.core.market.decimals import SymbolLimits
-from exchange_stream.core.market.events import Event, MalformedEvent, parse_event
+from exchange_stream.core.market.events import Event, MalformedEvent, Spellings, parse_event
 from exchange_stream.services.periodic import PeriodicService
 
 log = Logger()
@@ -40,6 +40,7 @@ class FeedInput:
     ) -> None:
         self._handle = handle
         self._limits = limits or SymbolLimits()
+        self._spellings = Spellings()  # each symbol's book levels repeat: read once
         self.refused: Counter[str] = Counter() if refused is None else refused
         self.received = 0
         self.malformed = 0
@@ -52,7 +53,7 @@ class FeedInput:
     def parse(self, data: bytes | str, source: str) -> Event | None:
         """The event in ``data``, or None (counted) when it is not a valid one."""
         try:
-            return parse_event(data, self._limits)
+            return parse_event(data, self._limits, self._spellings)
         except MalformedEvent as error:
             self.received += 1
             self._bad(error, source)

@@ -7,24 +7,20 @@ last one. Each diff carries ``seq``/``prevSeq`` (a client applies a diff only wh
 
 A flush is a few C-level passes over each side, not Python code per level: the levels come
 sorted best first (``parse_event`` sorts them: that is checked, anything else is sorted
-here), the side is written out in one ``%`` format as ``price:qty`` lines (the rare exponent
-respelled alone), and the diff is set arithmetic on the lines of the last published book and
-this one. Only the changed levels are read as numbers again, to be put in order. Nothing
-hashes a ``Decimal`` (a fresh one's hash costs more than its text).
+here), the diff is set arithmetic on the levels of the last published book and this one (by
+value), and only the levels that changed are written out as text and put in order.
 """
 
 from __future__ import annotations
 
-import re
 import zlib
-from decimal import Decimal, getcontext
-from itertools import chain
+from decimal import Decimal
+from itertools import chain, islice
 from operator import gt, itemgetter, lt
 
 from exchange_stream.core.market.events import Book, Level
 
 CHECKSUM_LEVELS = 25
-_ZERO = Decimal(0)
 
 
 def checksum_text(bids: list[list[str]], asks: list[list[str]]) -> str:
@@ -52,114 +48,75 @@ def checksum(bids: list[list[str]], asks: list[list[str]]) -> int:
     return signed_crc32(checksum_text(bids, asks).encode())
 
 
-def _lines(levels: tuple[Level, ...], values: tuple[Decimal, ...]) -> list[str]:
-    """``f"{text(price)}:{text(qty)}"`` for each level (``values``: the levels flattened), in
-    one ``%`` format: ``str`` spells a decimal as ``text`` does unless it gives it an exponent
-    (``Decimal("6.4E+4")``, as ``normalize`` leaves 64000), which is looked for once in the
-    whole side and respelled alone."""
-    if not levels:
-        return []
-    written = ("%s:%s\n" * len(levels)) % values
-    lines = written.split("\n")
-    lines.pop()  # after the last newline
-    marker = "E" if getcontext().capitals else "e"  # str's exponent, as the context spells it
-    found = written.find(marker)
-    index = start = 0
-    while found >= 0:
-        index += written.count("\n", start, found)
-        price, qty = levels[index]
-        lines[index] = f"{price:f}:{qty:f}"  # decimals.text
-        start = written.find("\n", found)
-        found = written.find(marker, start)
-    return lines
-
-
-# A number that can be written in another way too, so that two lines of different text may
-# still be the same level: a trailing fractional zero ("1.50" is "1.5"), a negative zero,
-# anything but digits and a point (NaN, Infinity). parse_event's numbers never are.
-_RESPELLABLE = re.compile(r"\.[0-9]*0(?=[:\n]|$)|(?:^|[:\n])-0(?=[:\n]|$)|[^-0-9.:\n]")
-
-
 class _Side:
-    """One side of the published book: its levels (best first), their ``price:qty`` lines,
-    and a ``[price, qty]`` list per line (a snapshot's level lists are those of the last one
+    """One side of the published book: its levels (best first), as a set, and a
+    ``[price, qty]`` text list per level (a snapshot's level lists are those of the last one
     where a level did not change).
 
-    Two levels of the same text have the same value; lines that changed are compared by value
-    (:meth:`_by_value`, the definition) when one of them has a number that can be written in
-    another way; otherwise, as for everything parse_event gives, text and value say the same.
+    Levels are compared by value: a level is a pair of Decimals, and Decimals that are equal
+    hash alike whatever their spelling ("1.50" and "1.5"), so set arithmetic on them is the
+    definition of a changed level. It is cheap because the feed's Decimals are the same
+    objects book after book (``events.Spellings``), whose hashes Python keeps: only the few
+    levels that changed are written out as text.
     """
 
-    __slots__ = ("better", "descending", "levels", "lines", "lists")
+    __slots__ = ("better", "descending", "keys", "levels", "lists")
 
     def __init__(self, descending: bool) -> None:
         self.descending = descending
         self.better = gt if descending else lt
         self.levels: tuple[Level, ...] = ()
-        self.lines: set[str] = set()
-        self.lists: dict[str, list[str]] = {}
+        self.keys: set[Level] = set()
+        self.lists: dict[Level, list[str]] = {}
 
     def diff(self, levels: tuple[Level, ...]) -> _Diff:
-        values = tuple(chain.from_iterable(levels))
-        if len(levels) > 1 and not all(map(self.better, values[0:-2:2], values[2::2])):
+        prices = list(map(itemgetter(0), levels))
+        if len(levels) > 1 and not all(map(self.better, prices, islice(prices, 1, None))):
             # not strictly best first: sorted as a dict (a repeated price: its first key and
             # its last quantity)
             levels = tuple(sorted(dict(levels).items(), reverse=self.descending))
-            values = tuple(chain.from_iterable(levels))
-        lines = _lines(levels, values)
-        keys = set(lines)
-        added, gone = keys - self.lines, self.lines - keys
-        fresh = {line: line.split(":") for line in added}
+        keys = set(levels)
+        added, gone = keys - self.keys, self.keys - keys
+        fresh = {level: [format(level[0], "f"), format(level[1], "f")] for level in added}
         if not (added or gone):
             update = []
-        elif _RESPELLABLE.search("\n".join(chain(added, gone))):
-            update = self._by_value(levels)
         else:
-            # The price of a line gone is still in the book when a line added has it.
-            removed = {line.partition(":")[0] for line in gone}
-            removed.difference_update(level[0] for level in fresh.values())
-            order = [(Decimal(level[0]), level) for level in fresh.values()]
-            order += [(Decimal(price), [price, "0"]) for price in removed]
+            # The price of a level gone is still in the book when a level added has it; a
+            # price removed is written as the old book wrote it, at quantity 0.
+            removed = {level[0]: self.lists[level][0] for level in gone}
+            for level in added:
+                removed.pop(level[0], None)
+            order = [(level[0], text) for level, text in fresh.items()]
+            order += [(price, [text, "0"]) for price, text in removed.items()]
             order.sort(key=itemgetter(0), reverse=self.descending)
-            update = [level for _, level in order]
-        return _Diff(levels, lines, keys, gone, fresh, update)
-
-    def _by_value(self, levels: tuple[Level, ...]) -> list[list[str]]:
-        """The update as the values say: a level is changed when its quantity is another
-        number (written as the new book writes it), removed when its price is gone (written
-        as the old book wrote it, at quantity 0)."""
-        old, new = dict(self.levels), dict(levels)
-        changed = {price: qty for price, qty in new.items() if old.get(price) != qty}
-        changed.update({price: _ZERO for price in old.keys() - new.keys()})
-        ordered = sorted(changed.items(), reverse=self.descending)
-        return [[format(price, "f"), format(qty, "f")] for price, qty in ordered]
+            update = [text for _, text in order]
+        return _Diff(levels, keys, gone, fresh, update)
 
     def publish(self, diff: _Diff) -> list[list[str]]:
         """The diff's book becomes the published one; its levels in text, best first."""
         lists = self.lists
-        for line in diff.gone:
-            del lists[line]
+        for level in diff.gone:
+            del lists[level]
         lists.update(diff.fresh)
-        self.levels, self.lines = diff.levels, diff.keys
-        return list(map(lists.__getitem__, diff.lines))
+        self.levels, self.keys = diff.levels, diff.keys
+        return list(map(lists.__getitem__, diff.levels))
 
 
 class _Diff:
-    """A side's next book (its levels, its lines in order and as a set), the lines gone from
-    the last one and those added (as level lists), and the update."""
+    """A side's next book (its levels in order and as a set), the levels gone from the last
+    one and those added (with their text lists), and the update."""
 
-    __slots__ = ("fresh", "gone", "keys", "levels", "lines", "update")
+    __slots__ = ("fresh", "gone", "keys", "levels", "update")
 
     def __init__(
         self,
         levels: tuple[Level, ...],
-        lines: list[str],
-        keys: set[str],
-        gone: set[str],
-        fresh: dict[str, list[str]],
+        keys: set[Level],
+        gone: set[Level],
+        fresh: dict[Level, list[str]],
         update: list[list[str]],
     ) -> None:
-        self.levels, self.lines, self.keys = levels, lines, keys
+        self.levels, self.keys = levels, keys
         self.gone, self.fresh, self.update = gone, fresh, update
 
 
@@ -194,7 +151,7 @@ class DepthBook:
         previous, self.seq = self.seq, self.seq + 1
         full_bids, full_asks = self._bids.publish(bids), self._asks.publish(asks)
         common = {"seq": self.seq, "prevSeq": previous}
-        crc = signed_crc32(_interleaved(bids.lines, asks.lines).encode())
+        crc = checksum(full_bids, full_asks)
         tail = {"checksum": crc, "ts": book.ts}
         update = {"type": "update", **common, "bids": bids.update, "asks": asks.update, **tail}
         snapshot = {"type": "snapshot", **common, "bids": full_bids, "asks": full_asks, **tail}

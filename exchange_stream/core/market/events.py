@@ -76,8 +76,33 @@ class PrivateEvent:
 Event = Trade | Book | IndexPrice | PrivateEvent
 
 
-def parse_event(line: bytes | str, limits: SymbolLimits = DEFAULT_LIMITS) -> Event:
-    """The event on one line, its prices and quantities within the symbol's ``limits``."""
+class Spellings:
+    """What the numbers of each symbol's recent books read as, by their text.
+
+    A book repeats most of the last one (a matching engine's next book changes 5 to 20 of
+    its 200 levels): a text read before is taken from here, a dict lookup, instead of being
+    checked, converted and respelled again. Only texts that passed the plain-decimal checks
+    of the symbol (whose limits never change) are kept; at most ``per_symbol`` texts for one
+    symbol, after which its memory starts afresh (one book is read the slow way).
+    """
+
+    per_symbol = 1024
+
+    def __init__(self) -> None:
+        self._by_symbol: dict[str, dict[str, Decimal]] = {}
+
+    def of(self, symbol: str) -> dict[str, Decimal]:
+        known = self._by_symbol.get(symbol)
+        if known is None or len(known) > self.per_symbol:
+            known = self._by_symbol[symbol] = {}
+        return known
+
+
+def parse_event(
+    line: bytes | str, limits: SymbolLimits = DEFAULT_LIMITS, spellings: Spellings | None = None
+) -> Event:
+    """The event on one line, its prices and quantities within the symbol's ``limits``;
+    ``spellings`` remembers what the book levels of each symbol read as (a feed's)."""
     try:
         raw = json.loads(line, parse_float=_refuse_float)
     except (ValueError, RecursionError) as error:
@@ -101,8 +126,10 @@ def parse_event(line: bytes | str, limits: SymbolLimits = DEFAULT_LIMITS) -> Eve
         )
     if kind == "book":
         symbol = _symbol(raw)
-        bids = _levels(raw, "bids", True, limits.of(symbol))
-        asks = _levels(raw, "asks", False, limits.of(symbol))
+        bounds = limits.of(symbol)
+        known = spellings.of(symbol) if spellings is not None else {}
+        bids = _levels(raw, "bids", True, bounds, known)
+        asks = _levels(raw, "asks", False, bounds, known)
         if bids and asks and bids[0][0] >= asks[0][0]:
             raise MalformedEvent("crossed book: best bid >= best ask")
         return Book(symbol, bids, asks, _integer(raw, "ts"))
@@ -176,32 +203,37 @@ def _beyond(what: str, limits: NumberLimits) -> str:
     )
 
 
-def _levels(raw: dict, key: str, reverse: bool, limits: NumberLimits) -> tuple[Level, ...]:
+def _levels(
+    raw: dict, key: str, reverse: bool, limits: NumberLimits, known: dict[str, Decimal]
+) -> tuple[Level, ...]:
     """Book levels: the hot part of parsing (a book is hundreds of decimals). The common
     case — plain decimals, short enough to be within the bounds, given best first as the
     matching engine sorts them — is recognised with a few C-level passes (``map(type)``,
-    ``map(len)``, join, ``bytes.translate``, ``map(gt)``) and converted and respelled with
-    ``map``, no Python code per number and no hashing or sorting of the Decimals; a book in
-    another order is sorted as a dict of its levels; anything else takes the careful path."""
+    ``map(len)``, join, ``bytes.translate``, ``map(gt)``) over the texts not ``known`` from the
+    symbol's earlier books, which are converted and respelled with ``map`` and remembered;
+    no Python code per number and no hashing or sorting of the Decimals; a book in another
+    order is sorted as a dict of its levels; anything else takes the careful path."""
     levels = raw.get(key)
     if type(levels) is not list or (
         levels and (set(map(type, levels)) != _LIST or set(map(len, levels)) != _PAIR)
     ):
         raise MalformedEvent(f'"{key}" must be a list of [price, qty]')
+    texts = list(chain.from_iterable(levels))
     try:
-        texts = list(chain.from_iterable(levels))
-        joined = "|".join(texts)
-    except TypeError:
+        new = set(texts).difference(known)
+        joined = "|".join(new)
+    except TypeError:  # a level holds a list or a number
         raise MalformedEvent(f'"{key}" must be a list of [price, qty] strings') from None
     if (
         texts
-        and max(map(len, texts)) <= limits.plain_length
+        and (not new or max(map(len, new)) <= limits.plain_length)
         and joined.isascii()
         and not joined.encode("ascii").translate(None, _PLAIN_CHARACTERS)
     ):
         try:
             # normalize() respells canonically ("1.50" as 1.5); EXACT: no digit is rounded
-            values = list(map(EXACT.normalize, map(Decimal, texts)))
+            known.update(zip(new, map(EXACT.normalize, map(Decimal, new)), strict=True))
+            values = list(map(known.__getitem__, texts))
         except InvalidOperation:
             values = []  # "", ".", "1.2.3": the careful path says what is wrong
         prices, quantities = values[0::2], values[1::2]
@@ -219,7 +251,7 @@ def _levels(raw: dict, key: str, reverse: bool, limits: NumberLimits) -> tuple[L
             if _ZERO in book.values():
                 book = {price: qty for price, qty in book.items() if qty}
             return tuple(sorted(book.items(), reverse=reverse))
-    return _levels_carefully(key, levels, joined, reverse, limits)
+    return _levels_carefully(key, levels, "|".join(texts), reverse, limits)
 
 
 _LIST = {list}
