@@ -13,7 +13,14 @@ from twisted.internet.task import Clock
 
 from exchange_stream.adapters.feed import FeedInput
 from exchange_stream.core.market.decimals import NumberLimits, SymbolLimits, limits_table
-from exchange_stream.core.market.events import Book, IndexPrice, MalformedEvent, Trade, parse_event
+from exchange_stream.core.market.events import (
+    Book,
+    IndexPrice,
+    MalformedEvent,
+    Spellings,
+    Trade,
+    parse_event,
+)
 from exchange_stream.core.market.ingest import Admission, TimeBounds
 from exchange_stream.core.market.markprice import MarkPrice
 from exchange_stream.core.market.ticker import DAY_MS, RollingTicker
@@ -261,3 +268,48 @@ def test_a_zero_with_a_huge_exponent_is_not_expanded():
     bids = b'[["1","0E-999999"],["0.5","1"]]'
     line = b'{"type":"book","symbol":"BTCUSDT","bids":' + bids + b',"asks":[],"ts":1}'
     assert parse_event(line, SymbolLimits()).bids == ((D("0.5"), D(1)),)  # the zero: no level
+
+
+# -- spellings remembered between books ---------------------------------------------------
+
+
+def book_line(bids, asks, symbol="BTCUSDT"):
+    return json.dumps({"type": "book", "symbol": symbol, "bids": bids, "asks": asks, "ts": 1})
+
+
+def test_remembered_spellings_read_as_the_same_values_as_a_fresh_parse():
+    """The feed's memory of each symbol's texts changes nothing that is read: the same
+    levels, canonical, as without it, book after book (texts repeated, new and respelled)."""
+    spellings = Spellings()
+    books = [
+        book_line([["100.50", "1.0"], ["99", "2"]], [["101", "0.50"]]),
+        book_line([["100.50", "1.0"], ["99.0", "2"]], [["101", "0.5"], ["102", "0"]]),
+        book_line([["100.5", "3"], ["99", "2"]], [["101.00", "0.50"]]),
+    ]
+    for line in books:
+        assert parse_event(line, SymbolLimits(), spellings) == parse_event(line)
+
+
+def test_a_bad_text_is_refused_even_after_good_books():
+    spellings = Spellings()
+    parse_event(book_line([["100", "1"]], [["101", "1"]]), SymbolLimits(), spellings)
+    for bad in ([["100", 1]], [["-100", "1"]], [["100", "1e999"]], [["100", ["1"]]]):
+        with pytest.raises(MalformedEvent):
+            parse_event(book_line(bad, [["101", "1"]]), SymbolLimits(), spellings)
+
+
+def test_each_symbol_is_read_within_its_own_limits_whatever_another_remembered():
+    limits = SymbolLimits(table={"TINY": NumberLimits(integer_digits=2, places=2)})
+    spellings = Spellings()
+    parse_event(book_line([["100.125", "1"]], [["101", "1"]]), limits, spellings)  # default
+    with pytest.raises(MalformedEvent) as refused:
+        parse_event(book_line([["100.125", "1"]], [["101", "1"]], "TINY"), limits, spellings)
+    assert refused.value.reason == "number"
+
+
+def test_the_memory_of_one_symbol_is_bounded():
+    spellings = Spellings()
+    for book in range(50):
+        bids = [[f"{1000 + book}.{level:03d}", "1"] for level in range(100)][::-1]
+        parse_event(book_line(bids, [["2000", "1"]]), SymbolLimits(), spellings)
+        assert spellings.remembered("BTCUSDT") <= 1024 + 102  # of 5,000 read

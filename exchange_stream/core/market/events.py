@@ -91,6 +91,10 @@ class Spellings:
     def __init__(self) -> None:
         self._by_symbol: dict[str, dict[str, Decimal]] = {}
 
+    def remembered(self, symbol: str) -> int:
+        """How many texts of ``symbol`` are remembered now."""
+        return len(self._by_symbol.get(symbol, ()))
+
     def of(self, symbol: str) -> dict[str, Decimal]:
         known = self._by_symbol.get(symbol)
         if known is None or len(known) > self.per_symbol:
