@@ -109,3 +109,19 @@ def test_no_warning_when_the_address_is_one_of_many_large_ones():
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert not [e for e in events if "real-ip-header" in e.get("log_format", "")]
+
+
+def test_refused_clients_that_hang_up_at_once_leave_no_error_in_the_log(tmp_path):
+    """A refusal answered to a client that has already gone (found by an outside review:
+    each logged a critical "Unhandled error in Deferred")."""
+    options = ("--max-connections-per-ip", "1", "--ping-interval", "0")
+    with real_gateway(tmp_path, *options) as (_, url, _api, log):
+        port = port_of(url)
+        with opened(port, handshake_request()) as held:
+            assert held.recv(12) == b"HTTP/1.1 101"
+            for _ in range(20):
+                with socket.create_connection(("127.0.0.1", port)) as refused:
+                    refused.sendall(handshake_request())  # and gone, before the answer
+            assert status_of(port, handshake_request()) == 429  # the node still answers
+        text = log.read_text()
+    assert "Unhandled error" not in text and "Traceback" not in text, text[-3000:]

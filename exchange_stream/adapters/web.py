@@ -245,7 +245,13 @@ class Refused(Resource):
         request.setResponseCode(self._status, self._reason.encode())  # as a refused handshake
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"connection", b"close")
-        request.notifyFinish().addBoth(lambda _: request.channel.loseConnection())
+        transport = request.channel.transport  # the request forgets its channel once done
+
+        def close(_: object) -> None:
+            if transport is not None:
+                transport.loseConnection()
+
+        request.notifyFinish().addBoth(close)  # also when the client has gone already
         return self._reason.encode() + b"\n"
 
 
