@@ -196,3 +196,13 @@ def test_trade_ids_stay_within_what_javascript_holds_exactly():
     assert parse_event(line % (2**53 - 1)).id == 2**53 - 1
     with pytest.raises(MalformedEvent, match="JavaScript"):
         parse_event(line % 2**53)
+
+
+def test_a_udp_feed_host_name_is_one_line_not_a_traceback():
+    """localhost is the loopback interface; another name is refused at start, not by
+    Twisted's resolver later (a 42-line traceback)."""
+    from exchange_stream.core.feeds import feed_udp_address
+
+    assert feed_udp_address("localhost:7002") == ("127.0.0.1", 7002)
+    with pytest.raises(ValueError, match="must be an IP address"):
+        feed_udp_address("feeds.example.com:7002")

@@ -124,7 +124,7 @@ def test_startup_failures_are_one_line_and_exit_1(tmp_path):
     taken.listen()
     port = taken.getsockname()[1]
     in_use = f"cannot listen on 127.0.0.1:{port} ([Errno 98] Address already in use)"
-    gateway = ["exchange-stream", "--api", "tcp:0", "--ws", "tcp:0"]
+    gateway = ["exchange-stream", "--api", "tcp:0:interface=127.0.0.1", "--ws", "tcp:0"]
     market = ["exchange-market", "--mesh", "redis://127.0.0.1:1/0"]
     cases = [
         ([*gateway, "--ws", f"tcp:{port}:interface=127.0.0.1"], f"--ws tcp:{port}:interface"),
@@ -133,8 +133,8 @@ def test_startup_failures_are_one_line_and_exit_1(tmp_path):
         ([*market, "--feed", f"tcp:{port}"], f"--feed tcp:{port}: {in_use}"),
         ([*gateway, "--ws", "tcpx:1"], "--ws tcpx:1: Unknown endpoint type"),
         (
-            [*gateway, "--api", "ssl:1:privateKey=/no/such.pem"],
-            "--api ssl:1:privateKey=/no/such.pem:",
+            [*gateway, "--api", "ssl:1:privateKey=/no/such.pem:interface=127.0.0.1"],
+            "--api ssl:1:privateKey=/no/such.pem:interface=127.0.0.1: [Errno 2]",
         ),
     ]
     try:

@@ -104,3 +104,27 @@ def test_listening_ports_get_a_backlog_for_reconnect_storms():
     assert with_backlog("unix:/run/es.sock", 4096) == "unix:/run/es.sock"
     assert parse("--backlog", "1024").backlog == 1024
     assert parse().backlog == 4096
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("option", ["--auth-timeout", "--ping-interval", "--history-ttl"])
+def test_number_options_must_be_finite(option, value):
+    """nan passes every "must be positive" comparison: it is refused by name."""
+    with pytest.raises(usage.UsageError, match="must be a finite number"):
+        Options().parseOptions([option, value])
+
+
+@pytest.mark.parametrize(
+    "api", ["tcp:6789", "tcp:6789:interface=0.0.0.0", "tcp:6789:interface=10.0.0.5", "systemd:0"]
+)
+def test_an_api_reachable_from_other_hosts_needs_a_token(api):
+    with pytest.raises(usage.UsageError, match="--api-token"):
+        Options().parseOptions(["--api", api])
+    Options().parseOptions(["--api", api, "--api-token", "s3cret"])
+
+
+@pytest.mark.parametrize(
+    "api", ["tcp:6789:interface=127.0.0.1", "tcp6:6789:interface=\\:\\:1", "unix:/tmp/es.sock"]
+)
+def test_a_local_api_needs_no_token(api):
+    Options().parseOptions(["--api", api])

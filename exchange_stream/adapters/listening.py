@@ -6,6 +6,7 @@ operator needs which option, which address and what to do.
 
 from __future__ import annotations
 
+import errno
 import re
 
 from twisted.application.service import MultiService
@@ -39,7 +40,11 @@ def cannot_listen(error: CannotListenError, listeners: dict[str, str | None]) ->
     ]
     which = named[0] if len(named) == 1 else " / ".join(o for o, e in listeners.items() if e)
     where = f"{error.interface or '*'}:{error.port}"
-    return (
-        f"exchange-stream: {which}: cannot listen on {where} ({error.socketError}): another "
-        "process has it, or it needs privileges; stop that process or choose another port"
-    )
+    cause = getattr(error.socketError, "errno", None)
+    if cause == errno.EADDRINUSE:
+        advice = "another process has it; stop that process or choose another port"
+    elif cause == errno.EACCES:
+        advice = "a port below 1024 needs privileges; choose another port or grant them"
+    else:
+        advice = "is that address one of this host's interfaces?"
+    return f"exchange-stream: {which}: cannot listen on {where} ({error.socketError}): {advice}"

@@ -6,9 +6,11 @@ embedding application builds it directly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
+from exchange_stream.core.endpoints import is_local_endpoint
 from exchange_stream.core.feeds import check_feeds
 from exchange_stream.core.market.decimals import NumberLimits, SymbolLimits, limits_table
 from exchange_stream.core.meshurl import check_mesh_url
@@ -59,10 +61,19 @@ class GatewayConfig:
     idempotency_ttl: float = 600.0
 
     def __post_init__(self) -> None:
+        for name, value in vars(self).items():  # nan and inf pass every comparison below
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, not {value}")
         if not self.path.startswith("/"):
             raise ValueError(f"path must start with '/': {self.path!r}")
         check_mesh_url(self.mesh)
         check_feeds(self.feed, self.feed_udp, self.feed_secret)
+        if not is_local_endpoint(self.api) and not self.api_token:
+            # The API publishes to any user's channels and kicks any user.
+            raise ValueError(
+                f"--api {self.api} listens beyond this host: give --api-token (back ends then "
+                "send Authorization: Bearer <token>), or listen on 127.0.0.1"
+            )
         for name in (
             "book_interval",
             "auth_timeout",

@@ -1,4 +1,5 @@
-"""Listening endpoint strings, completed with what the gateway needs of them.
+"""Listening endpoint strings, completed with what the gateway needs of them, and whether
+they are reachable from other hosts.
 
 Twisted's ``tcp:`` endpoints listen with a backlog of 50: after a drain or a node restart,
 thousands of clients reconnect within a second, and past 50 pending connections the kernel
@@ -19,3 +20,22 @@ def with_backlog(description: str, backlog: int) -> str:
     if kind in _WITH_BACKLOG and "backlog=" not in rest:
         return f"{description}:backlog={backlog}"
     return description
+
+
+LOOPBACK = "127.0.0.1"
+LOCAL_INTERFACES = {"127.0.0.1", "::1", "localhost"}
+LOOPBACK_OF = {"tcp": LOOPBACK, "ssl": LOOPBACK, "tcp6": "\\:\\:1"}  # endpoint-escaped ::1
+
+
+def is_local_endpoint(description: str) -> bool:
+    """Whether a listening endpoint is reachable from this host
+    only: a UNIX socket, or TCP/TLS on a loopback interface. Any other kind (``systemd:``,
+    ...) may be reachable from elsewhere."""
+    kind, _, rest = description.partition(":")
+    if kind == "unix":
+        return True
+    if kind not in LOOPBACK_OF:
+        return False
+    unescaped = rest.replace("\\:", "\0")
+    options = dict(part.split("=", 1) for part in unescaped.split(":") if "=" in part)
+    return options.get("interface", "").replace("\0", ":") in LOCAL_INTERFACES

@@ -9,17 +9,22 @@ line must be ``AUTH <secret>``, a datagram must start with ``<secret>`` and a ne
 
 from __future__ import annotations
 
-LOOPBACK = "127.0.0.1"
-_LOCAL = {"127.0.0.1", "::1", "localhost"}
-_LOOPBACK_OF = {"tcp": LOOPBACK, "ssl": LOOPBACK, "tcp6": "\\:\\:1"}  # endpoint-escaped ::1
+import ipaddress
+
+from exchange_stream.core.endpoints import (
+    LOCAL_INTERFACES,
+    LOOPBACK,
+    LOOPBACK_OF,
+    is_local_endpoint,
+)
 
 
 def feed_endpoint(description: str) -> str:
     """A Twisted endpoint string for ``--feed``: ``tcp:``, ``tcp6:`` and ``ssl:`` without an
     ``interface=`` option listen on the loopback interface (``tcp6:`` would take ``::``)."""
     kind, _, rest = description.partition(":")
-    if kind in _LOOPBACK_OF and "interface=" not in rest:
-        return f"{description}:interface={_LOOPBACK_OF[kind]}"
+    if kind in LOOPBACK_OF and "interface=" not in rest:
+        return f"{description}:interface={LOOPBACK_OF[kind]}"
     return description
 
 
@@ -28,29 +33,27 @@ def feed_udp_address(value: str) -> tuple[str, int]:
     interface, _, port = value.rpartition(":")
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"--feed-udp takes [interface:]port, not {value!r}")
+    if interface == "localhost":
+        interface = LOOPBACK
+    if interface and not _is_ip_address(interface):
+        raise ValueError(f"--feed-udp {value}: the interface must be an IP address")
     return (interface or LOOPBACK), int(port)
 
 
-def _endpoint_is_local(description: str) -> bool:
-    """Whether an endpoint (as ``feed_endpoint`` completes it) is reachable from this host
-    only: a UNIX socket, or TCP/TLS on a loopback interface. Any other kind (``systemd:``,
-    ...) may be reachable from elsewhere."""
-    kind, _, rest = description.partition(":")
-    if kind == "unix":
-        return True
-    if kind not in _LOOPBACK_OF:
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
         return False
-    unescaped = rest.replace("\\:", "\0")
-    options = dict(part.split("=", 1) for part in unescaped.split(":") if "=" in part)
-    return options.get("interface", "").replace("\0", ":") in _LOCAL
+    return True
 
 
 def check_feeds(feed: str | None, feed_udp: str | None, secret: str | None) -> None:
     """Refuse a feed reachable from other hosts without ``--feed-secret``."""
     reachable = []
-    if feed is not None and not _endpoint_is_local(feed_endpoint(feed)):
+    if feed is not None and not is_local_endpoint(feed_endpoint(feed)):
         reachable.append(f"--feed {feed}")
-    if feed_udp is not None and feed_udp_address(feed_udp)[0] not in _LOCAL:
+    if feed_udp is not None and feed_udp_address(feed_udp)[0] not in LOCAL_INTERFACES:
         reachable.append(f"--feed-udp {feed_udp}")
     if reachable and not secret:
         raise ValueError(
