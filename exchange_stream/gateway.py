@@ -111,7 +111,7 @@ class Gateway(MultiService):
         figures = NodeFigures(self.process_figures, self.mesh, workers)
         self.metrics.watch_node(figures, self.mesh)
         self.health = Health(self.mesh, figures, self._is_draining)
-        self.publisher = Publisher(self.node, self._is_draining, self.metrics)
+        self.publisher = Publisher(self.node, self._is_draining, self.metrics, config.prefix)
         self._control = ControlReceiver(self.sessions.kick)
         if config.ping_interval:
             # Every connection registered here is a GatewayFactory's protocol, which is an

@@ -260,3 +260,27 @@ def test_publishes_that_reach_nobody_are_counted():
     assert status == 200 and [r["s"] for r in answer["r"]] == [0, 1]
     _, _, body = stub_request(client, "GET", "http://api/metrics")
     assert "exchange_stream_publishes_unheard_total 2.0" in body.decode().splitlines()
+
+
+def test_a_publish_no_client_could_ever_receive_is_a_warning_naming_the_channel():
+    """1001@balance (the prefix forgotten) answers s 0 as CONNMIX does, and the log says
+    why at warning level; a well-formed channel nobody watches stays at debug level."""
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    from tests.support import memory_gateway, stub_request
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        gateway = memory_gateway(Clock())
+        api = StubTreq(gateway.api_resource())
+        for channel in ("1001@balance", "ex:ETHUSDT@ticker"):
+            body = json.dumps({"c": channel, "d": "{}"}).encode()
+            status, _, answer = stub_request(api, "POST", "http://api/v1/mesh/publish", data=body)
+            assert status == 200 and json.loads(answer)["r"]["s"] == 0
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warned = [e for e in events if "no client can subscribe" in e.get("log_format", "")]
+    assert [e["channel"] for e in warned] == ["1001@balance"]
+    assert warned[0]["log_level"].name == "warn"

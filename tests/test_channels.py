@@ -94,3 +94,22 @@ def test_an_unknown_type_gets_no_hint():
     with pytest.raises(InvalidChannel) as refused:
         parse_channel("btcusdt@bogus")
     assert refused.value.hint is None
+
+
+@pytest.mark.parametrize(
+    ("internal", "can"),
+    [
+        ("ex:BTCUSDT@depth", True),
+        ("ex:1001@balance", True),
+        ("ex:u_1-x@order", True),
+        ("1001@balance", False),  # no prefix
+        ("ex:btcusdt@depth", False),  # lower case: no client may name it
+        ("ex:BTCUSDT@bogus", False),
+        ("ex:01001@balance", False),  # not how a uid is spelt
+        ("ex:BTCUSDT", False),
+    ],
+)
+def test_which_internal_channels_a_client_could_ever_subscribe_to(internal, can):
+    from exchange_stream.core.channels import subscribable
+
+    assert subscribable(internal, "ex:") is can

@@ -91,3 +91,17 @@ def normalize_uid(raw: object) -> str | None:
             return None
         return raw
     return None
+
+
+def subscribable(internal: str, prefix: str) -> bool:
+    """Whether a client could ever be subscribed to the internal channel ``internal``: it has
+    the prefix and names a public channel or a uid's private one. A publish to any other
+    (``1001@balance`` without ``ex:``, ``ex:btcusdt@depth``) can reach nobody."""
+    if not internal.startswith(prefix):
+        return False
+    owner, at, kind = internal[len(prefix) :].partition("@")
+    if not at:
+        return False
+    if kind in PRIVATE_TYPES:
+        return normalize_uid(owner) == owner
+    return kind in PUBLIC_TYPES and SYMBOL_PATTERN.fullmatch(owner) is not None

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from exchange_stream.core.channels import subscribable
 from exchange_stream.core.mesh_api import (
     ApiError,
     PublishRequest,
@@ -31,13 +32,22 @@ log = Logger()
 
 
 class Publisher:
-    """Publishes through ``node`` while the mesh is available and the node is not draining."""
+    """Publishes through ``node`` while the mesh is available and the node is not draining;
+    ``prefix`` is the client channels' (to tell a back end that misspells them)."""
 
-    def __init__(self, node: Node, is_draining: Callable[[], bool], metrics: GatewayMetrics):
+    def __init__(
+        self,
+        node: Node,
+        is_draining: Callable[[], bool],
+        metrics: GatewayMetrics,
+        prefix: str = "ex:",
+    ):
         self._node = node
         self._is_draining = is_draining
         self._metrics = metrics
+        self._prefix = prefix
         self._unheard_count = 0
+        self._unsubscribable_count = 0
 
     LOG_UNHEARD_EVERY = 1000
 
@@ -81,8 +91,20 @@ class Publisher:
     def _unheard(self, channel: str) -> None:
         """A publish no node listens to: fine for a channel nobody watches now, a mistake for
         a misspelt one (no ``ex:`` prefix, a lower-case symbol). Counted; the first and then one
-        in ``LOG_UNHEARD_EVERY`` logged at debug level with its channel."""
+        in ``LOG_UNHEARD_EVERY`` logged with its channel: at debug level, or as a warning when
+        no client could ever subscribe to it."""
         self._metrics.unheard.inc()
+        if not subscribable(channel, self._prefix):
+            self._unsubscribable_count += 1
+            if self._unsubscribable_count % self.LOG_UNHEARD_EVERY == 1:
+                log.warn(
+                    "publish to {channel}: no client can subscribe to it (client channels "
+                    "are {prefix}<SYMBOL>@<type> and {prefix}<uid>@<type>); {count} such so far",
+                    channel=channel,
+                    prefix=self._prefix,
+                    count=self._unsubscribable_count,
+                )
+            return
         self._unheard_count += 1
         if self._unheard_count % self.LOG_UNHEARD_EVERY == 1:
             log.debug(
