@@ -30,6 +30,7 @@ from exchange_stream.core.hub import Hub
 from exchange_stream.interfaces import IAuthenticator, IMesh, IProcessReports
 from exchange_stream.market_service import market_service
 from exchange_stream.mesh import open_mesh
+from exchange_stream.services.api import MeshApi
 from exchange_stream.services.auth import (
     HttpAuthenticator,
     MeteredAuthenticator,
@@ -112,6 +113,14 @@ class Gateway(MultiService):
         self.metrics.watch_node(figures, self.mesh)
         self.health = Health(self.mesh, figures, self._is_draining)
         self.publisher = Publisher(self.node, self._is_draining, self.metrics, config.prefix)
+        self.api = MeshApi(
+            self.publisher,
+            self.health,
+            self.metrics.registry,
+            bearer(config.api_token),
+            config.max_publish_size,
+            config.streams,
+        )
         self._control = ControlReceiver(self.sessions.kick)
         if config.ping_interval:
             # Every connection registered here is a GatewayFactory's protocol, which is an
@@ -178,12 +187,4 @@ class Gateway(MultiService):
             config.streams,
             self.api_admission,
         )
-        return api_root(
-            self.publisher,
-            self.health,
-            self.metrics.registry,
-            TicketedWebSocketResource(websocket_api),
-            authorization,
-            config.max_publish_size,
-            config.streams,
-        )
+        return api_root(self.api, TicketedWebSocketResource(websocket_api))

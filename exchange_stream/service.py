@@ -182,5 +182,5 @@ def api_site(gateway: Gateway) -> Site:
         max_body=config.max_publish_size,
         clock=gateway.reactor,
         admission=gateway.api_admission,
-        count_refusal=gateway.publisher.count_error,
+        count_refusal=gateway.api.count_refusal,
     )

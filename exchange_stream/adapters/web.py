@@ -8,13 +8,9 @@ is in ``core.mesh_api`` and ``services.publisher``; these resources only carry i
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
-from functools import partial
 from typing import TypeVar, cast
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import CollectorRegistry
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
@@ -27,16 +23,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site, UnsupportedMethod
 from exchange_stream.core.encoding import encode
 from exchange_stream.core.mesh_api import (
     ApiError,
-    PublishRequest,
-    decode_body,
-    parse_batch,
-    parse_kick,
-    parse_publish,
 )
-from exchange_stream.core.streams import StreamPolicy
+from exchange_stream.services.api import MeshApi
 from exchange_stream.services.connections import Admission
-from exchange_stream.services.health import Health
-from exchange_stream.services.publisher import Publisher
 
 T = TypeVar("T")
 
@@ -76,25 +65,15 @@ def bearer(token: str | None) -> bytes | None:
 
 
 class PublishResource(Resource):
-    """``POST /v1/mesh/publish``: one publish (a JSON object) or a batch (a JSON array of
-    them, all checked before any is sent). Any other method is 405, any path below it 404."""
+    """``POST /v1/mesh/publish`` or ``/v1/mesh/kick`` (``send``: ``MeshApi.publish`` or
+    ``.kick``). Any other method is 405, any path below it 404."""
 
     isLeaf = True
 
-    def __init__(
-        self,
-        publisher: Publisher,
-        authorization: bytes | None,
-        max_body: int,
-        parse: Callable[[object], PublishRequest] = parse_publish,
-        batches: bool = True,
-    ) -> None:
+    def __init__(self, send: Callable[[bytes | None, bytes], Deferred], max_body: int) -> None:
         super().__init__()
-        self._publisher = publisher
-        self._expected_authorization = authorization
+        self._send = send
         self._max_body = max_body
-        self._parse = parse
-        self._batches = batches
 
     def render(self, request: Request) -> bytes | int:
         if request.postpath not in ([], [b""]):
@@ -105,78 +84,41 @@ class PublishResource(Resource):
         return self.render_POST(request)
 
     def render_POST(self, request: Request) -> bytes | int:
-        try:
-            requests, batch = self._read(request)
-        except ApiError as error:
-            self._publisher.count_error(error)
-            return _json_body(request, error.status, error.answer())
-        return respond(request, self._publisher.publish_all(requests, batch), _json_body)
-
-    def _read(self, request: Request) -> tuple[list[PublishRequest], bool]:
-        if self._expected_authorization is not None:
-            given = request.getHeader(b"Authorization") or b""
-            if not hmac.compare_digest(given, self._expected_authorization):
-                raise ApiError(401, 102, "missing or wrong bearer token")
         assert request.content is not None  # twisted.web reads the body before rendering
         body = request.content.read(self._max_body + 1)
-        if len(body) > self._max_body:
-            raise ApiError(413, 103, f"body larger than {self._max_body} bytes")
-        refusal = self._publisher.refusal()
-        if refusal is not None:
-            raise refusal
-        message = decode_body(body)
-        if self._batches and isinstance(message, list):
-            return parse_batch(message, self._parse), True
-        return [self._parse(message)], False
+        answered = self._send(request.getHeader(b"Authorization"), body)
+        return respond(request, answered, _json_body)
 
 
-class HealthResource(Resource):
+class AnswerResource(Resource):
+    """``GET`` of an answer computed when asked (``MeshApi.health``, ``.metrics``)."""
+
     isLeaf = True
 
-    def __init__(self, health: Health) -> None:
+    def __init__(self, answer: Callable[[], tuple[int, bytes, bytes]]) -> None:
         super().__init__()
-        self._health = health
+        self._answer = answer
 
     def render_GET(self, request: Request) -> bytes:
-        healthy, body = self._health.check()
-        return _json_body(request, 200 if healthy else 503, body)
+        status, content_type, body = self._answer()
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", content_type)
+        return body
 
 
-class MetricsResource(Resource):
-    isLeaf = True
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__()
-        self._registry = registry
-
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self._registry)
-
-
-def api_root(
-    publisher: Publisher,
-    health: Health,
-    registry: CollectorRegistry,
-    websocket_api: IResource,
-    authorization: bytes | None,
-    max_body: int,
-    streams: StreamPolicy,
-) -> Resource:
+def api_root(api: MeshApi, websocket_api: IResource) -> Resource:
     """``/v1/mesh/publish``, ``/v1/mesh/kick`` (``{"uid": 1001}``: every node ends that user's
     private subscriptions and login; ``s`` is the number of nodes reached), ``/ws/v1``,
     ``/healthz`` and ``/metrics``."""
     root, v1, mesh, websocket = Resource(), Resource(), Resource(), Resource()
     root.putChild(b"v1", v1)
     v1.putChild(b"mesh", mesh)
-    publish = partial(parse_publish, streams=streams)
-    mesh.putChild(b"publish", PublishResource(publisher, authorization, max_body, publish))
-    kick = PublishResource(publisher, authorization, max_body, parse_kick, batches=False)
-    mesh.putChild(b"kick", kick)
+    mesh.putChild(b"publish", PublishResource(api.publish, api.max_body))
+    mesh.putChild(b"kick", PublishResource(api.kick, api.max_body))
     root.putChild(b"ws", websocket)
     websocket.putChild(b"v1", websocket_api)
-    root.putChild(b"healthz", HealthResource(health))
-    root.putChild(b"metrics", MetricsResource(registry))
+    root.putChild(b"healthz", AnswerResource(api.health))
+    root.putChild(b"metrics", AnswerResource(api.metrics))
     return root
 
 
