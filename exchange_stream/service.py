@@ -13,12 +13,14 @@ from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import File
 
 from exchange_stream import __version__
+from exchange_stream.adapters.http_api import LeanApiFactory
 from exchange_stream.adapters.listening import OneLineStartFailures
 from exchange_stream.adapters.market_history import BesideWebSocket, KlinesResource, overlaps
 from exchange_stream.adapters.upstream import listening_port
@@ -34,7 +36,7 @@ from exchange_stream.options import Options
 STATIC = str(Path(__file__).parent / "static")
 log = Logger()
 
-__all__ = ["Options", "api_site", "makeService", "mount", "websocket_site"]
+__all__ = ["Options", "api_factory", "api_site", "makeService", "mount", "websocket_site"]
 
 
 def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiService:
@@ -58,14 +60,14 @@ def makeService(options: Options | GatewayConfig, **gateway_args: Any) -> MultiS
     gateway = Gateway(config, workers=workers, **gateway_args)
     gateway.setName("gateway")
     websocket = _listener("--ws", config.ws, config.backlog, websocket_site(gateway), reactor)
-    api = _listener("--api", config.api, config.backlog, api_site(gateway), reactor)
+    api = _listener("--api", config.api, config.backlog, api_factory(gateway), reactor)
     if workers is not None:
         workers.share(lambda: listening_port(websocket))
     return GatewayService(gateway, websocket, api, workers)
 
 
 def _listener(
-    option: str, description: str, backlog: int, site: Site, reactor: Any
+    option: str, description: str, backlog: int, site: Factory[Any], reactor: Any
 ) -> StreamServerEndpointService:
     """The listening service for an endpoint option; a string Twisted cannot use (an unknown
     kind, a missing TLS file) stops the start with one line naming the option, no traceback."""
@@ -170,7 +172,22 @@ def websocket_site(gateway: Gateway) -> Site:
     return site(root)
 
 
-def api_site(gateway: Gateway) -> Site:
+def api_factory(gateway: Gateway) -> LeanApiFactory:
+    """The internal API port: the lean HTTP/1.1 protocol for the API's own requests, the
+    twisted.web site of :func:`api_site` for every other connection (``/ws/v1``, anything
+    else), both counted by one admission and bound by one deadline."""
+    config = gateway.config
+    return LeanApiFactory(
+        gateway.api,
+        api_site(gateway),
+        gateway.turn_writer,
+        gateway.reactor,
+        config.handshake_timeout,
+        gateway.api_admission,
+    )
+
+
+def api_site(gateway: Gateway) -> QuietSite:
     """The site for the internal API port. Its bodies are JSON it reads itself, so
     twisted.web need not parse each POST's Content-Type (through the ``email`` package)
     looking for a form to decode."""

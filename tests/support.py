@@ -39,7 +39,7 @@ from twisted.web.server import NOT_DONE_YET
 from exchange_stream.adapters.upstream import quiet_http_client
 from exchange_stream.core.config import GatewayConfig
 from exchange_stream.gateway import Gateway
-from exchange_stream.service import api_site, websocket_site
+from exchange_stream.service import api_factory, websocket_site
 from exchange_stream.services.auth import StaticAuthenticator
 
 LOCAL = "tcp:0:interface=127.0.0.1"
@@ -326,7 +326,7 @@ async def start_gateway(config: GatewayConfig, **gateway_args) -> RunningGateway
     gateway = Gateway(config, **gateway_args)
     gateway.startService()
     ws = await serverFromString(reactor, LOCAL).listen(websocket_site(gateway))
-    api = await serverFromString(reactor, LOCAL).listen(api_site(gateway))
+    api = await serverFromString(reactor, LOCAL).listen(api_factory(gateway))
     return RunningGateway(gateway, ws.getHost().port, api.getHost().port, [ws, api])
 
 

@@ -211,11 +211,12 @@ class DeadlineChannel(HTTPChannel):
     _deadline_call: IDelayedCall | None = None
     ticket: str | None = None
     refusal: tuple[int, str] | None = None
+    counted = False  # by the protocol that had the connection first (http_api.py)
 
     def connectionMade(self) -> None:
         super().connectionMade()
         admission = _site(self).admission
-        if admission is not None and self.transport is not None:
+        if admission is not None and self.transport is not None and not self.counted:
             admitted = admission.arrive(peer_host(self.transport.getPeer()))
             if isinstance(admitted, tuple):
                 self.refusal = admitted

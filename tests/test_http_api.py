@@ -1,0 +1,206 @@
+"""The API port's lean HTTP/1.1 (adapters/http_api.py), on real sockets: what it answers is
+what the twisted.web site answers; pipelined requests are answered in order; keep-alive,
+Connection: close, Expect: 100-continue, the body limit before and while reading, malformed
+requests; any other first request is the site's, with what was read of it."""
+
+import json
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.protocol import Factory, Protocol
+
+from exchange_stream.core.config import GatewayConfig
+from exchange_stream.service import api_site
+from tests.support import LOCAL, start_gateway
+
+
+class Raw(Protocol):
+    """Writes ``data`` once connected and keeps what comes back until the server closes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.received, self.closed = data, b"", Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.data)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason) -> None:
+        self.closed.callback(self.received)
+
+
+async def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Everything the server sends for ``data`` until it closes (or ``timeout``)."""
+    raw = Raw(data)
+    await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(Factory.forProtocol(lambda: raw))
+    reactor.callLater(timeout, lambda: raw.transport.loseConnection())
+    return await raw.closed
+
+
+def answers(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """The HTTP answers in ``data``: (status, headers lower-cased, body), in order."""
+    found = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        if status == 100:
+            found.append((status, headers, b""))
+            continue
+        length = int(headers.get("content-length", "0"))
+        found.append((status, headers, data[:length]))
+        data = data[length:]
+    return found
+
+
+def post(path: str, body: bytes, *headers: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: api", f"Content-Length: {len(body)}", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def publish(channel: str, data: str = "{}") -> bytes:
+    return post("/v1/mesh/publish", json.dumps({"c": channel, "d": data}).encode())
+
+
+CLOSE = b"GET /healthz HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_publishes_are_answered_in_order_and_delivered():
+    running = await start_gateway(GatewayConfig(ping_interval=0))
+    try:
+        client = await running.connect()
+        await client.request({"op": "subscribe", "channel": "BTCUSDT@depth"})
+        requests = b"".join(publish("ex:BTCUSDT@depth", json.dumps({"n": n})) for n in range(100))
+        got = answers(await exchange(running.api_port, requests + CLOSE))
+        assert [status for status, _, _ in got] == [200] * 101
+        assert all(json.loads(body)["r"]["s"] == 1 for _, _, body in got[:100])
+        assert got[-1][1]["connection"] == "close"  # and the server closed: exchange returned
+        for n in range(100):
+            assert json.loads((await client.next_raw())[0])["n"] == n
+    finally:
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_lean_answers_are_the_sites_answers():
+    """The same requests through the lean protocol and through twisted.web (the site an
+    embedding application mounts): the same status and the same body."""
+    running = await start_gateway(GatewayConfig(ping_interval=0, api_token="s3cret"))
+    site_port = await serverFromString(reactor, LOCAL).listen(api_site(running.gateway))
+    token = "Authorization: Bearer s3cret"
+    cases = [
+        post("/v1/mesh/publish", b'{"c":"ex:BTCUSDT@depth","d":"{}"}', token),
+        post("/v1/mesh/publish", b'{"c":"ex:BTCUSDT@depth","d":"{}"}'),  # no token: 401
+        post("/v1/mesh/publish", b'{"c":"ex:BTCUSDT@depth"}', token),  # no d: 400
+        post("/v1/mesh/publish", b"not json", token),
+        post("/v1/mesh/publish", b'[{"c":"ex:A@depth","d":"1"},{"c":"ex:B@depth","d":"2"}]', token),
+        post("/v1/mesh/kick", b'{"uid":1001}', token),
+        post("/v1/mesh/kick", b'{"uid":"@x"}', token),
+        b"GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n",
+    ]
+    try:
+        for request in cases:
+            lean = answers(await exchange(running.api_port, request + CLOSE))[0]
+            web = answers(await exchange(site_port.getHost().port, request + CLOSE))[0]
+            assert (lean[0], lean[2]) == (web[0], web[2]), request
+            assert lean[1]["content-type"] == web[1]["content-type"]
+    finally:
+        await site_port.stopListening()
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_expect_100_continue_and_the_body_limit():
+    running = await start_gateway(GatewayConfig(ping_interval=0, max_publish_size=100))
+    try:
+        body = b'{"c":"ex:BTCUSDT@depth","d":"{}"}'
+        got = answers(
+            await exchange(
+                running.api_port, post("/v1/mesh/publish", body, "Expect: 100-continue") + CLOSE
+            )
+        )
+        assert [status for status, _, _ in got] == [100, 200, 200]
+        announced = post("/v1/mesh/publish", b"", "Content-Length: 99999999999999999999")
+        got = answers(
+            await exchange(running.api_port, announced.replace(b"Content-Length: 0\r\n", b""))
+        )
+        assert got[0][0] == 413 and json.loads(got[0][2])["E"]["c"] == 103  # then closed
+        chunked = (
+            b"POST /v1/mesh/publish HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"40\r\n"
+            + b"x" * 64
+            + b"\r\n"
+            + b"40\r\n"
+            + b"x" * 64
+            + b"\r\n0\r\n\r\n"
+        )
+        got = answers(await exchange(running.api_port, chunked))
+        assert [status for status, _, _ in got] == [413]
+        metrics = "\n".join(await running.metrics())
+        assert 'exchange_stream_publish_errors_total{code="103"} 2.0' in metrics
+    finally:
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_other_first_requests_are_the_sites_and_later_ones_404():
+    running = await start_gateway(GatewayConfig(ping_interval=0))
+    try:
+        head = await exchange(
+            running.api_port, b"HEAD /healthz HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n"
+        )
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"twisted" in head.lower()  # the site's
+        missing = await exchange(
+            running.api_port, b"GET /nope HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n"
+        )
+        assert missing.startswith(b"HTTP/1.1 404")
+        later = b"GET /healthz HTTP/1.1\r\nHost: api\r\n\r\nGET /nope HTTP/1.1\r\nHost: api\r\n\r\n"
+        got = answers(await exchange(running.api_port, later + CLOSE))
+        assert [status for status, _, _ in got] == [200, 404, 200]
+        bad = await exchange(running.api_port, b"GET /healthz HTTP/1.1\r\nHost api\r\n\r\n")
+        assert answers(bad)[0][0] == 400  # malformed: answered, then closed
+    finally:
+        await running.stop()
+
+
+def lean_connection(clock, **config):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from exchange_stream.service import api_factory
+    from exchange_stream.services.memory_mesh import MemoryMesh
+    from tests.support import memory_gateway
+
+    gateway = memory_gateway(
+        clock, GatewayConfig(ping_interval=0, handshake_timeout=5.0, **config),
+        mesh=MemoryMesh(clock=clock),
+    )  # fmt: skip
+    protocol = api_factory(gateway).buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5555))
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_a_request_trickled_in_is_cut_at_its_deadline_and_a_whole_one_is_not():
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    protocol, transport = lean_connection(clock)
+    request = publish("ex:BTCUSDT@depth")
+    for byte in request[:-1]:  # a byte every 0.04 s: 4.4 s so far
+        protocol.dataReceived(bytes([byte]))
+        clock.advance(0.04)
+    assert not transport.disconnecting
+    protocol.dataReceived(request[-1:])  # whole within 5 s: answered, the deadline gone
+    clock.advance(0)
+    assert transport.value().startswith(b"HTTP/1.1 200 OK")
+    clock.advance(10)
+    assert not transport.disconnecting
+    protocol.dataReceived(request[:10])  # the next one starts its own deadline
+    clock.advance(5.01)
+    assert transport.disconnecting  # aborted
