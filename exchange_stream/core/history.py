@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from exchange_stream.core.publication import Publication, Published
 from exchange_stream.core.streams import History, Position, StreamPolicy
@@ -39,13 +39,14 @@ class StreamLogs:
 
     def append(self, channel: str, publication: Publication, now: float) -> Publication:
         """The publication with its position, kept in the channel's history."""
-        log = self._log(channel, now)
+        size, ttl = self._policy.limits(channel)
+        log = self._log(channel, now, ttl)
         log.top += 1
         log.touched = now
-        self._logs[self._policy.limits(channel)[1]].move_to_end(channel)
-        positioned = replace(publication, epoch=log.epoch, offset=log.top)
+        self._logs[ttl].move_to_end(channel)
+        # Built directly: dataclasses.replace looks the fields up on every call.
+        positioned = Publication(publication.payload, publication.binary, log.epoch, log.top)
         log.entries.append((now, positioned))
-        size, _ = self._policy.limits(channel)
         if len(log.entries) > size:
             log.entries.popleft()
         return positioned
@@ -77,8 +78,9 @@ class StreamLogs:
                 return History(position, None)  # trimmed past it, or too old
         return History(position, [p for _, p in after])
 
-    def _log(self, channel: str, now: float) -> _Log:
-        ttl = self._policy.limits(channel)[1]
+    def _log(self, channel: str, now: float, ttl: float | None = None) -> _Log:
+        if ttl is None:
+            ttl = self._policy.limits(channel)[1]
         logs = self._logs.setdefault(ttl, OrderedDict())
         while logs:  # forget the idle ones, least recently touched first
             first = next(iter(logs.values()))
