@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
@@ -33,7 +34,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
-from exchange_stream.adapters.fastwrite import TurnWriter, write_now
+from exchange_stream.adapters.fastwrite import TurnWriter
 from exchange_stream.adapters.web import DeadlineChannel, QuietSite, peer_host
 from exchange_stream.core.encoding import encode
 from exchange_stream.core.mesh_api import ApiError
@@ -47,6 +48,9 @@ ROUTES = {
     (b"GET", b"/metrics"): "metrics",
 }
 LONGEST_FIRST_LINE = 8192  # a request line longer than this goes to twisted.web
+LARGEST_HEAD = 16 * 1024  # a request line and headers past this: 431, as twisted.web refuses
+MOST_HEADERS = 100
+IDLE_TIMEOUT = 60.0  # twisted.web's site default: a connection with no request in this long
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -88,43 +92,62 @@ class LeanApiFactory(Factory):
 class _Request:
     """One request being read, and then its answer (None until it is ready)."""
 
-    __slots__ = ("answer", "authorization", "body", "close", "expect", "too_big", "url")
+    __slots__ = (
+        "answer", "authorization", "body", "close", "expect", "head_done", "head_size",
+        "headers", "refused", "url",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.url = b""
         self.authorization: bytes | None = None
         self.body: list[bytes] = []
-        self.too_big = False
+        self.refused = False  # answered already (413, 431, 400): not run
         self.expect = False
         self.close = False
+        self.head_done = False  # fields after this are trailers: ignored
+        self.head_size = 0
+        self.headers = 0
         self.answer: bytes | None = None
 
 
 class LeanApiProtocol(Protocol):
+    """One connection of the API port. Its timer is the request's deadline while a request
+    is arriving, else the idle timeout (``IDLE_TIMEOUT``, as twisted.web's site has). Once an
+    answer that closes the connection is queued (``Connection: close``, a refused body, a
+    malformed request), nothing after it is read or run."""
+
     factory: LeanApiFactory
 
     _parser: httptools.HttpRequestParser | None = None
     _ticket: str | None = None
-    _deadline_call: IDelayedCall | None = None
-    _closing = False
+    _timer: IDelayedCall | None = None
+    _timing: Callable[[], None] | None = None  # what the timer will call: _too_slow or _idle
+    _stopped = False  # a closing answer is queued: nothing more is read or run
+    _lost = False
+    _head_began_here = False
 
     def connectionMade(self) -> None:
         self._head = b""  # what arrived before the first request line was whole
         self._reading: _Request | None = None
         self._answers: deque[_Request] = deque()  # in request order, for pipelining
         self._received = 0
-        assert self.transport is not None
-        admitted = self.factory.admission.arrive(peer_host(self.transport.getPeer()))
+        self._head_bytes = 0
+        transport = self.transport
+        assert transport is not None
+        admitted = self.factory.admission.arrive(peer_host(transport.getPeer()))
         if isinstance(admitted, tuple):  # the site answers the refusal to every request
             self._hand_over(refusal=admitted)
-        else:
-            self._ticket = admitted
+            return
+        self._ticket = admitted
+        # Its flow control: while the transport cannot take more answers, read nothing.
+        transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self._time(IDLE_TIMEOUT, self._idle)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._deadline_call is None and not self._closing:
-            self._deadline_call = self.factory.clock.callLater(
-                self.factory.deadline, self._too_slow
-            )
+        if self._stopped:
+            return
+        if self._timing != self._too_slow:
+            self._time(self.factory.deadline, self._too_slow)  # a request's first byte
         if self._parser is None:
             self._head += data
             end = self._head.find(b"\r\n")
@@ -138,71 +161,134 @@ class LeanApiProtocol(Protocol):
                 return
             self._parser = httptools.HttpRequestParser(self)
             data, self._head = self._head, b""
+            self._head_began_here = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "open /ws/v1 on a connection of its own")
+            self._unreadable("open /ws/v1 on a connection of its own")
         except httptools.HttpParserError as error:
-            if "Content-Length overflow" in str(error):  # more than 2^64: too big, as twisted.web
-                self._reading = self._reading or _Request()
-                self._refuse_body()
-            else:
-                self._fail(400, "malformed HTTP request")
+            self._unreadable(str(error))
+        else:
+            self._count_head(len(data))
+
+    def _unreadable(self, why: str) -> None:
+        """llhttp stopped: unless a closing answer is queued already (its callbacks may have
+        queued one), the request is answered 400 (413 for a length over 2^64, as twisted.web
+        answers it) and the connection closed."""
+        if self._stopped:
+            return
+        if "Content-Length overflow" in why:
+            self._reading = self._reading or _Request()
+            self._refuse(413)
+        elif why.startswith("open /ws/v1"):
+            self._fail(400, why)
+        else:
+            self._fail(400, "malformed HTTP request")
+
+    def _count_head(self, size: int) -> None:
+        """A head still arriving after this read: what llhttp holds of it is bounded too (a
+        header line without end is never handed to ``on_header``)."""
+        request = self._reading
+        if request is None or request.head_done or self._stopped:
+            return
+        if self._head_began_here:  # part of this read may be earlier requests
+            self._head_began_here = False
+            return
+        self._head_bytes += size
+        if self._head_bytes > LARGEST_HEAD:
+            self._refuse(431)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._cancel_deadline()
+        self._lost = True
+        self._cancel_timer()
         if self._ticket is not None:
             self.factory.admission.leave(self._ticket)
             self._ticket = None
+
+    # -- IPushProducer: the transport's flow control ---------------------------------------
+
+    def pauseProducing(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]  # stop reading
+
+    def resumeProducing(self) -> None:
+        if self.transport is not None and not self._stopped:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        self._stopped = True
 
     # -- llhttp's callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._reading = _Request()
         self._received = 0
+        self._head_bytes = 0
+        self._head_began_here = True
+        if self._timing != self._too_slow:  # pipelined behind one just read
+            self._time(self.factory.deadline, self._too_slow)
 
     def on_url(self, url: bytes) -> None:
-        assert self._reading is not None
-        self._reading.url += url
+        request = self._reading
+        assert request is not None
+        request.url += url
+        request.head_size += len(url)
+        if request.head_size > LARGEST_HEAD and not request.refused:
+            self._refuse(431)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         request = self._reading
         assert request is not None
+        if request.head_done or request.refused:  # a trailer, or refused already
+            return
+        request.head_size += len(name) + len(value)
+        request.headers += 1
+        if request.head_size > LARGEST_HEAD or request.headers > MOST_HEADERS:
+            self._refuse(431)
+            return
         name = name.lower()
         if name == b"authorization":
-            request.authorization = value
+            request.authorization = value.strip()
         elif name == b"content-length":
-            request.too_big = not value.isdigit() or int(value) > self.factory.api.max_body
+            value = value.strip()
+            if not value.isdigit() or int(value) > self.factory.api.max_body:
+                self._refuse(413)
         elif name == b"expect":
-            request.expect = value.lower() == b"100-continue"
+            request.expect = value.strip().lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
         request = self._reading
         assert request is not None and self._parser is not None
-        if request.too_big:
-            self._refuse_body()
-        elif request.expect and not self._answers:
-            write_now(self.transport, CONTINUE)
+        request.head_done = True
+        if request.refused:
+            return
+        if self._parser.should_upgrade():
+            self._refuse(400, "open /ws/v1 on a connection of its own")
+        elif request.expect and self._parser.get_http_version() != "1.0":
+            interim = _Request()
+            self._answers.append(interim)  # in its turn, behind the answers before it
+            self._ready(interim, None)
 
     def on_body(self, chunk: bytes) -> None:
         request = self._reading
         assert request is not None
-        if request.too_big:
+        if request.refused:
             return
         self._received += len(chunk)
         if self._received > self.factory.api.max_body:
-            request.too_big = True
-            self._refuse_body()
+            self._refuse(413)
             return
         request.body.append(chunk)
 
     def on_message_complete(self) -> None:
         request, self._reading = self._reading, None
         assert request is not None and self._parser is not None
-        self._cancel_deadline()  # whole: the next request gets its own
-        if request.too_big:
+        if request.refused or self._stopped:
             return
+        self._time(IDLE_TIMEOUT, self._idle)  # whole: idle until the next one begins
         request.close = not self._parser.should_keep_alive()
+        if request.close:
+            self._stopped = True  # what follows a closing request is not run
         self._answers.append(request)
         method = self._parser.get_method()
         route = ROUTES.get((method, request.url))
@@ -216,7 +302,8 @@ class LeanApiProtocol(Protocol):
         elif route == "metrics":
             self._ready(request, api.metrics())
         else:
-            self._ready(request, (404, b"text/plain", b"this connection serves the API\n"))
+            body = b"" if method == b"HEAD" else b"this connection serves the API\n"
+            self._ready(request, (404, b"text/plain", body))
 
     # -- answers ------------------------------------------------------------------------
 
@@ -224,71 +311,98 @@ class LeanApiProtocol(Protocol):
         status, body = outcome
         self._ready(request, (status, JSON, encode(body)))
 
-    def _ready(self, request: _Request, answer: Answer) -> None:
-        status, content_type, body = answer
-        close = b"Connection: close\r\n" if request.close else b""
-        request.answer = b"%s%sContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
-            _STATUS_LINES[status], self.factory.date_header(), content_type, len(body), close,
-            body,
-        )  # fmt: skip
+    def _ready(self, request: _Request, answer: Answer | None) -> None:
+        """``request``'s answer is known (None: ``100 Continue``); what is ready at the head
+        of the queue goes out, in order."""
+        if answer is None:
+            request.answer = CONTINUE
+        else:
+            status, content_type, body = answer
+            close = b"Connection: close\r\n" if request.close else b""
+            request.answer = b"%s%sContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
+                _STATUS_LINES[status], self.factory.date_header(), content_type, len(body),
+                close, body,
+            )  # fmt: skip
         answers = self._answers
         while answers and answers[0].answer is not None:
             done = answers.popleft()
-            if self.transport is None or self._closing:
+            transport = self.transport
+            if transport is None or self._lost:
                 continue
             assert done.answer is not None
-            self.factory.turn_writer.write(self.transport, done.answer)
+            self.factory.turn_writer.write(transport, done.answer)
             if done.close:
                 self._close()
 
-    def _refuse_body(self) -> None:
-        """413 before the body is read (from its Content-Length) or as it passes the limit:
-        after the answers before it, then the connection is closed (the rest of the body is
-        not read)."""
-        limit = self.factory.api.max_body
-        error = ApiError(413, 103, f"body larger than {limit} bytes")
-        self.factory.api.count_refusal(error)
+    def _refuse(self, status: int, why: str | None = None) -> None:
+        """Answer the request being read now (413: a body over the limit, from its
+        Content-Length or as it passes it; 431: a head too large; 400), after the answers
+        before it, then close: nothing after it is read or run."""
         request = self._reading
         assert request is not None
-        request.close = True
+        request.refused = request.close = True
+        self._stopped = True
         self._answers.append(request)
-        self._ready(request, (413, JSON, encode(error.answer())))
+        if status == 413:
+            limit = self.factory.api.max_body
+            error = ApiError(413, 103, f"body larger than {limit} bytes")
+            self.factory.api.count_refusal(error)
+            self._ready(request, (413, JSON, encode(error.answer())))
+        else:
+            text = why or ("request head too large" if status == 431 else "bad request")
+            self._ready(request, (status, b"text/plain", text.encode() + b"\n"))
 
     def _fail(self, status: int, why: str) -> None:
+        """A request llhttp cannot read: answered, then the connection is closed."""
         request = _Request()
         request.close = True
+        self._stopped = True
         self._answers.append(request)
         self._ready(request, (status, b"text/plain", why.encode() + b"\n"))
 
     def _close(self) -> None:
-        self._closing = True
-        self._cancel_deadline()
-        assert self.transport is not None
-        self.factory.turn_writer.flush_one(self.transport)
-        self.transport.loseConnection()
+        self._stopped = True
+        self._cancel_timer()
+        transport = self.transport
+        assert transport is not None
+        self.factory.turn_writer.flush_one(transport)
+        transport.loseConnection()
+
+    def _time(self, seconds: float, then: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._timer = self.factory.clock.callLater(seconds, then)
+        self._timing = then
+
+    def _idle(self) -> None:
+        """No request for ``IDLE_TIMEOUT`` seconds: closed, as twisted.web's site does."""
+        self._timer = self._timing = None
+        if not self._answers:
+            self._close()
 
     def _too_slow(self) -> None:
         """The request did not arrive whole in time (slowloris): cut."""
-        self._deadline_call = None
+        self._timer = self._timing = None
         self.factory.site.slow_requests += 1
         transport = self.transport
         assert transport is not None
         self.factory.turn_writer.discard(transport)
         transport.abortConnection()  # type: ignore[attr-defined]  # TCP and TLS have it
 
-    def _cancel_deadline(self) -> None:
-        if self._deadline_call is not None and self._deadline_call.active():
-            self._deadline_call.cancel()
-        self._deadline_call = None
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self._timing = None
 
     # -- to twisted.web -----------------------------------------------------------------
 
     def _hand_over(self, refusal: tuple[int, str] | None = None) -> None:
         """The site's HTTP channel takes the connection, with its ticket (or refusal) and
         what was read of it; this protocol hears no more of it."""
-        self._cancel_deadline()
+        self._cancel_timer()
         transport = self.transport
         assert transport is not None
+        if getattr(transport, "producer", None) is self:
+            transport.unregisterProducer()  # type: ignore[attr-defined]  # the channel's now
         channel = self.factory.site.buildProtocol(transport.getPeer())
         assert isinstance(channel, DeadlineChannel)
         channel.ticket, self._ticket = self._ticket, None  # counted already, not again
