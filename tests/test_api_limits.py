@@ -96,3 +96,16 @@ def test_keep_alive_requests_each_get_their_own_deadline():
         clock.advance(1.5)  # 7.5 s in all, each request whole at once
     assert not transport.disconnecting and site.slow_requests == 0
     assert transport.value().count(b"HTTP/1.1 200 OK") == 5
+
+
+def test_a_refused_body_is_answered_once_and_not_run():
+    """413 and nothing after it: no '100 Continue' behind it, no second answer when the rest
+    of a chunked body arrives (found by a review of the API's HTTP)."""
+    site, channel, transport = channel_on(Clock())
+    channel.dataReceived(head(b"5000").replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
+    assert transport.value().count(b"HTTP/1.1") == 1 and b"100 Continue" not in transport.value()
+    site, channel, transport = channel_on(Clock())
+    chunked = b"POST /v1/mesh/publish HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
+    channel.dataReceived(chunked + b"800\r\n" + b"x" * 2048 + b"\r\n0\r\n\r\n")
+    assert transport.value().count(b"HTTP/1.1") == 1  # the 413 only
+    assert 'exchange_stream_publish_errors_total{code="103"} 1.0' in site.metrics()

@@ -273,3 +273,20 @@ def test_a_head_too_large_is_431_and_trailers_are_not_headers():
     protocol.dataReceived(chunked)
     clock.advance(0)
     assert answers(transport.value())[0][0] == 401  # the token in a trailer does not count
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_head_request_gets_headers_and_no_body_and_no_log_line():
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    running = await start_gateway(GatewayConfig(ping_interval=0))
+    try:
+        head = b"HEAD /healthz HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n"
+        got = await exchange(running.api_port, head)  # a first request: twisted.web's
+        assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b"\r\n\r\n")
+    finally:
+        await running.stop()
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if "eat it" in str(e.get("log_format", ""))]

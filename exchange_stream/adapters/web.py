@@ -105,6 +105,12 @@ class AnswerResource(Resource):
         request.setHeader(b"Content-Type", content_type)
         return body
 
+    def render_HEAD(self, request: Request) -> bytes:
+        """The GET's status and headers, no body (twisted.web would log each HEAD that
+        returned one: "I think I'll eat it")."""
+        self.render_GET(request)
+        return b""
+
 
 def api_root(api: MeshApi, websocket_api: IResource) -> Resource:
     """``/v1/mesh/publish``, ``/v1/mesh/kick`` (``{"uid": 1001}``: every node ends that user's
@@ -147,8 +153,14 @@ class BoundedRequest(Request):
             return
         super().handleContentChunk(data)
 
+    def process(self) -> None:
+        if not self._refused:  # answered 413 already: the rest of its body is not run
+            super().process()
+
     def _too_big(self, limit: int) -> None:
         self._refused = True
+        # Answered: no "100 Continue" after the 413 (the channel sends one after gotLength).
+        self.requestHeaders.removeHeader(b"expect")
         site = _site(self.channel)
         error = ApiError(413, 103, f"body larger than {limit} bytes")
         if site.count_refusal is not None:
