@@ -21,10 +21,7 @@ the site's resources.
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from collections.abc import Callable
-from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
@@ -33,6 +30,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString
 
 from exchange_stream.adapters.fastwrite import TurnWriter
 from exchange_stream.adapters.web import DeadlineChannel, QuietSite, peer_host
@@ -47,6 +45,7 @@ ROUTES = {
     (b"GET", b"/healthz"): "health",
     (b"GET", b"/metrics"): "metrics",
 }
+DEADLINE, IDLE = "deadline", "idle"  # what a connection's timer stands for
 LONGEST_FIRST_LINE = 8192  # a request line longer than this goes to twisted.web
 LARGEST_HEAD = 16 * 1024  # a request line and headers past this: 431, as twisted.web refuses
 MOST_HEADERS = 100
@@ -83,9 +82,9 @@ class LeanApiFactory(Factory):
     def date_header(self) -> bytes:
         """``Date: ...`` (RFC 9110 asks an origin server with a clock for it), formatted
         once a second."""
-        now = int(time.time())
+        now = int(self.clock.seconds())
         if self._date[0] != now:
-            self._date = (now, b"Date: %s\r\n" % formatdate(now, usegmt=True).encode())
+            self._date = (now, b"Date: %s\r\n" % datetimeToString(now))
         return self._date[1]
 
 
@@ -121,7 +120,7 @@ class LeanApiProtocol(Protocol):
     _parser: httptools.HttpRequestParser | None = None
     _ticket: str | None = None
     _timer: IDelayedCall | None = None
-    _timing: Callable[[], None] | None = None  # what the timer will call: _too_slow or _idle
+    _timing: str | None = None  # what the timer stands for: DEADLINE or IDLE
     _stopped = False  # a closing answer is queued: nothing more is read or run
     _lost = False
     _head_began_here = False
@@ -141,13 +140,13 @@ class LeanApiProtocol(Protocol):
         self._ticket = admitted
         # Its flow control: while the transport cannot take more answers, read nothing.
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
-        self._time(IDLE_TIMEOUT, self._idle)
+        self._time(IDLE)
 
     def dataReceived(self, data: bytes) -> None:
         if self._stopped:
             return
-        if self._timing != self._too_slow:
-            self._time(self.factory.deadline, self._too_slow)  # a request's first byte
+        if self._timing != DEADLINE:
+            self._time(DEADLINE)  # a request's first byte
         if self._parser is None:
             self._head += data
             end = self._head.find(b"\r\n")
@@ -177,13 +176,13 @@ class LeanApiProtocol(Protocol):
         answers it) and the connection closed."""
         if self._stopped:
             return
+        self._reading = self._reading or _Request()
         if "Content-Length overflow" in why:
-            self._reading = self._reading or _Request()
             self._refuse(413)
         elif why.startswith("open /ws/v1"):
-            self._fail(400, why)
+            self._refuse(400, why)
         else:
-            self._fail(400, "malformed HTTP request")
+            self._refuse(400, "malformed HTTP request")
 
     def _count_head(self, size: int) -> None:
         """A head still arriving after this read: what llhttp holds of it is bounded too (a
@@ -225,8 +224,8 @@ class LeanApiProtocol(Protocol):
         self._received = 0
         self._head_bytes = 0
         self._head_began_here = True
-        if self._timing != self._too_slow:  # pipelined behind one just read
-            self._time(self.factory.deadline, self._too_slow)
+        if self._timing != DEADLINE:  # pipelined behind one just read
+            self._time(DEADLINE)
 
     def on_url(self, url: bytes) -> None:
         request = self._reading
@@ -285,7 +284,7 @@ class LeanApiProtocol(Protocol):
         assert request is not None and self._parser is not None
         if request.refused or self._stopped:
             return
-        self._time(IDLE_TIMEOUT, self._idle)  # whole: idle until the next one begins
+        self._time(IDLE)  # whole: idle until the next one begins
         request.close = not self._parser.should_keep_alive()
         if request.close:
             self._stopped = True  # what follows a closing request is not run
@@ -352,14 +351,6 @@ class LeanApiProtocol(Protocol):
             text = why or ("request head too large" if status == 431 else "bad request")
             self._ready(request, (status, b"text/plain", text.encode() + b"\n"))
 
-    def _fail(self, status: int, why: str) -> None:
-        """A request llhttp cannot read: answered, then the connection is closed."""
-        request = _Request()
-        request.close = True
-        self._stopped = True
-        self._answers.append(request)
-        self._ready(request, (status, b"text/plain", why.encode() + b"\n"))
-
     def _close(self) -> None:
         self._stopped = True
         self._cancel_timer()
@@ -368,25 +359,27 @@ class LeanApiProtocol(Protocol):
         self.factory.turn_writer.flush_one(transport)
         transport.loseConnection()
 
-    def _time(self, seconds: float, then: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self.factory.clock.callLater(seconds, then)
-        self._timing = then
+    def _time(self, timing: str) -> None:
+        """The connection's one timer now stands for ``timing``: the request's deadline, or
+        the idle timeout. Moved (``reset``), not cancelled and made again: this happens
+        twice per request."""
+        seconds = self.factory.deadline if timing == DEADLINE else IDLE_TIMEOUT
+        self._timing = timing
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(seconds)
+        else:
+            self._timer = self.factory.clock.callLater(seconds, self._expired)
 
-    def _idle(self) -> None:
-        """No request for ``IDLE_TIMEOUT`` seconds: closed, as twisted.web's site does."""
-        self._timer = self._timing = None
-        if not self._answers:
+    def _expired(self) -> None:
+        timing, self._timer, self._timing = self._timing, None, None
+        if timing == DEADLINE:  # the request did not arrive whole in time (slowloris): cut
+            self.factory.site.slow_requests += 1
+            transport = self.transport
+            assert transport is not None
+            self.factory.turn_writer.discard(transport)
+            transport.abortConnection()  # type: ignore[attr-defined]  # TCP and TLS have it
+        elif not self._answers:  # idle as long as twisted.web's site allows: closed
             self._close()
-
-    def _too_slow(self) -> None:
-        """The request did not arrive whole in time (slowloris): cut."""
-        self._timer = self._timing = None
-        self.factory.site.slow_requests += 1
-        transport = self.transport
-        assert transport is not None
-        self.factory.turn_writer.discard(transport)
-        transport.abortConnection()  # type: ignore[attr-defined]  # TCP and TLS have it
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 KLINE_INTERVALS = ("1m", "5m", "15m", "30m", "1h", "4h", "1d")
 PUBLIC_TYPES = frozenset(
@@ -93,6 +94,7 @@ def normalize_uid(raw: object) -> str | None:
     return None
 
 
+@lru_cache(maxsize=4096)  # asked per publish nobody heard: a balance for every offline user
 def subscribable(internal: str, prefix: str) -> bool:
     """Whether a client could ever be subscribed to the internal channel ``internal``: it has
     the prefix and names a public channel or a uid's private one. A publish to any other
