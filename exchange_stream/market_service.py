@@ -23,7 +23,7 @@ from exchange_stream.adapters.upstream import quiet_http_client
 from exchange_stream.core.config import GatewayConfig
 from exchange_stream.core.feeds import feed_endpoint, feed_udp_address
 from exchange_stream.mesh import open_mesh
-from exchange_stream.options import ShortUsageOnError, version_line
+from exchange_stream.options import ShortUsageOnError
 from exchange_stream.services.market_engine import MarketEngine, MarketSettings, Publish
 from exchange_stream.services.simulator import Simulator
 
@@ -120,11 +120,6 @@ class Options(ShortUsageOnError):
     optFlags = [["simulate", None, "feed the engine from the built-in simulated market"]]
 
     config: GatewayConfig
-
-    def opt_version(self) -> None:
-        """Print the version of exchange-stream and of what it runs on, and exit."""
-        print(version_line())
-        raise SystemExit(0)
 
     def postOptions(self) -> None:
         if self["replay"]:

@@ -82,6 +82,11 @@ class ShortUsageOnError(usage.Options):
 
     _failed = False
 
+    def opt_version(self) -> None:
+        """Print the version of exchange-stream and of what it runs on, and exit."""
+        print(version_line())
+        raise SystemExit(0)
+
     def parseOptions(self, options=None) -> None:
         try:
             super().parseOptions(options)
@@ -105,11 +110,6 @@ class Options(ShortUsageOnError):
     optFlags = [[flag, None, text] for flag, text in _FLAGS]
 
     config: GatewayConfig
-
-    def opt_version(self) -> None:
-        """Print the version of exchange-stream and of what it runs on, and exit."""
-        print(version_line())
-        raise SystemExit(0)
 
     def postOptions(self) -> None:
         values: dict[str, Any] = {}

@@ -206,3 +206,24 @@ def test_a_udp_feed_host_name_is_one_line_not_a_traceback():
     assert feed_udp_address("localhost:7002") == ("127.0.0.1", 7002)
     with pytest.raises(ValueError, match="must be an IP address"):
         feed_udp_address("feeds.example.com:7002")
+
+
+def test_bytes_before_the_auth_line_are_not_held_past_its_length():
+    """A writer that has not authenticated cannot make the engine buffer a line of up to
+    4 MiB: past the AUTH line's length without a newline it is refused and closed."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from exchange_stream.adapters.feed import FeedInput, LineFeedFactory
+
+    feed = FeedInput(lambda event: None)
+    protocol = LineFeedFactory(feed, "s3cr3t", Clock()).buildProtocol(
+        IPv4Address("TCP", "10.0.0.9", 4000)
+    )
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"AUTH s3cr3")  # a prefix of the right line: waited for
+    assert not transport.disconnecting
+    protocol.dataReceived(b"x" * 64)
+    assert transport.disconnecting and feed.refused["unauthorised"] == 1

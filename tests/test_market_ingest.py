@@ -313,3 +313,21 @@ def test_the_memory_of_one_symbol_is_bounded():
         bids = [[f"{1000 + book}.{level:03d}", "1"] for level in range(100)][::-1]
         parse_event(book_line(bids, [["2000", "1"]]), SymbolLimits(), spellings)
         assert spellings.remembered("BTCUSDT") <= 1024 + 102  # of 5,000 read
+
+
+def test_a_symbols_own_tight_limits_still_take_the_remembered_path():
+    """BTCUSDT=9:8 with 8-place prices: within bounds, so read the fast way and remembered
+    (the old length rule sent every such book the careful way, 7.6 times slower)."""
+    limits = SymbolLimits(table={"BTCUSDT": NumberLimits(integer_digits=9, places=8)})
+    spellings = Spellings()
+    line = book_line([["65000.12345678", "1.5"]], [["65000.12345679", "0.00000001"]])
+    assert parse_event(line, limits, spellings) == parse_event(line, limits)
+    assert spellings.remembered("BTCUSDT") == 4
+    with pytest.raises(MalformedEvent):  # 9 places: still refused
+        parse_event(book_line([["65000.123456789", "1"]], [["65001", "1"]]), limits, spellings)
+
+
+def test_a_repeated_price_reads_alike_however_its_numbers_are_spelled():
+    plain = book_line([["1", "5"], ["2", "1"], ["1", "0"]], [["3", "1"]])
+    exponent = book_line([["1", "5"], ["2", "1"], ["1e0", "0"]], [["3", "1"]])
+    assert parse_event(plain).bids == parse_event(exponent).bids == ((D(2), D(1)),)

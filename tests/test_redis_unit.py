@@ -408,7 +408,9 @@ def test_an_unreachable_redis_is_named_in_warnings_repeated_with_back_off():
             return succeed("protocol") if self.up else fail(ConnectionRefusedError())
 
     inner = Refusing()
-    endpoint = ReportingEndpoint(inner, "RedisAddress(redis 127.0.0.1:1 db=0) (command connection)")
+    endpoint = ReportingEndpoint(
+        inner, "RedisAddress(redis 127.0.0.1:1 db=0) (command connection)", "publishes wait"
+    )
     assert verifyObject(IStreamClientEndpoint, endpoint)
     with capturedLogs() as events:
         for _ in range(9):
@@ -418,5 +420,36 @@ def test_an_unreachable_redis_is_named_in_warnings_repeated_with_back_off():
     warnings = [e for e in events if e["log_level"] == LogLevel.warn]
     assert [e["count"] for e in warnings] == [1, 2, 4, 8]
     assert "127.0.0.1:1" in warnings[0]["what"] and "refused" in warnings[0]["why"].lower()
+    assert warnings[0]["meanwhile"] == "publishes wait"  # what the outage means, per role
     (back,) = [e for e in events if e["log_level"] == LogLevel.info]
     assert back["count"] == 9 and endpoint.failures == 0
+
+
+def test_a_heartbeat_whose_outcome_is_unknown_still_counts_as_a_stall():
+    """Redis took it and never answered within the publish deadline: still stalled, not
+    forgotten as if the connection were down (which would flip /healthz back to 200)."""
+    from twisted.python.failure import Failure
+
+    from exchange_stream.services.selfcheck import SelfCheck
+
+    clock = Clock()
+    pending = []
+
+    class Mesh:
+        def subscribe(self, channel, receiver):
+            pass
+
+        def publish(self, channel, publication):
+            from twisted.internet.defer import Deferred
+
+            pending.append(Deferred())
+            return pending[-1]
+
+    check = SelfCheck(Mesh(), lambda: None, clock)
+    check.beat()
+    clock.advance(5)
+    pending[0].errback(Failure(MeshOutcomeUnknown("no answer in time")))
+    assert check.stalled
+    check.beat()
+    pending[1].errback(Failure(MeshUnavailable("down")))
+    assert check.stalled  # the first one still stands

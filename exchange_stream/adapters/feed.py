@@ -94,6 +94,7 @@ class _LineFeed(Protocol):
         self._buffer = b""
         self._skipping = False  # inside an overlong line: drop until its newline
         self._admitted = self.factory.secret is None  # else: once its AUTH line is right
+        self._auth_line_length = len(b"AUTH \r") + len(self.factory.secret or b"")
         self._auth_call = None
         if not self._admitted:
             clock = self.factory.clock
@@ -105,6 +106,9 @@ class _LineFeed(Protocol):
     def dataReceived(self, data: bytes) -> None:
         lines = (self._buffer + data).split(b"\n")
         self._buffer = lines.pop()
+        if not self._admitted and not lines and len(self._buffer) > self._auth_line_length:
+            self._authenticate(self._buffer)  # longer than the AUTH line can be: refused
+            return
         feed = self.factory.feed
         for line in lines:
             if not self._admitted:

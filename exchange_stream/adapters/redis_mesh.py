@@ -55,6 +55,11 @@ from exchange_stream.services.selfcheck import SelfCheck
 
 log = Logger()
 
+MEANWHILE = {  # what an unreachable Redis means, by connection
+    "command": "publishes answer 503 meanwhile",
+    "subscriber": "this node receives nothing meanwhile (/healthz 503)",
+}
+
 
 @implementer(IMesh)
 class RedisMesh(MultiService):
@@ -107,7 +112,10 @@ class RedisMesh(MultiService):
             (SubscriberConnection, self._subscriber_ready, self, "subscriber"),
         ):
             factory = RedisConnectionFactory(protocol, self.address, ready, receiver)
-            reporting = ReportingEndpoint(endpoint, f"{self.address} ({role} connection)")
+            meanwhile = MEANWHILE[role]
+            reporting = ReportingEndpoint(
+                endpoint, f"{self.address} ({role} connection)", meanwhile
+            )
             service = ClientService(reporting, factory, retryPolicy=policy, clock=reactor)
             service.setServiceParent(self)
         self.self_check.setServiceParent(self)

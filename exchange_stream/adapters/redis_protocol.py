@@ -61,9 +61,10 @@ class ReportingEndpoint:
 
     log = Logger()
 
-    def __init__(self, endpoint: IStreamClientEndpoint, what: str) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, what: str, meanwhile: str) -> None:
         self._endpoint = endpoint
         self._what = what
+        self._meanwhile = meanwhile  # what the outage means, for the warning
         self.failures = 0
 
     def connect(self, protocolFactory) -> Deferred:
@@ -86,10 +87,11 @@ class ReportingEndpoint:
         if self.failures & (self.failures - 1) == 0:  # 1, 2, 4, 8, ...
             self.log.warn(
                 "Redis mesh: cannot reach {what} ({why}); {count} attempt(s) failed, retrying "
-                "with back-off; publishes answer 503 meanwhile",
+                "with back-off; {meanwhile}",
                 what=self._what,
                 why=failure.getErrorMessage() or getattr(failure.type, "__name__", "error"),
                 count=self.failures,
+                meanwhile=self._meanwhile,
             )
         return failure
 

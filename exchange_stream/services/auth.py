@@ -132,7 +132,11 @@ class HttpAuthenticator:
         announced by Content-Length, or as it arrives (the rest is not read)."""
         length = response.length
         if isinstance(length, int) and length > self.MAX_ANSWER:
-            raise AuthFailed(f"auth back end answered {length} bytes")
+
+            def refuse(_: bytes) -> None:  # raising in the collector closes the connection
+                raise AuthFailed(f"auth back end answered {length} bytes")
+
+            return treq.collect(response, refuse)  # the pool is not left a paused response
         chunks: list[bytes] = []
         size = [0]
 

@@ -20,9 +20,10 @@ import os
 from collections.abc import Callable
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from exchange_stream.core.publication import Publication
+from exchange_stream.core.publication import MeshUnavailable, Publication
 from exchange_stream.interfaces import IMesh, IMeshReceiver
 from exchange_stream.services.periodic import PeriodicService
 
@@ -108,8 +109,11 @@ class SelfCheck(PeriodicService):
         if sequence > self._heard:
             self._sent[sequence] = self._clock.seconds()
 
-    def _not_sent(self, _: object, sequence: int) -> None:
-        self._unanswered.pop(sequence, None)  # the connection is down: not a stall
+    def _not_sent(self, failure: Failure, sequence: int) -> None:
+        """The connection is down (``MeshUnavailable``): not a stall. An unknown outcome
+        (written, no answer within the publish deadline) is one: it stays unanswered."""
+        if failure.check(MeshUnavailable):
+            self._unanswered.pop(sequence, None)
 
     def _answered(self, sequence: int) -> None:
         for seq in [seq for seq in self._unanswered if seq <= sequence]:

@@ -52,7 +52,7 @@ def canonical(spelled: str) -> Decimal:
         return value
     if not value:
         return Decimal(0)  # not formatted: "0E-999999" would be a million digits
-    if value and not -64 <= value.adjusted() <= 64:
+    if not -64 <= value.adjusted() <= 64:
         return value  # too big or too fine for any limit: not expanded (9E+999999)
     fixed = format(value, "f")
     return Decimal(fixed.rstrip("0").rstrip(".") if "." in fixed else fixed)
@@ -74,12 +74,6 @@ class NumberLimits:
             return False
         exponent = value.as_tuple().exponent
         return isinstance(exponent, int) and -exponent <= self.places
-
-    @property
-    def plain_length(self) -> int:
-        """A plain decimal text no longer than this has at most ``places`` digits after its
-        point (a longer one may still be within the bounds: leading zeros, trailing ones)."""
-        return self.places + 1
 
     @cached_property
     def ceiling(self) -> Decimal:

@@ -230,7 +230,8 @@ def _levels(
         raise MalformedEvent(f'"{key}" must be a list of [price, qty] strings') from None
     if (
         texts
-        and (not new or max(map(len, new)) <= limits.plain_length)
+        and (not new or max(map(len, new)) <= LONGEST_TEXT)
+        and all(_places(text) <= limits.places for text in new)
         and joined.isascii()
         and not joined.encode("ascii").translate(None, _PLAIN_CHARACTERS)
     ):
@@ -258,6 +259,16 @@ def _levels(
     return _levels_carefully(key, levels, "|".join(texts), reverse, limits)
 
 
+LONGEST_TEXT = 64  # a price or quantity text longer than this is refused unread
+
+
+def _places(text: str) -> int:
+    """Digits after the point of a plain decimal text, its trailing zeros aside (only the
+    texts new to a symbol are asked: a few a book)."""
+    point = text.find(".")
+    return 0 if point < 0 else len(text.rstrip("0")) - point - 1
+
+
 _LIST = {list}
 _PAIR = {2}
 _PLAIN_CHARACTERS = b"0123456789.|"  # deleted by translate(): what is left is not plain
@@ -274,13 +285,15 @@ def _levels_carefully(
     book: dict[Decimal, Decimal] = {}
     try:
         for price_text, qty_text in levels:
-            if len(price_text) > 64 or len(qty_text) > 64:
+            if len(price_text) > LONGEST_TEXT or len(qty_text) > LONGEST_TEXT:
                 raise ValueError
             price, qty = canonical(price_text), canonical(qty_text)
             if not (price > 0 and qty >= 0 and price.is_finite() and qty.is_finite()):
                 raise ValueError
             if qty:
                 book[price] = qty
+            else:  # a repeated price: its last quantity, as on the fast path
+                book.pop(price, None)
     except (ValueError, InvalidOperation):
         raise MalformedEvent(
             f'"{key}" must be a list of [price, qty], decimal strings, price > 0, qty >= 0'
