@@ -19,7 +19,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource, Resource
 
 from exchange_stream.adapters.admitted import TicketedWebSocketResource
-from exchange_stream.adapters.fastwrite import TurnWriter, prepare_frame
+from exchange_stream.adapters.compression import SharedFrame
+from exchange_stream.adapters.fastwrite import TurnWriter
 from exchange_stream.adapters.upstream import quiet_http_client
 from exchange_stream.adapters.web import api_root, bearer
 from exchange_stream.adapters.websocket import GatewayFactory
@@ -78,7 +79,7 @@ class Gateway(MultiService):
         if IService.providedBy(self.mesh):
             self.mesh.setServiceParent(self)  # a mesh with connections starts and stops with us
         self.turn_writer = TurnWriter(reactor)  # every connection's frames, clients' and API's
-        self.hub = Hub(prepare_frame)
+        self.hub = Hub(SharedFrame)
         self.node = Node(self.hub, self.mesh)
         self.metrics = GatewayMetrics()
         if authenticator is None:

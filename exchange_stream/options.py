@@ -59,6 +59,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
 ]
 _FLAGS: list[tuple[str, str]] = [
     ("demo", "simulated market, demo users demo-1001..demo-1005, demo page at /"),
+    ("no-compression", "refuse permessage-deflate (accepted by default from clients offering it)"),
 ]
 
 

@@ -513,3 +513,33 @@ def test_the_simulator_sends_every_demo_users_balance_each_second():
                 assert {b["asset"] for b in data["balances"]} == {"USDT", "BTC"}
     finally:
         simulator.stopService()
+
+
+BROWSER_SUBSCRIBES = """new Promise((resolve) => {
+  const ws = new WebSocket(location.origin.replace(/^http/, 'ws') + '/exchange-stream');
+  const got = [];
+  const done = (extra) => { resolve({extensions: ws.extensions, got, ...extra}); ws.close(); };
+  ws.onopen = () => ws.send(JSON.stringify({op: 'subscribe', channel: 'BTCUSDT@depth'}));
+  ws.onmessage = (message) => { got.push(JSON.parse(message.data)); if (got.length >= 4) done(); };
+  ws.onclose = (event) => done({closed: event.code});
+  setTimeout(() => done({timedOut: true}), 15000);
+})"""
+
+
+def test_the_browser_negotiates_compression_and_reads_compressed_pushes(page):
+    """Chromium offers permessage-deflate, as every browser does; the gateway accepts it
+    without context takeover both ways, and the browser's own inflater reads the shared
+    compressed frames (the depth snapshot and diffs, each some KB)."""
+    seen = page.evaluate(BROWSER_SUBSCRIBES)
+    assert seen["extensions"] == (
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    ), seen
+    assert seen["got"][0] == {"result": True}, seen
+    pushes = seen["got"][1:]
+    assert len(pushes) == 3 and "closed" not in seen, seen
+    assert {push["event"] for push in pushes} == {"BTCUSDT@depth"}
+    snapshot = pushes[0]["data"]
+    assert snapshot["type"] == "snapshot" and snapshot["bids"] and snapshot["asks"], snapshot
+    assert [push["data"]["prevSeq"] for push in pushes[1:]] == [
+        push["data"]["seq"] for push in pushes[:-1]
+    ]

@@ -36,9 +36,16 @@ def test_an_open_connection_holds_no_copy_of_the_options():
     assert protocol.maxMessagePayloadSize == 4096  # the factory's, read from the class
 
 
-def test_a_client_offering_compression_is_answered_without_it():
+def test_a_client_offering_compression_is_answered_with_it():
     # perMessageCompressionAccept is a function on the class: it must not become a method.
     _, transport = open_connection(GatewayConfig())
+    answer = transport.value().split(b"\r\n\r\n")[0]
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert b"Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover" in answer
+
+
+def test_with_no_compression_a_client_offering_it_is_answered_without_it():
+    _, transport = open_connection(GatewayConfig(no_compression=True))
     answer = transport.value().split(b"\r\n\r\n")[0]
     assert answer.startswith(b"HTTP/1.1 101 ")
     assert b"permessage-deflate" not in answer

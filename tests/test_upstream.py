@@ -7,6 +7,7 @@ import inspect
 
 import pytest
 import pytest_twisted
+from autobahn.websocket.compress import PerMessageDeflate
 from autobahn.websocket.protocol import PreparedMessage, WebSocketServerProtocol
 from twisted.application import strports
 from twisted.internet import abstract, reactor, tcp
@@ -16,12 +17,15 @@ from twisted.internet.testing import StringTransport
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from txredisapi import RedisProtocol
 
-from exchange_stream.adapters.fastwrite import prepare_frame
+from exchange_stream.adapters.compression import SharedFrame
 from exchange_stream.adapters.upstream import (
-    compresses,
+    forget_compressor,
+    forget_decompressor,
     listening_port,
+    negotiated_compression,
     quiet_http_client,
     redis_command,
+    replace_negotiated_compression,
     tcp_send_queue_empty,
 )
 from exchange_stream.testing import in_memory_gateway
@@ -60,11 +64,29 @@ def test_autobahn_keeps_the_negotiated_compression_and_prepares_frames():
     memory = in_memory_gateway()
     protocol = memory.gateway.factory.buildProtocol(None)
     protocol.makeConnection(StringTransport())
-    assert protocol._perMessageCompress is None and not compresses(protocol)
+    assert protocol._perMessageCompress is None and negotiated_compression(protocol) is None
     parameters = list(inspect.signature(PreparedMessage).parameters)
     assert parameters == ["payload", "isBinary", "applyMask", "doNotCompress"]
-    assert prepare_frame(b"hi").payloadHybi == b"\x81\x02hi"  # FIN + text, unmasked
+    assert SharedFrame(b"hi").payloadHybi == b"\x81\x02hi"  # FIN + text, unmasked
     assert "send_queue" in vars(protocol) and isinstance(protocol, WebSocketServerProtocol)
+
+
+def test_autobahn_lists_the_negotiated_compression_and_holds_zlib_state_where_we_forget_it():
+    negotiated = PerMessageDeflate(True, True, True, 15, 15, 4)
+    assert negotiated._compressor is None and negotiated._decompressor is None
+    negotiated.start_compress_message()
+    negotiated.start_decompress_message()
+    assert negotiated._compressor is not None and negotiated._decompressor is not None
+    forget_compressor(negotiated)
+    forget_decompressor(negotiated)
+    assert negotiated._compressor is None and negotiated._decompressor is None
+    protocol = WebSocketServerProtocol()
+    protocol._perMessageCompress = negotiated
+    protocol.websocket_extensions_in_use = [negotiated]
+    replacement = PerMessageDeflate(True, True, True, 15, 15, 4)
+    replace_negotiated_compression(protocol, replacement)
+    assert protocol._perMessageCompress is replacement
+    assert protocol.websocket_extensions_in_use == [replacement]
 
 
 def test_listening_port_refuses_a_service_that_has_not_started():

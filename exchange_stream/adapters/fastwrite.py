@@ -24,21 +24,16 @@ reads Twisted's private queue state; any other transport (TLS, a test's) takes
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.logger import Logger
 
-from exchange_stream.adapters.upstream import compresses, tcp_send_queue_empty
+from exchange_stream.adapters.compression import SharedFrame
+from exchange_stream.adapters.upstream import tcp_send_queue_empty
 
 log = Logger()
-
-
-def prepare_frame(payload: bytes, binary: bool = False) -> PreparedMessage:
-    """A server-to-client frame (unmasked), framed once for every connection it is written
-    to: what ``WebSocketServerFactory.prepareMessage`` makes, without needing a factory."""
-    return PreparedMessage(payload, binary, applyMask=False, doNotCompress=False)
 
 
 def write_now(transport, data: bytes) -> None:
@@ -129,8 +124,9 @@ class FastSendProtocol(WebSocketServerProtocol):
     the broadcast benchmark's profile. Every frame of an open connection (pushes, replies, the close
     frame) goes through the same turn writer, so frames keep their order. Before the
     connection opens (the handshake answer, which may be followed at once by a close) and for
-    compression or Autobahn's queued synchronous sends, Autobahn's path is used, after what the
-    turn writer holds.
+    Autobahn's queued synchronous sends, Autobahn's path is used, after what the turn writer
+    holds. A connection that negotiated permessage-deflate (``deflate_window`` set) is written
+    the message's shared compressed frame (``compression.py``).
 
     Flow control: a subclass that registers as its transport's push producer is paused when
     the transport's buffer is full (64 KiB: the client reads slower than we write). From then
@@ -142,17 +138,21 @@ class FastSendProtocol(WebSocketServerProtocol):
 
     _held: deque[bytes] | None = None  # None: frames go out; a deque while paused
     _held_size = 0
+    deflate_window: int | None = None  # compressed frames' window bits; None: not compressing
 
-    def sendPreparedMessage(self, prepared) -> None:
-        """The fan-out hot path: a few checks and a list append per subscriber."""
+    def sendPreparedMessage(self, prepared: Any) -> None:
+        """The fan-out hot path: a few checks and a list append per subscriber. ``prepared``
+        is a :class:`~exchange_stream.adapters.compression.SharedFrame`."""
         if self.state != self.STATE_OPEN:
             return
-        if self.send_queue or compresses(self):
-            super().sendPreparedMessage(prepared)  # ends in sendData
+        window = self.deflate_window
+        frame = prepared.payloadHybi if window is None else prepared.deflated(window)
+        if self.send_queue:
+            self.sendData(frame)  # queued behind Autobahn's synchronous sends
         elif self._held is None:
-            self.factory.turn_writer.write(self.transport, prepared.payloadHybi)
+            self.factory.turn_writer.write(self.transport, frame)
         else:
-            self.hold(prepared.payloadHybi)
+            self.hold(frame)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         if self.state == self.STATE_OPEN and not (sync or chopsize or self.send_queue):
@@ -173,7 +173,7 @@ class FastSendProtocol(WebSocketServerProtocol):
 
     def send_text(self, payload: bytes) -> None:
         """``sendMessage`` for a text message, through the same fast path."""
-        self.sendPreparedMessage(prepare_frame(payload))
+        self.sendPreparedMessage(SharedFrame(payload))
 
     # -- IPushProducer, for a subclass that registers as its transport's producer --------
 

@@ -80,7 +80,32 @@ def redis_command(connection: RedisProtocol, *words: object) -> bytes:
     return connection._build_command(*words)
 
 
-def compresses(protocol: WebSocketProtocol) -> bool:
-    """Whether permessage-deflate was negotiated on this connection (Autobahn 26.11 keeps the
-    negotiated extension in ``_perMessageCompress``, None when off)."""
-    return protocol._perMessageCompress is not None
+def negotiated_compression(protocol: WebSocketProtocol) -> Any:
+    """The permessage-deflate a connection negotiated, None when off (Autobahn 26.11 keeps it
+    in ``_perMessageCompress``; the public ``websocket_extensions_in_use`` lists it among
+    any others, and cannot be assigned to)."""
+    return protocol._perMessageCompress
+
+
+def replace_negotiated_compression(protocol: Any, replacement: Any) -> None:
+    """Make ``replacement`` the connection's negotiated compression, where Autobahn 26.11
+    reads it (``_perMessageCompress``) and lists it (``websocket_extensions_in_use``).
+    Autobahn builds it from a fixed registry of classes, so a subclass cannot be
+    negotiated directly."""
+    current = protocol._perMessageCompress
+    protocol._perMessageCompress = replacement
+    protocol.websocket_extensions_in_use = [
+        replacement if extension is current else extension
+        for extension in protocol.websocket_extensions_in_use
+    ]
+
+
+def forget_compressor(compression: Any) -> None:
+    """Let go of the zlib compressor an Autobahn 26.11 ``PerMessageDeflate`` keeps between
+    messages (``_compressor``; made again by ``start_compress_message`` when None)."""
+    compression._compressor = None
+
+
+def forget_decompressor(compression: Any) -> None:
+    """The same for its decompressor (``_decompressor``, ``start_decompress_message``)."""
+    compression._decompressor = None

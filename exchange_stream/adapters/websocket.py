@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from exchange_stream.adapters.admitted import AdmittedFactory
+from exchange_stream.adapters.compression import accept_shared_deflate, adopt_shared_deflate
 from exchange_stream.adapters.fastwrite import FastSendProtocol, TurnWriter, write_now
 from exchange_stream.adapters.web import peer_host
 from exchange_stream.core.config import GatewayConfig
@@ -85,6 +86,9 @@ class GatewayProtocol(FastSendProtocol):
         # Autobahn's attributes are typed by their values, so not as optional; nothing reads
         # them after the handshake.
         self.http_headers = self.http_request_data = self.http_response_data = None  # type: ignore[assignment]
+        window = adopt_shared_deflate(self)
+        if window is not None:
+            self.deflate_window = window
         self.session = self.factory.sessions.open(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -106,7 +110,7 @@ class GatewayProtocol(FastSendProtocol):
 
     def send_reply(self, reply: bytes) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self.sendMessage(reply)
+            self.sendMessage(reply, doNotCompress=True)  # too short to gain
 
     def send_ping(self, frame: bytes) -> None:
         # Not while paused: a client that does not read needs no ping to be found out (the
@@ -176,6 +180,8 @@ class GatewayFactory(AdmittedFactory, WebSocketServerFactory):
             # Given explicitly: every setProtocolOptions call resets it to False otherwise.
             # Pages opened from a file send Origin "null"; allowed only when any origin is.
             allowNullOrigin=origins == ["*"],
+            # None keeps Autobahn's default, which accepts no offer.
+            perMessageCompressionAccept=None if config.no_compression else accept_shared_deflate,
         )
         self.protocol = options_on_the_class(self.protocol, self)
 

@@ -43,6 +43,7 @@ class GatewayConfig:
     slow_client_grace: float = 10.0  # a client closed with 4100 has this long to read why
     backlog: int = 4096  # pending connections the listening sockets queue (reconnect storms)
     drain_seconds: float = 5.0
+    no_compression: bool = False  # permessage-deflate is accepted from clients that offer it
     workers: int | None = None  # None: one per core with a shared mesh, else 1 (processes)
     demo: bool = False
     feed: str | None = None
