@@ -205,3 +205,36 @@ def test_no_compression_refuses_every_offer():
     publish(gateway, "ex:BTCUSDT@depth", depth())
     [(first, _body)] = raw_frames(client)
     assert first == 0x81
+
+
+def test_a_snapshot_is_compressed_once_for_a_storm_of_subscribers_and_again_when_it_changes(
+    gateway, monkeypatch
+):
+    calls = []
+    real_deflate = compression.deflate
+    monkeypatch.setattr(compression, "deflate", lambda *a: calls.append(a) or real_deflate(*a))
+    channel = "ex:ETHUSDT@depth"
+
+    def book(u: int) -> Publication:
+        push = {"event": "ETHUSDT@depth", "data": {"type": "snapshot", **json.loads(depth())}}
+        push["data"]["u"] = u
+        return Publication(json.dumps(push).encode())
+
+    gateway.node.publish(channel, book(1), snapshot=book(1))
+    gateway.reactor.advance(0)
+    def snapshot_of_a_newcomer() -> tuple[int, bytes]:
+        client = MemoryClient(gateway, 5555, OFFER)
+        client.send({"op": "subscribe", "channel": "ETHUSDT@depth"})
+        [(_, reply), snapshot] = raw_frames(client)
+        assert json.loads(reply) == {"result": True}
+        return snapshot
+
+    storm = [snapshot_of_a_newcomer() for _ in range(5)]
+    assert len(calls) == 1
+    assert all(snapshot == storm[0] for snapshot in storm)
+    assert storm[0][0] & RSV1 and json.loads(inflate(storm[0][1]))["data"]["u"] == 1
+    gateway.node.publish(channel, book(2), snapshot=book(2))  # a live push, then a newcomer
+    gateway.reactor.advance(0)
+    _first, body = snapshot_of_a_newcomer()
+    assert json.loads(inflate(body))["data"]["u"] == 2
+    assert len(calls) == 3  # the live push (shared by the five) and the new snapshot

@@ -107,6 +107,24 @@ def test_held_subscriber_gets_snapshot_first_then_what_arrived_meanwhile():
     assert hub.messages_delivered == 5
 
 
+def test_a_channels_snapshot_is_framed_once_while_it_has_subscribers():
+    hub = Hub(prepare)
+    first, second, third = Recorder(), Recorder(), Recorder()
+    before = prepare.calls
+    for subscriber in (first, second):
+        hub.add(subscriber, "c")
+        hub.release(subscriber, "c", Publication(b"book 1"))
+    assert prepare.calls == before + 1  # the second got the same frame
+    hub.add(third, "c")
+    hub.release(third, "c", Publication(b"book 2"))  # another snapshot: framed again
+    assert prepare.calls == before + 2 and third.frames == [(b"book 2", False)]
+    for subscriber in (first, second, third):
+        hub.remove(subscriber, "c")
+    hub.add(first, "c")  # the channel was left empty: nothing of it is kept
+    hub.release(first, "c", Publication(b"book 2"))
+    assert prepare.calls == before + 3
+
+
 def test_subscriber_that_left_while_held_gets_nothing():
     hub = Hub(prepare)
     gone = Recorder()

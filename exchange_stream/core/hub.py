@@ -34,13 +34,18 @@ class Hub:
 
     A subscriber may want positions (a client that asked to ``recover``): on a stream
     channel its pushes carry the publication's offset. That frame is prepared once per
-    publication too, beside the plain one, and only while such a subscriber exists."""
+    publication too, beside the plain one, and only while such a subscriber exists.
+
+    A channel's snapshot frame is kept while the channel has subscribers, and given to the
+    next subscriber whose snapshot is the same: a reconnect storm frames (and compresses) a
+    book once, not once per client."""
 
     def __init__(self, prepare: PrepareMessage) -> None:
         self._prepare = prepare
         self._live: dict[str, dict[Subscriber, bool]] = {}  # subscriber -> wants positions
         self._held: dict[str, dict[Subscriber, tuple[bool, list[tuple[int | None, Any]]]]] = {}
         self._positioned: dict[str, int] = {}  # channel -> subscribers wanting positions
+        self._snapshots: dict[str, tuple[Publication, Any]] = {}  # channel -> its frame
         self._by_subscriber: dict[Subscriber, set[str]] = {}
         self.subscription_count = 0
         self.messages_delivered = 0
@@ -81,7 +86,7 @@ class Hub:
         positioned, queued = entry
         frames = []
         if snapshot is not None:
-            frames.append(self._prepare(snapshot.payload, snapshot.binary))
+            frames.append(self._snapshot_frame(channel, snapshot))
         for publication in replay:
             assert publication.offset is not None, "a replay comes from a stream's history"
             frames.append(
@@ -94,6 +99,16 @@ class Hub:
             subscriber.sendPreparedMessage(prepared)
         self.messages_delivered += len(frames)
         self._live.setdefault(channel, {})[subscriber] = positioned
+
+    def _snapshot_frame(self, channel: str, snapshot: Publication) -> Any:
+        kept = self._snapshots.get(channel)
+        if kept is not None:
+            known, frame = kept
+            if known.payload == snapshot.payload and known.binary == snapshot.binary:
+                return frame
+        frame = self._prepare(snapshot.payload, snapshot.binary)
+        self._snapshots[channel] = (snapshot, frame)
+        return frame
 
     def remove(self, subscriber: Subscriber, channel: str) -> bool:
         """Unsubscribe; True when the channel has no local subscriber left."""
@@ -130,6 +145,8 @@ class Hub:
             positioned = held.pop(subscriber)[0]
             if not held:
                 del self._held[channel]
+        if not self.has_subscribers(channel):
+            self._snapshots.pop(channel, None)
         if positioned:
             left = self._positioned[channel] - 1
             if left:
