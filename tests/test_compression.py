@@ -222,6 +222,7 @@ def test_a_snapshot_is_compressed_once_for_a_storm_of_subscribers_and_again_when
 
     gateway.node.publish(channel, book(1), snapshot=book(1))
     gateway.reactor.advance(0)
+
     def snapshot_of_a_newcomer() -> tuple[int, bytes]:
         client = MemoryClient(gateway, 5555, OFFER)
         client.send({"op": "subscribe", "channel": "ETHUSDT@depth"})
