@@ -20,8 +20,13 @@ The publish paths, each a row (``--paths`` to choose):
 * ``nchan``: nginx + nchan, ``POST /pub?id=C<n>`` (nchan has no batch), pipelined,
   ``--single-window`` in flight.
 
+With ``--mesh redis`` exchange-stream runs on a throwaway Redis pinned to the server's CPU
+beside it (its CPU per publish is a column); ``--kind ticker`` publishes to channels without
+a history, so that the history's cost shows against the default ``trades`` (a stream).
+
     python bench/channels.py                      # every path
     python bench/channels.py --paths ws-batch,nchan --messages 400000
+    python bench/channels.py --paths http,ws --mesh redis --kind ticker
 """
 
 from __future__ import annotations
@@ -42,19 +47,35 @@ from common import (
     header_line,
     progress,
     run_header,
+    start_redis,
     table,
 )
 from publishers import PipelinedPublisher, http_request, payload, websocket_publisher
-from systems import ExchangeStream, Nchan, System
+from systems import SERVER_CPU, ExchangeStream, Nchan, System
 from wsload import LoadClients, compile_wsload, sum_clients
 
 PATHS = ("ws-batch", "ws", "http-batch", "http", "nchan")
 
 
 class OwnChannels(ExchangeStream):
-    """exchange-stream with every client on a channel of its own."""
+    """exchange-stream with every client on a channel of its own, ``C<n>USDT@<kind>``, on
+    the memory mesh or (``redis``) on a throwaway Redis pinned beside it."""
 
-    subscribe = '{"op":"subscribe","channel":"C%dUSDT@trades"}'  # wsload: %d = its number
+    def __init__(self, *args: Any, kind: str = "trades", redis: bool = False) -> None:
+        super().__init__(*args)
+        self.kind, self.redis = kind, redis
+        self.subscribe = f'{{"op":"subscribe","channel":"C%dUSDT@{kind}"}}'  # wsload: %d
+        self.redis_pid: int | None = None
+
+    def start(self) -> None:
+        options: list[str] = []
+        if self.redis:
+            redis = start_redis(self.processes, self.workdir, cpu=SERVER_CPU)
+            self.running.append(redis.process)
+            self.redis_pid = redis.process.pid
+            options = ["--mesh", redis.url, "--workers", "1"]
+        gateway = self.start_node(self.name, *options)
+        self.ws_port, self.api_port = gateway.ws_port, gateway.api_port
 
 
 class NchanOwnChannels(Nchan):
@@ -69,7 +90,7 @@ def publisher(path: str, system: System) -> PipelinedPublisher:
     return system.publisher()
 
 
-def requests(path: str, port: int, channels: int, messages: int, batch: int, size: int):
+def requests(path: str, port: int, channels: int, messages: int, batch: int, size: int, kind: str):
     """Request n's bytes: publishes n * batch onwards (``messages`` in all), round-robin over
     the channels: publish m goes to channel m % channels as that channel's seq m // channels.
     """
@@ -78,7 +99,7 @@ def requests(path: str, port: int, channels: int, messages: int, batch: int, siz
     def texts(number: int, sent_ns: int) -> list[tuple[int, str]]:
         first = number * batch
         return [
-            (m % channels, payload(m // channels, sent_ns, size, event="trades"))
+            (m % channels, payload(m // channels, sent_ns, size, event=kind))
             for m in range(first, min(first + batch, messages))
         ]
 
@@ -86,7 +107,7 @@ def requests(path: str, port: int, channels: int, messages: int, batch: int, siz
         if path == "nchan":
             ((channel, text),) = texts(number, sent_ns)
             return http_request(port, f"/pub?id=C{channel}", text.encode())
-        items = [{"c": f"ex:C{c}USDT@trades", "d": text} for c, text in texts(number, sent_ns)]
+        items = [{"c": f"ex:C{c}USDT@{kind}", "d": text} for c, text in texts(number, sent_ns)]
         publishes = items if batch > 1 else items[0]
         if path.startswith("ws"):
             message = {"m": "mesh.publish", "p": publishes, "i": next(ids)}
@@ -104,7 +125,11 @@ def run_path(
     """Start the server afresh, subscribe the clients, publish, measure, stop."""
     directory = workdir / path
     directory.mkdir()
-    system = (NchanOwnChannels if path == "nchan" else OwnChannels)(processes, directory, code)
+    system: System
+    if path == "nchan":
+        system = NchanOwnChannels(processes, directory, code)
+    else:
+        system = OwnChannels(processes, directory, code, kind=args.kind, redis=args.mesh == "redis")
     batch = args.batch if path.endswith("batch") else 1
     window = args.window if batch > 1 else args.single_window
     per_channel = args.messages // args.channels
@@ -115,17 +140,19 @@ def run_path(
     try:
         system.start()
         port = system.ws_port if path == "nchan" else system.api_port
-        request = requests(path, port, args.channels, messages, batch, args.size)
+        request = requests(path, port, args.channels, messages, batch, args.size, args.kind)
+        redis_pid = getattr(system, "redis_pid", None)
+        measured = [system.measured_pid, *([redis_pid] if redis_pid else [])]
         with LoadClients(
             processes, binary, system, args.channels, per_channel, args.size,
             timeout=args.timeout, per_process=19_000,
         ) as clients:  # fmt: skip
             clients.wait_ready(90)
             with publisher(path, system) as connection:
-                before = CpuSnapshot.take(system.measured_pid)
+                before = CpuSnapshot.take(*measured)
                 stats = connection.run(request, sizes, None, window)
                 reports = clients.results(grace=30)
-                after = CpuSnapshot.take(system.measured_pid)
+                after = CpuSnapshot.take(*measured)
         problems = system.log_problems()[:3]
     finally:
         system.stop()
@@ -133,12 +160,14 @@ def run_path(
     wall = after.wall - before.wall
     window_s = (load["last_ns"] - stats.first_ns) / 1e9
     server = after.processes[0] - before.processes[0]
+    redis = after.processes[1] - before.processes[1] if redis_pid else 0.0
     figures = {
         "path": path, "batch": batch, "window": window, "published": stats.answered,
         "refused": stats.refused, "error": stats.error, "received": load["received"],
         "lost": load["lost"], "dups": load["dups"], "corrupt": load["corrupt"],
         "publishes_per_s": load["received"] / window_s if window_s > 0 else 0.0,
         "server_us_per_publish": 1e6 * server / max(load["received"], 1),
+        "redis_us_per_publish": 1e6 * redis / max(load["received"], 1),
         "server_pct": 100 * server / wall,
         "client_pct": 100 * load["cpu_s"] / wall,
         "publisher_pct": 100 * (after.own - before.own) / wall,
@@ -155,10 +184,11 @@ def run_path(
 def report(rows: list[dict[str, Any]], header: dict[str, object]) -> str:
     lines = [header_line(header), ""]
     lines.append(table(
-        ["path", "batch", "in flight", "publishes/s", "server us/publish", "server %",
-         "client %", "publisher %", "p50 ms", "p99 ms", "lost/dup/corrupt", "check"],
+        ["path", "batch", "in flight", "publishes/s", "server us/publish", "redis us/publish",
+         "server %", "client %", "publisher %", "p50 ms", "p99 ms", "lost/dup/corrupt", "check"],
         [[r["path"], str(r["batch"]), str(r["window"]), f"{r['publishes_per_s'] / 1000:.1f}k",
-          f"{r['server_us_per_publish']:.1f}", f"{r['server_pct']:.0f}",
+          f"{r['server_us_per_publish']:.1f}", f"{r['redis_us_per_publish']:.1f}",
+          f"{r['server_pct']:.0f}",
           f"{r['client_pct']:.0f}", f"{r['publisher_pct']:.0f}", f"{r['p50_ms']:.1f}",
           f"{r['p99_ms']:.1f}", f"{r['lost']}/{r['dups']}/{r['corrupt']}",
           "ok" if not r["problems"] else "PROBLEM"] for r in rows],
@@ -182,6 +212,17 @@ def main() -> int:
     parser.add_argument("--single-window", type=int, default=256,
                         help="single-publish requests in flight")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--mesh",
+        choices=("memory", "redis"),
+        default="memory",
+        help="exchange-stream's mesh (redis: a throwaway one, pinned beside it)",
+    )
+    parser.add_argument(
+        "--kind",
+        default="trades",
+        help="channel type: trades keeps a history (a stream), ticker does not",
+    )
     parser.add_argument("--json", action="store_true", help="the figures as JSON")
     GatewayCode.add_options(parser)
     args = parser.parse_args()

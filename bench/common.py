@@ -119,6 +119,9 @@ def pinned(cpus: set[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, own)
 
 
+EVERY_CPU = -1  # a ``cpu`` that means all of the machine's, whatever the caller's own affinity
+
+
 class Processes:
     """Every process a benchmark started, so that each is stopped on the way out.
 
@@ -140,8 +143,12 @@ class Processes:
     def spawn(
         self, command: list[str], *, cpu: int | None = None, **popen: Any
     ) -> subprocess.Popen:
-        """Start ``command``, pinned to ``cpu`` if given."""
-        with pinned(None if cpu is None else {cpu}):
+        """Start ``command``, pinned to ``cpu`` if given (``EVERY_CPU``: free to run on any,
+        although this process may be pinned)."""
+        cpus = (
+            None if cpu is None else {cpu} if cpu != EVERY_CPU else set(range(os.cpu_count() or 1))
+        )
+        with pinned(cpus):
             process = subprocess.Popen(command, start_new_session=True, **popen)
         self._running.append(process)
         return process

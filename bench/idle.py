@@ -53,16 +53,18 @@ from common import (
 )
 
 
-async def hold(url: str, count: int, source: str, limit: float) -> None:
+async def hold(url: str, count: int, source: str, limit: float, deflate: bool = True) -> None:
     """Open ``count`` subscribed connections from address ``source``, say "ready", wait
     until the server has closed them all (``limit`` seconds at most), then print the time of
-    the last close."""
+    the last close. With ``deflate`` (the library's default, as browsers do) each connection
+    negotiates permessage-deflate and sends its subscribe op compressed."""
     raise_fd_limit()
     connections = []
     for index in range(count):
         ws = await websockets.connect(
-            url, ping_interval=None, open_timeout=30, local_addr=(source, 0)
-        )
+            url, ping_interval=None, open_timeout=30, local_addr=(source, 0),
+            compression="deflate" if deflate else None,
+        )  # fmt: skip
         await ws.send(json.dumps({"op": "subscribe", "channel": f"S{index % 100}@ticker"}))
         await asyncio.wait_for(ws.recv(), 30)
         connections.append(ws)
@@ -86,6 +88,11 @@ def main() -> None:
     parser.add_argument("--ping-interval", type=float, default=20.0)
     parser.add_argument("--drain-seconds", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=1, help="gateway processes")
+    parser.add_argument(
+        "--no-deflate",
+        action="store_true",
+        help="clients do not offer permessage-deflate (by default they do)",
+    )
     GatewayCode.add_options(parser)
     args = parser.parse_args()
     options = [
@@ -133,7 +140,8 @@ def run(args: argparse.Namespace, processes: Processes, gateway: Gateway) -> Non
     for number in range(args.client_procs):
         code = (
             f"import asyncio, sys; sys.path.insert(0, {str(HERE)!r}); import idle; "
-            f"asyncio.run(idle.hold({gateway.ws_url!r}, {share}, '127.0.0.{number + 1}', {limit}))"
+            f"asyncio.run(idle.hold({gateway.ws_url!r}, {share}, '127.0.0.{number + 1}', {limit},"
+            f" deflate={not args.no_deflate}))"
         )
         command = [sys.executable, "-c", code]
         clients.append(processes.spawn(command, stdout=subprocess.PIPE, text=True))
@@ -155,7 +163,9 @@ def run(args: argparse.Namespace, processes: Processes, gateway: Gateway) -> Non
         gateway.process.wait(60)
     exited = time.time()
     print(f"idle connections ({len(pids)} gateway processes)")
-    print(f"  connections  {total:,} opened in {opened:.1f} s, each subscribed to 1 channel")
+    offer = "no compression offered" if args.no_deflate else "permessage-deflate negotiated"
+    print(f"  connections  {total:,} opened in {opened:.1f} s, each subscribed to 1 channel, "
+          f"{offer}")  # fmt: skip
     print(f"  server RSS   {rest / 1024:.1f} MiB at rest, {loaded / 1024:.1f} MiB loaded: "
           f"{(loaded - rest) / total:.1f} KiB per idle connection")  # fmt: skip
     print(f"  idle CPU     {idle_cpu * 100:.2f} % of a core over {args.idle_seconds:.0f} s "

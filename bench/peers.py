@@ -7,6 +7,7 @@ and ``libnginx-mod-nchan`` must be installed; a full run takes about 3-4 minutes
     .venv/bin/python bench/peers.py                          # every system and scenario
     .venv/bin/python bench/peers.py --systems nchan,websockets --scenarios saturated
     .venv/bin/python bench/peers.py --systems exchange-stream-redis --scenarios saturated,rate
+    .venv/bin/python bench/peers.py --systems exchange-stream-workers,nchan-workers --scenarios rate
     .venv/bin/python bench/peers.py --clients 500 --rate 50  # other sizes
     .venv/bin/python bench/peers.py --json > peers.json      # figures as JSON on stdout
     .venv/bin/python bench/peers.py --rev HEAD               # the last commit's gateway
@@ -30,6 +31,11 @@ The three systems, each started afresh for every scenario, pinned to CPU 0:
   B, the publisher on node A's API; node B's figures, and the CPU of node A and Redis in a
   line under the tables. Node A answers once Redis took the ``PUBLISH``, so the saturated
   publisher runs ahead of the fan-out: its latency is queueing;
+* **exchange-stream-workers** and **nchan-workers** (only when named): every core, for
+  latency with all of them (``--scenarios rate``): one exchange-stream node with
+  ``--workers 2`` on a throwaway Redis (the clients spread over both processes by the kernel,
+  the publisher on the first one's API), and nginx with two nchan workers; neither is pinned
+  (the load still is), the figures are the first process's with the other's CPU beside;
 * **websockets**: ``bench/peer_websockets.py``, ``websockets.broadcast`` to a set; the
   publisher is one WebSocket connection to ``/pub``.
 

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from common import (
+    EVERY_CPU,
     HERE,
     LOOPBACK,
     BenchmarkError,
@@ -112,6 +113,7 @@ class System:
 class ExchangeStream(System):
     name = "exchange-stream"
     sub_path = "/exchange-stream"
+    cpu: int | None = SERVER_CPU
     subscribe = json.dumps({"op": "subscribe", "channel": CHANNEL}, separators=(",", ":"))
     reply = '{"result":true}'
 
@@ -123,7 +125,7 @@ class ExchangeStream(System):
         """One ``twistd exchange-stream`` of ``code``, pinned to the server CPU, healthy."""
         gateway = start_gateway(
             self.processes, self.code, self.workdir, "--max-connections-per-ip", "100000",
-            *options, name=name, cpu=SERVER_CPU, profile=profile,
+            *options, name=name, cpu=self.cpu, profile=profile,
         )  # fmt: skip
         self.running.append(gateway.process)
         return gateway
@@ -158,6 +160,32 @@ class ExchangeStreamRedis(ExchangeStream):
     def side_pids(self) -> dict[str, int]:
         return self.roles
 
+
+class ExchangeStreamWorkers(ExchangeStream):
+    """One node with ``--workers 2`` on a throwaway Redis, on every core (nothing pinned but
+    the load): the publisher posts to the first process's API, the clients are spread over
+    both processes by the kernel. The figures are the first process's, with the worker's and
+    Redis's CPU beside them."""
+
+    name = "exchange-stream-workers"
+    cpu = EVERY_CPU
+
+    def start(self) -> None:
+        redis = start_redis(self.processes, self.workdir, cpu=EVERY_CPU)
+        self.running.append(redis.process)
+        gateway = self.start_node(self.name, "--mesh", redis.url, "--workers", "2")
+        self.ws_port, self.api_port = gateway.ws_port, gateway.api_port
+
+        def worker_started() -> bool:
+            return len(child_pids(gateway.process.pid)) == 1
+
+        wait_until(worker_started, 15, "the second process of --workers 2", gateway.process)
+        [worker] = child_pids(gateway.process.pid)
+        self.roles = {"worker": worker, "redis": redis.process.pid}
+
+    def side_pids(self) -> dict[str, int]:
+        return self.roles
+
     def logs(self) -> list[Path]:
         return [self.log, self.workdir / "node-a.log"]
 
@@ -165,9 +193,11 @@ class ExchangeStreamRedis(ExchangeStream):
 class Nchan(System):
     name = "nchan"
     sub_path = "/sub?id=BTCUSDT"
+    workers = 1
+    cpu: int | None = SERVER_CPU
 
     def config(self, nginx: str) -> str:
-        """nginx.conf for one worker; the comments say which settings matter and why."""
+        """nginx.conf for ``workers`` workers; the comments say which settings matter and why."""
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         fds = min(hard, 1_000_000)
         temp = "\n".join(
@@ -177,7 +207,7 @@ class Nchan(System):
         return f"""\
 load_module {NCHAN_MODULE};
 {worker_user(nginx)}
-worker_processes 1;
+worker_processes {self.workers};
 daemon off;
 master_process on;
 pid {self.workdir}/nginx.pid;
@@ -223,23 +253,26 @@ http {{
         command = [nginx, "-p", str(self.workdir), "-c", str(conf), "-e", str(self.log)]
         with (self.workdir / "nginx.out").open("w") as out:
             master = self.processes.spawn(
-                command, cpu=SERVER_CPU, stdout=out, stderr=out, stdin=subprocess.DEVNULL
+                command, cpu=self.cpu, stdout=out, stderr=out, stdin=subprocess.DEVNULL
             )
         self.running.append(master)
 
         def listening() -> bool:
             workers = child_pids(master.pid)
-            if len(workers) != 1:
+            if len(workers) != self.workers:
                 return False
-            self.worker = workers[0]
+            self.worker, *self.other_workers = workers
             socket.create_connection((LOOPBACK, self.ws_port), timeout=1).close()
             return True
 
-        wait_until(listening, 15, "nginx with one worker", master)
+        wait_until(listening, 15, f"nginx with {self.workers} worker(s)", master)
 
     @property
     def measured_pid(self) -> int:
         return self.worker  # The master only forks and waits.
+
+    def side_pids(self) -> dict[str, int]:
+        return {f"worker {n}": pid for n, pid in enumerate(self.other_workers, start=2)}
 
     def publisher(self) -> PipelinedPublisher:
         # 201 Created (the channel has subscribers) or 202 Accepted (it has none).
@@ -296,6 +329,19 @@ class WebsocketsPeer(System):
         return text.encode()
 
 
+class NchanWorkers(Nchan):
+    """nchan with two workers on every core (nothing pinned but the load), beside
+    ``exchange-stream-workers``."""
+
+    name = "nchan-workers"
+    workers = 2
+    cpu = EVERY_CPU
+
+
 SYSTEM_CLASSES: dict[str, type[System]] = {
-    cls.name: cls for cls in (ExchangeStream, ExchangeStreamRedis, Nchan, WebsocketsPeer)
-}
+    cls.name: cls
+    for cls in (
+        ExchangeStream, ExchangeStreamRedis, ExchangeStreamWorkers, Nchan, NchanWorkers,
+        WebsocketsPeer,
+    )
+}  # fmt: skip
