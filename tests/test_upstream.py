@@ -15,17 +15,18 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
-from txredisapi import RedisProtocol
+from txredisapi import RedisProtocol, ResponseError
 
 from exchange_stream.adapters.compression import SharedFrame
+from exchange_stream.adapters.redis_commands import encode_command
 from exchange_stream.adapters.upstream import (
     forget_compressor,
     forget_decompressor,
     listening_port,
     negotiated_compression,
     quiet_http_client,
-    redis_command,
     replace_negotiated_compression,
+    send_command,
     tcp_send_queue_empty,
 )
 from exchange_stream.testing import in_memory_gateway
@@ -55,9 +56,36 @@ def test_the_connection_pool_builds_connections_with_its_private_factory():
     assert quiet_http_client(reactor) is not None
 
 
-def test_txredisapi_builds_commands_in_resp():
-    command = redis_command(RedisProtocol(), "SUBSCRIBE", "a", b"b")
-    assert command == b"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$1\r\nb\r\n"
+def test_our_resp_is_txredisapis_for_the_same_words():
+    words = ("EVALSHA", "ab12", 4, b"es:{ex:1001@order}:meta", "ex:1001@\u00e9", b"\x00o1 2\nx", 0)
+    assert encode_command(*words) == RedisProtocol()._build_command(*words)
+    assert (
+        encode_command("SUBSCRIBE", "a", b"b") == b"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$1\r\nb\r\n"
+    )
+    with pytest.raises(TypeError):
+        encode_command("SET", "k", 1.5)
+
+
+def test_txredisapi_matches_replies_to_commands_from_its_reply_queue():
+    connection = RedisProtocol()
+    with pytest.raises(ConnectionError):  # never connected
+        send_command(connection, encode_command("PING"))
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.connected = 1
+    first = send_command(connection, encode_command("GET", "a"))
+    second = send_command(connection, encode_command("GET", "b"))
+    assert transport.value() == encode_command("GET", "a") + encode_command("GET", "b")
+    first.cancel()  # timed out: the queue's own Deferred stays, the next reply is second's
+    first.addErrback(lambda failure: None)
+    connection.replyReceived(b"for a")
+    connection.replyReceived(b"for b")
+    assert second.result == b"for b"
+    errored = send_command(connection, encode_command("GET", "c"))
+    connection.replyReceived(ResponseError("WRONGTYPE"))
+    with pytest.raises(ResponseError):
+        errored.result.raiseException()
+    errored.addErrback(lambda failure: None)
 
 
 def test_autobahn_keeps_the_negotiated_compression_and_prepares_frames():

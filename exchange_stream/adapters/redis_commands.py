@@ -15,7 +15,25 @@ from twisted.python.failure import Failure
 from txredisapi import RedisProtocol, ResponseError
 
 from exchange_stream.adapters.redis_wire import Script
+from exchange_stream.adapters.upstream import send_command
 from exchange_stream.core.publication import MeshOutcomeUnknown, MeshUnavailable
+
+
+def encode_command(*words: str | bytes | int) -> bytes:
+    """A Redis command in RESP: what txredisapi writes for the same words, made in one join
+    (see ``upstream.send_command`` for why it is made here)."""
+    parts = [b"*%d\r\n" % len(words)]
+    for word in words:
+        if isinstance(word, bytes):
+            data = word
+        elif isinstance(word, str):
+            data = word.encode()
+        elif isinstance(word, int):
+            data = b"%d" % word
+        else:
+            raise TypeError(f"a Redis command's words are str, bytes or int, not {word!r}")
+        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -38,8 +56,8 @@ def execute(
     else ``MeshUnavailable``. A reply that does not come in time aborts the connection:
     replies are matched by order, so it cannot be trusted after one is skipped."""
     try:
-        reply = connection.execute_command(*command)
-    except Exception as error:  # txredisapi raises ConnectionError when not connected
+        reply = send_command(connection, encode_command(*command))
+    except Exception as error:  # ConnectionError when not connected
         return fail(MeshUnavailable(str(error)))
     reply.addTimeout(deadline.seconds, deadline.clock)
 

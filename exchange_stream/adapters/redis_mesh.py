@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from exchange_stream.adapters import redis_wire
 from exchange_stream.adapters.redis_catchup import CatchUp
-from exchange_stream.adapters.redis_commands import Deadline, execute, run_script
+from exchange_stream.adapters.redis_commands import Deadline, encode_command, execute, run_script
 from exchange_stream.adapters.redis_protocol import (
     RedisConnectionFactory,
     ReportingEndpoint,
@@ -42,7 +42,6 @@ from exchange_stream.adapters.redis_protocol import (
     redis_endpoint,
 )
 from exchange_stream.adapters.redis_wire import decode_wire, encode_wire, key
-from exchange_stream.adapters.upstream import redis_command
 from exchange_stream.core.meshurl import RedisAddress
 from exchange_stream.core.publication import (
     MeshUnavailable,
@@ -189,7 +188,7 @@ class RedisMesh(MultiService):
             self._resubscribed = False
             DeferredList(confirmations).addCallback(self._mark_resubscribed, connection)
             assert connection.transport is not None  # connected: it just said so
-            connection.transport.write(redis_command(connection, "SUBSCRIBE", *channels))
+            connection.transport.write(encode_command("SUBSCRIBE", *channels))
         log.info(
             "Redis mesh: subscriber connection up, {count} channels subscribed",
             count=len(channels),
@@ -376,7 +375,7 @@ class RedisMesh(MultiService):
     def _write_subscription(self, kind: bytes, channel: str) -> None:
         connection = self._subscriber
         assert connection is not None and connection.transport is not None
-        connection.transport.write(redis_command(connection, kind.decode().upper(), channel))
+        connection.transport.write(encode_command(kind.decode().upper(), channel))
 
     def _expect(self, kind: bytes, channel: str) -> Deferred:
         """A Deferred for Redis's next confirmation of ``kind`` for ``channel``."""

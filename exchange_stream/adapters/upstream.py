@@ -70,14 +70,27 @@ def quiet_http_client(reactor: IReactorTime) -> HTTPClient:
     return HTTPClient(Agent(reactor, pool=pool))
 
 
-def redis_command(connection: RedisProtocol, *words: object) -> bytes:
-    """One Redis command in RESP, as txredisapi 1.6's private ``_build_command`` writes it.
+def send_command(connection: RedisProtocol, command: bytes) -> Deferred:
+    """Write ``command`` (already in RESP) on a txredisapi connection; a Deferred of its reply.
 
-    The subscriber connection writes (UN)SUBSCRIBE itself and matches Redis's confirmations
-    per channel (``SubscriberConnection.replyReceived``): txredisapi's ``subscribe()`` would
-    wait for them in its reply queue, one per command, which a SUBSCRIBE of many channels
-    answers many times over."""
-    return connection._build_command(*words)
+    txredisapi 1.6's ``execute_command`` builds the RESP itself, one Python call per byte
+    string and two per argument (a fifth of the gateway's CPU per stream publish through
+    Redis, in the profile of bench/RESULTS.md), then takes the reply's Deferred from its
+    ``replyQueue`` and passes it through ``handle_reply`` (which raises an error reply). This
+    does the second half alone. The reply's Deferred is our own, fired from the queue's: one
+    that times out (and is cancelled) leaves the queue's in place, so the replies still match
+    their commands until the connection is aborted."""
+    if not connection.connected or connection.transport is None:
+        raise ConnectionError("Not connected")
+    connection.transport.write(command)
+    reply: Deferred = Deferred()
+
+    def fire(value: object) -> None:
+        if not reply.called:
+            reply.callback(value)
+
+    connection.replyQueue.get().addCallback(connection.handle_reply).addBoth(fire)
+    return reply
 
 
 def negotiated_compression(protocol: WebSocketProtocol) -> Any:
