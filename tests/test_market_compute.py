@@ -307,3 +307,14 @@ def test_a_clock_that_stood_still_for_days_makes_up_the_last_day_only():
     closed = series.advance(T0 + 3 * DAY_MS)
     assert closed[0]["t"] == T0 - T0 % 3_600_000 and closed[0]["n"] == 1
     assert len(closed) == 1 + 24 and all(b["n"] == 0 for b in closed[1:])
+
+
+def test_a_trade_waiting_for_an_interval_the_clock_jumped_over_is_counted_and_let_go():
+    series = KlineSeries("BTCUSDT", "1m")
+    series.add(trade(1, "100", "1", T0 + 55_000), T0 + 55_000)
+    series.add(trade(2, "105", "1", T0 + 61_000), T0 + 56_000)  # waits for T0 + 60 s
+    series.advance(T0 + 3 * DAY_MS)  # that minute is beyond what an advance makes up
+    assert series.late_trades == 1 and series._ahead == []
+    series.add(trade(3, "110", "1", T0 + 3 * DAY_MS + 1), T0 + 3 * DAY_MS + 1)
+    bar = series.take_change()
+    assert (bar["o"], bar["n"]) == ("110", 1)  # the new bar has the new trade only

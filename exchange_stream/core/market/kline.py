@@ -178,6 +178,7 @@ class KlineSeries:
                 following.take(trade)
             done.append(following)
             start += self.length
+        self._forget_skipped(current)
         self.bar = done.pop()
         for closed in done:
             closed.closed = True
@@ -185,6 +186,13 @@ class KlineSeries:
                 recent.append(closed)
         self.changed = True
         return [closed.message() for closed in done]
+
+    def _forget_skipped(self, current: int) -> None:
+        """Trades that waited for an interval the clock jumped over without making it up
+        (more than a day at once): past amending, counted so."""
+        waiting = [t for t in self._ahead if t.ts - t.ts % self.length > current]
+        self.late_trades += len(self._ahead) - len(waiting)
+        self._ahead = waiting
 
     def _open_first(self, current: int) -> None:
         """The series' first bar, when its first trades came ahead of the clock and the
