@@ -125,6 +125,22 @@ def test_a_channels_snapshot_is_framed_once_while_it_has_subscribers():
     assert prepare.calls == before + 3
 
 
+def test_only_the_last_channels_subscribed_to_keep_their_snapshot_frames():
+    hub = Hub(prepare)
+    hub.snapshot_frames_kept = 2
+    subscribers = [Recorder() for _ in range(4)]
+    for subscriber, channel in zip(subscribers, ("a", "b", "c"), strict=False):
+        hub.add(subscriber, channel)
+        hub.release(subscriber, channel, Publication(channel.encode()))
+    before = prepare.calls
+    hub.add(subscribers[3], "c")  # kept: one of the last two
+    hub.release(subscribers[3], "c", Publication(b"c"))
+    assert prepare.calls == before
+    hub.add(subscribers[3], "a")  # the oldest, let go: framed again
+    hub.release(subscribers[3], "a", Publication(b"a"))
+    assert prepare.calls == before + 1
+
+
 def test_subscriber_that_left_while_held_gets_nothing():
     hub = Hub(prepare)
     gone = Recorder()

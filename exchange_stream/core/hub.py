@@ -13,6 +13,7 @@ whatever the mesh's round trips.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -36,16 +37,19 @@ class Hub:
     channel its pushes carry the publication's offset. That frame is prepared once per
     publication too, beside the plain one, and only while such a subscriber exists.
 
-    A channel's snapshot frame is kept while the channel has subscribers, and given to the
-    next subscriber whose snapshot is the same: a reconnect storm frames (and compresses) a
-    book once, not once per client."""
+    The snapshot frames of the last ``snapshot_frames_kept`` channels subscribed to are kept
+    (while those channels have subscribers) and given to the next subscriber whose snapshot
+    is the same: a reconnect storm frames (and compresses) a book once, not once per client,
+    and a node with a private channel per user holds no more than that many."""
+
+    snapshot_frames_kept = 256
 
     def __init__(self, prepare: PrepareMessage) -> None:
         self._prepare = prepare
         self._live: dict[str, dict[Subscriber, bool]] = {}  # subscriber -> wants positions
         self._held: dict[str, dict[Subscriber, tuple[bool, list[tuple[int | None, Any]]]]] = {}
         self._positioned: dict[str, int] = {}  # channel -> subscribers wanting positions
-        self._snapshots: dict[str, tuple[Publication, Any]] = {}  # channel -> its frame
+        self._snapshots: OrderedDict[str, tuple[Publication, Any]] = OrderedDict()
         self._by_subscriber: dict[Subscriber, set[str]] = {}
         self.subscription_count = 0
         self.messages_delivered = 0
@@ -105,9 +109,13 @@ class Hub:
         if kept is not None:
             known, frame = kept
             if known.payload == snapshot.payload and known.binary == snapshot.binary:
+                self._snapshots.move_to_end(channel)
                 return frame
         frame = self._prepare(snapshot.payload, snapshot.binary)
         self._snapshots[channel] = (snapshot, frame)
+        self._snapshots.move_to_end(channel)
+        if len(self._snapshots) > self.snapshot_frames_kept:
+            self._snapshots.popitem(last=False)
         return frame
 
     def remove(self, subscriber: Subscriber, channel: str) -> bool:
