@@ -181,6 +181,9 @@ def test_a_compressed_frame_that_inflates_past_the_message_limit_is_closed_1009(
     bomb.protocol.dataReceived(compressed_client_frame(payload))  # 10 KB on the wire
     bomb.frames()
     assert bomb.close_code == 1009
+    assert negotiated_compression(bomb.protocol)._decompressor is not None  # mid-message
+    bomb.disconnect()  # its zlib state goes with the connection, not with the collector
+    assert negotiated_compression(bomb.protocol)._decompressor is None
     publish(gateway, "ex:BTCUSDT@depth", depth())
     assert len(raw_frames(victim)) == 1
 

@@ -20,7 +20,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from exchange_stream.adapters.admitted import AdmittedFactory
-from exchange_stream.adapters.compression import accept_shared_deflate, adopt_shared_deflate
+from exchange_stream.adapters.compression import (
+    accept_shared_deflate,
+    adopt_shared_deflate,
+    release_deflate,
+)
 from exchange_stream.adapters.fastwrite import FastSendProtocol, TurnWriter, write_now
 from exchange_stream.adapters.web import peer_host
 from exchange_stream.core.config import GatewayConfig
@@ -99,6 +103,7 @@ class GatewayProtocol(FastSendProtocol):
             self.session.handle_frame(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        release_deflate(self)
         if self.session is not None:
             self.factory.sessions.end(self.session)
             self.session = None
