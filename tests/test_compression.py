@@ -164,6 +164,35 @@ def test_the_window_fits_the_message_and_never_exceeds_the_clients_limit(gateway
     assert json.loads(inflate(body, window=10))["data"] == json.loads(data)
 
 
+@pytest.mark.parametrize(
+    ("offers", "answer"),
+    [
+        ("permessage-deflate; server_max_window_bits=8", None),  # zlib cannot: declined
+        ("permessage-deflate; foo=1", None),
+        ("permessage-deflate; client_max_window_bits=16", None),
+        ("permessage-deflate; foo=1, permessage-deflate", BOTH_WAYS),  # the next offer
+        ("permessage-bzip2; foo, permessage-deflate", BOTH_WAYS),
+        (
+            "permessage-deflate; server_max_window_bits=8, "
+            "permessage-deflate; server_max_window_bits=10",
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=10; "
+            "client_no_context_takeover",
+        ),
+    ],
+)
+def test_an_offer_that_cannot_be_parsed_is_declined_not_refused(gateway, offers, answer):
+    client = MemoryClient(gateway, 5555, f"Sec-WebSocket-Extensions: {offers}")
+    assert client.status == 101
+    assert answer_extensions(client) == answer
+    assert client.request({"op": "subscribe", "channel": "BTCUSDT@depth"}) == [{"result": True}]
+
+
+def test_with_no_compression_an_unparseable_offer_is_declined_too():
+    gateway = memory_gateway(Clock(), GatewayConfig(no_compression=True))
+    client = MemoryClient(gateway, 5555, OFFER + "; server_max_window_bits=8")
+    assert client.status == 101 and answer_extensions(client) is None
+
+
 def test_compressed_client_frames_are_read_and_nothing_is_kept_after_them(gateway):
     client = MemoryClient(gateway, 5555, OFFER)
     subscribe = json.dumps({"op": "subscribe", "channel": "BTCUSDT@depth"}).encode()

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 from autobahn.websocket.compress import (
+    PERMESSAGE_COMPRESSION_EXTENSION,
     PerMessageDeflate,
     PerMessageDeflateOffer,
     PerMessageDeflateOfferAccept,
@@ -119,10 +121,25 @@ class SharedDeflateAccept(PerMessageDeflateOfferAccept):
         return name + "; server_no_context_takeover" + answer[len(name) :]
 
 
+def parseable_offers(extensions: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """The client's extension offers (Autobahn's ``websocket_extensions``) without the
+    compression offers Autobahn cannot parse: it would refuse the whole handshake with a 400
+    for one (``server_max_window_bits=8``, which zlib's raw deflate cannot honour, an unknown
+    parameter), where RFC 7692 has the server decline it, and take the next offer or none."""
+    kept = []
+    for name, parameters in extensions:
+        kinds: dict[str, Any] | None = PERMESSAGE_COMPRESSION_EXTENSION.get(name)
+        if kinds is not None:
+            try:
+                kinds["Offer"].parse(parameters)
+            except Exception:  # Autobahn raises a bare Exception for each kind of mistake
+                continue
+        kept.append((name, parameters))
+    return kept
+
+
 def accept_shared_deflate(offers: Sequence[object]) -> SharedDeflateAccept | None:
-    """Autobahn's ``perMessageCompressionAccept``: the first permessage-deflate offer.
-    (Autobahn refuses, with a 400, an offer limiting the server's window to 8 bits, which
-    zlib's raw deflate cannot honour.)"""
+    """Autobahn's ``perMessageCompressionAccept``: the first permessage-deflate offer."""
     for offer in offers:
         if isinstance(offer, PerMessageDeflateOffer):
             return SharedDeflateAccept(offer)

@@ -23,6 +23,7 @@ from exchange_stream.adapters.admitted import AdmittedFactory
 from exchange_stream.adapters.compression import (
     accept_shared_deflate,
     adopt_shared_deflate,
+    parseable_offers,
     release_deflate,
 )
 from exchange_stream.adapters.fastwrite import FastSendProtocol, TurnWriter, write_now
@@ -75,6 +76,7 @@ class GatewayProtocol(FastSendProtocol):
         if header:  # behind a proxy: the client's own address, or the peer's without one
             address = request.headers.get(header, "").split(",")[-1].strip() or peer
             self.ticket = self._admitted(admission.identify(self.ticket, address))
+        self.websocket_extensions = parseable_offers(self.websocket_extensions)
 
     def _admitted(self, admitted: str | tuple[int, str]) -> str:
         if isinstance(admitted, tuple):
