@@ -74,7 +74,9 @@ class Gateway(MultiService):
         self.config = config = config or GatewayConfig()
         self.reactor = reactor
         if mesh is None:
-            mesh = open_mesh(config.mesh, reactor, config.streams, config.idempotency_ttl)
+            mesh = open_mesh(
+                config.mesh, reactor, config.streams, config.idempotency_ttl, config.stall_after
+            )
         self.mesh = mesh
         if IService.providedBy(self.mesh):
             self.mesh.setServiceParent(self)  # a mesh with connections starts and stops with us

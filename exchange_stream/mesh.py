@@ -16,10 +16,15 @@ def open_mesh(
     reactor: Any = None,
     streams: StreamPolicy | None = None,
     idempotency_ttl: float = 600.0,
+    stall_after: float = 2.0,
 ) -> IMesh:
     """``memory:`` (one process on its own), or ``redis://``, ``rediss://``, ``unix://`` (a
-    Redis shared by many nodes); ``streams`` says which channels keep a history."""
+    Redis shared by many nodes); ``streams`` says which channels keep a history,
+    ``stall_after`` how long Redis may leave a heartbeat unanswered (``services.selfcheck``)."""
     check_mesh_url(url)
     if url in MEMORY_URLS:
         return MemoryMesh(streams, idempotency_ttl, reactor)
-    return RedisMesh(url, reactor, streams=streams, idempotency_ttl=idempotency_ttl)
+    return RedisMesh(
+        url, reactor, streams=streams, idempotency_ttl=idempotency_ttl,
+        self_check=(2.0, 6.0, stall_after),
+    )  # fmt: skip

@@ -56,6 +56,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("history-size", int, "publications a stream channel's history keeps"),
     ("history-ttl", float, "seconds a publication stays in its channel's history"),
     ("idempotency-ttl", float, 'seconds a publish\'s "k" is remembered (a retry cannot duplicate)'),
+    ("stall-after", float, "seconds Redis may leave a heartbeat unanswered before /healthz is 503"),
 ]
 _FLAGS: list[tuple[str, str]] = [
     ("demo", "simulated market, demo users demo-1001..demo-1005, demo page at /"),

@@ -7,6 +7,7 @@ from twisted.python import usage
 
 from exchange_stream.adapters.workers import process_count, usable_cores
 from exchange_stream.core.config import GatewayConfig
+from exchange_stream.gateway import Gateway
 from exchange_stream.options import Options
 
 
@@ -128,3 +129,12 @@ def test_an_api_reachable_from_other_hosts_needs_a_token(api):
 )
 def test_a_local_api_needs_no_token(api):
     Options().parseOptions(["--api", api])
+
+
+def test_stall_after_reaches_the_redis_meshs_self_check():
+    config = parse("--mesh", "redis://127.0.0.1:1", "--stall-after", "7.5")
+    assert config.stall_after == 7.5
+    mesh = Gateway(config).mesh  # not started: nothing connects
+    assert mesh.self_check._stall_after == 7.5
+    with pytest.raises(usage.UsageError, match="stall_after must be positive"):
+        parse("--stall-after", "0")

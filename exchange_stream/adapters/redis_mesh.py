@@ -73,9 +73,9 @@ class RedisMesh(MultiService):
         endpoint: IStreamClientEndpoint | None = None,
         streams: StreamPolicy | None = None,
         idempotency_ttl: float = 600.0,
-        self_check: tuple[float, float] = (2.0, 6.0),
+        self_check: tuple[float, ...] = (2.0, 6.0, 2.0),
     ) -> None:
-        """``self_check`` is the heartbeat's (interval, timeout) in seconds (see
+        """``self_check`` is the heartbeat's (interval, timeout, stall_after) in seconds (see
         ``services.selfcheck``)."""
         super().__init__()
         if reactor is None:

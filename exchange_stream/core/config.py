@@ -60,6 +60,7 @@ class GatewayConfig:
     history_size: int = 10_000
     history_ttl: float = 600.0
     idempotency_ttl: float = 600.0
+    stall_after: float = 2.0  # a Redis heartbeat unanswered this long: /healthz 503
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():  # nan and inf pass every comparison below
@@ -91,6 +92,7 @@ class GatewayConfig:
             "history_size",
             "history_ttl",
             "idempotency_ttl",
+            "stall_after",
             "max_integer_digits",
             "max_ahead_ms",
             "max_late_ms",
