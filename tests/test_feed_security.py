@@ -227,3 +227,41 @@ def test_bytes_before_the_auth_line_are_not_held_past_its_length():
     assert not transport.disconnecting
     protocol.dataReceived(b"x" * 64)
     assert transport.disconnecting and feed.refused["unauthorised"] == 1
+
+
+def test_knocking_on_a_feed_without_its_secret_is_counted_not_logged_line_by_line():
+    """A scanner that connects a thousand times without the AUTH line costs one warning per
+    ``log_every`` and no connected / disconnected lines; an admitted writer is logged."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from exchange_stream.adapters.feed import FeedInput, LineFeedFactory
+
+    lines: list[str] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_namespace") == "exchange_stream.adapters.feed":
+            lines.append(formatEvent(event))
+
+    feed = FeedInput(lambda event: None)
+    feed.log_every = 100
+    factory = LineFeedFactory(feed, "s3cr3t", Clock())
+    globalLogPublisher.addObserver(observe)
+    try:
+        for port in range(250):
+            protocol = factory.buildProtocol(IPv4Address("TCP", "10.0.0.9", 4000 + port))
+            protocol.makeConnection(StringTransport())
+            protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+            protocol.connectionLost()
+        assert feed.refused["unauthorised"] == 250
+        assert len(lines) == 3 and all("AUTH" in line for line in lines)  # 1st, 101st, 201st
+        writer = factory.buildProtocol(IPv4Address("TCP", "10.0.0.9", 9000))
+        writer.makeConnection(StringTransport())
+        writer.dataReceived(b"AUTH s3cr3t\n")
+        writer.connectionLost()
+        assert len(lines) == 5
+        assert "matching engine connected from" in lines[3] and lines[4].endswith("disconnected")
+    finally:
+        globalLogPublisher.removeObserver(observe)

@@ -70,6 +70,20 @@ class FeedInput:
             self.refused["failed"] += 1
             log.failure("market feed: the engine failed on {event!r}", event=event)
 
+    def unauthorised(self, source: str, why: str) -> None:
+        """A connection closed for its AUTH line, or a datagram without the secret: counted;
+        the first, then one in ``log_every``, logged (a scanner knocking on the port must not
+        flood the log)."""
+        self.refused["unauthorised"] += 1
+        count = self.refused["unauthorised"]
+        if count % self.log_every == 1:
+            log.warn(
+                "market feed: {source} {why} ({count} such so far)",
+                source=source,
+                why=why,
+                count=count,
+            )
+
     def _bad(self, error: Exception, source: str) -> None:
         self.malformed += 1
         self.refused[error.reason if isinstance(error, MalformedEvent) else "malformed"] += 1
@@ -101,6 +115,11 @@ class _LineFeed(Protocol):
             self._auth_call = clock.callLater(self.AUTH_WITHIN, self._no_auth_line)
         assert self.transport is not None  # makeConnection sets it before connectionMade
         self._source = f"tcp {self.transport.getPeer()}"
+        if self._admitted:
+            self._log_connected()
+
+    def _log_connected(self) -> None:
+        """Once admitted: the connections refused for their AUTH line are counted instead."""
         log.info("market feed: matching engine connected from {source}", source=self._source)
 
     def dataReceived(self, data: bytes) -> None:
@@ -132,9 +151,9 @@ class _LineFeed(Protocol):
         if compare_digest(line.rstrip(b"\r"), b"AUTH " + secret):
             self._admitted = True
             self._cancel_auth_call()
+            self._log_connected()
             return True
-        self.factory.feed.refused["unauthorised"] += 1
-        log.warn("market feed: {source} sent no valid AUTH line; closed", source=self._source)
+        self.factory.feed.unauthorised(self._source, "sent no valid AUTH line; closed")
         assert self.transport is not None
         self.transport.loseConnection()
         self._buffer = b""
@@ -142,8 +161,7 @@ class _LineFeed(Protocol):
 
     def _no_auth_line(self) -> None:
         self._auth_call = None
-        self.factory.feed.refused["unauthorised"] += 1
-        log.warn("market feed: {source} sent no AUTH line in time; closed", source=self._source)
+        self.factory.feed.unauthorised(self._source, "sent no AUTH line in time; closed")
         assert self.transport is not None
         self.transport.loseConnection()
 
@@ -154,7 +172,8 @@ class _LineFeed(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_auth_call()
-        log.info("market feed: {source} disconnected", source=self._source)
+        if self._admitted:
+            log.info("market feed: {source} disconnected", source=self._source)
 
 
 class LineFeedFactory(Factory):
@@ -186,7 +205,7 @@ class DatagramFeed(DatagramProtocol):
         if self._secret is not None:
             given, _, event = datagram.partition(b"\n")
             if not compare_digest(given.rstrip(b"\r"), self._secret):  # "\r\n" too, as on TCP
-                self.feed.refused["unauthorised"] += 1
+                self.feed.unauthorised(source, "sent a datagram without the secret; dropped")
                 return
             datagram = event
         self.feed.raw(datagram, source)
