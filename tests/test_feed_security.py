@@ -265,3 +265,43 @@ def test_knocking_on_a_feed_without_its_secret_is_counted_not_logged_line_by_lin
         assert "matching engine connected from" in lines[3] and lines[4].endswith("disconnected")
     finally:
         globalLogPublisher.removeObserver(observe)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_book_url_that_answers_too_much_is_refused_and_not_kept(chunked):
+    """``--book-url`` is read within ``BookPoller.MAX_ANSWER`` bytes (announced or arriving):
+    past it the poll is counted as failed and the next poll goes on."""
+    from treq.testing import StubTreq
+    from twisted.internet.task import Clock
+    from twisted.web.resource import Resource
+    from twisted.web.server import NOT_DONE_YET
+
+    from exchange_stream.adapters.feed import BookPoller, FeedInput
+
+    book = json.dumps({"symbol": "BTCUSDT", "bids": [["1", "1"]], "asks": [["2", "1"]], "ts": 1})
+
+    class Books(Resource):
+        isLeaf = True
+        size = 0
+
+        def render_GET(self, request):
+            if not self.size:
+                return book.encode()
+            body = book.encode() + b" " * self.size  # valid JSON, but too much of it
+            if chunked:  # no Content-Length: counted as it arrives
+                request.write(body)
+                request.finish()
+                return NOT_DONE_YET
+            return body
+
+    resource = Books()
+    events = []
+    feed = FeedInput(events.append)
+    poller = BookPoller("http://books.test/book", feed, StubTreq(resource), Clock())
+    poller.MAX_ANSWER = 1000
+    resource.size = 1001
+    poller.poll()
+    assert poller.failures == 1 and feed.refused["malformed"] == 1 and events == []
+    resource.size = 0
+    poller.poll()
+    assert poller.failures == 1 and len(events) == 1

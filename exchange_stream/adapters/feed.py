@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from exchange_stream.core.encoding import encode
 from exchange_stream.core.market.decimals import SymbolLimits
 from exchange_stream.core.market.events import Event, MalformedEvent, Spellings, parse_event
+from exchange_stream.services.bodies import bounded_body
 from exchange_stream.services.periodic import PeriodicService
 
 log = Logger()
@@ -215,10 +216,12 @@ class BookPoller(PeriodicService):
     """``--book-url``: GET book snapshots at an interval.
 
     The URL answers one book event (``{"symbol":..,"bids":..,"asks":..,"ts":..}``, ``"type"``
-    optional) or a JSON array of them. A failed or malformed answer is counted and skipped.
+    optional) or a JSON array of them. A failed or malformed answer, or one over
+    ``MAX_ANSWER`` bytes (not read further), is counted and skipped.
     """
 
     start_now = True
+    MAX_ANSWER = 16 * 1024 * 1024  # books of 300 symbols at 100 levels a side: 1.3 MB
 
     def __init__(self, url: str, feed: FeedInput, http, clock, interval: float = 0.1) -> None:
         super().__init__(clock)
@@ -233,11 +236,9 @@ class BookPoller(PeriodicService):
 
     @inlineCallbacks
     def poll(self):
-        import treq
-
         try:
             response = yield self._http.get(self.url)
-            body = yield treq.content(response)
+            body = yield bounded_body(response, self.MAX_ANSWER, MalformedEvent)
             if response.code != 200:
                 raise MalformedEvent(f"HTTP {response.code}")
             answer = json.loads(body)

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import treq
 from twisted.internet.defer import Deferred, TimeoutError, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -21,6 +20,7 @@ from zope.interface import implementer
 from exchange_stream.core.channels import normalize_uid
 from exchange_stream.core.encoding import encode
 from exchange_stream.interfaces import IAuthenticator
+from exchange_stream.services.bodies import bounded_body
 
 
 class AuthFailed(Exception):
@@ -101,7 +101,7 @@ class HttpAuthenticator:
             headers={b"Content-Type": [b"application/json"]},
             allow_redirects=False,
         )
-        body = yield self._bounded_body(response)
+        body = yield bounded_body(response, self.MAX_ANSWER, _too_much)
         if response.code >= 500:
             self.log.warn(
                 "auth back end {url} answered HTTP {code}", url=self.url, code=response.code
@@ -126,29 +126,6 @@ class HttpAuthenticator:
         if expires <= self._reactor.seconds():
             raise AuthFailed("the login has expired already")
         return Identity(uid, float(expires))
-
-    def _bounded_body(self, response) -> Deferred:
-        """The answer's body, refused (AuthFailed) once it passes ``MAX_ANSWER`` bytes:
-        announced by Content-Length, or as it arrives (the rest is not read)."""
-        length = response.length
-        if isinstance(length, int) and length > self.MAX_ANSWER:
-
-            def refuse(_: bytes) -> None:  # raising in the collector closes the connection
-                raise AuthFailed(f"auth back end answered {length} bytes")
-
-            return treq.collect(response, refuse)  # the pool is not left a paused response
-        chunks: list[bytes] = []
-        size = [0]
-
-        def collect(data: bytes) -> None:
-            size[0] += len(data)
-            if size[0] > self.MAX_ANSWER:
-                raise AuthFailed(f"auth back end answered more than {self.MAX_ANSWER} bytes")
-            chunks.append(data)
-
-        collecting = treq.collect(response, collect)
-        collecting.addCallback(lambda _: b"".join(chunks))
-        return collecting
 
     def _classify_failure(self, failure):
         if failure.check(AuthFailed, AuthUnavailable):
@@ -182,3 +159,7 @@ class MeteredAuthenticator:
             return done(failure, outcome)
 
         return self._inner.authenticate(token).addCallbacks(done, failed, ("ok",))
+
+
+def _too_much(why: str) -> AuthFailed:
+    return AuthFailed(f"auth back end {why}")
