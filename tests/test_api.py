@@ -258,13 +258,16 @@ def test_publishes_that_reach_nobody_are_counted():
     batch = [{"c": "ex:btcusdt@depth", "d": "{}"}, {"c": "ex:BTCUSDT@depth", "d": "{}"}]
     status, answer = publish(client, batch)
     assert status == 200 and [r["s"] for r in answer["r"]] == [0, 1]
+    assert answer["r"][0]["hint"].startswith("no client can subscribe to ex:btcusdt@depth")
+    assert "hint" not in answer["r"][1]
     _, _, body = stub_request(client, "GET", "http://api/metrics")
     assert "exchange_stream_publishes_unheard_total 2.0" in body.decode().splitlines()
 
 
 def test_a_publish_no_client_could_ever_receive_is_a_warning_naming_the_channel():
-    """1001@balance (the prefix forgotten) answers s 0 as CONNMIX does, and the log says
-    why at warning level; a well-formed channel nobody watches stays at debug level."""
+    """1001@balance (the prefix forgotten) answers s 0 as CONNMIX does, with a "hint" why,
+    and the log says so at warning level; a well-formed channel nobody watches stays at
+    debug level, without a hint."""
     from twisted.internet.task import Clock
     from twisted.logger import globalLogPublisher
 
@@ -275,10 +278,17 @@ def test_a_publish_no_client_could_ever_receive_is_a_warning_naming_the_channel(
     try:
         gateway = memory_gateway(Clock())
         api = StubTreq(gateway.api_resource())
+        results = []
         for channel in ("1001@balance", "ex:ETHUSDT@ticker"):
             body = json.dumps({"c": channel, "d": "{}"}).encode()
             status, _, answer = stub_request(api, "POST", "http://api/v1/mesh/publish", data=body)
-            assert status == 200 and json.loads(answer)["r"]["s"] == 0
+            results.append(json.loads(answer)["r"])
+            assert status == 200 and results[-1]["s"] == 0
+        assert results[0]["hint"] == (
+            "no client can subscribe to 1001@balance: client channels are "
+            "ex:<SYMBOL>@<type> and ex:<uid>@<type>"
+        )
+        assert "hint" not in results[1]  # a good name nobody watches now: nothing to say
     finally:
         globalLogPublisher.removeObserver(events.append)
     warned = [e for e in events if "no client can subscribe" in e.get("log_format", "")]

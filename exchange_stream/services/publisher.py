@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from exchange_stream.core.channels import subscribable
+from exchange_stream.core.control import RESERVED_PREFIX
 from exchange_stream.core.mesh_api import (
     ApiError,
     PublishRequest,
@@ -84,17 +85,23 @@ class Publisher:
 
     def _accepted(self, published: Published, channel: str) -> tuple[int, dict]:
         self._metrics.published.inc()
+        status, answer = sent(published)
         if not published.nodes:
-            self._unheard(channel)
-        return sent(published)
+            self._unheard(channel, answer["r"])
+        return status, answer
 
-    def _unheard(self, channel: str) -> None:
+    def _unheard(self, channel: str, result: dict) -> None:
         """A publish no node listens to: fine for a channel nobody watches now, a mistake for
         a misspelt one (no ``ex:`` prefix, a lower-case symbol). Counted; the first and then one
         in ``LOG_UNHEARD_EVERY`` logged with its channel: at debug level, or as a warning when
-        no client could ever subscribe to it."""
+        no client could ever subscribe to it, and then its ``result`` (the answer's ``r``)
+        gets a ``hint`` saying so, for the back end's developer."""
         self._metrics.unheard.inc()
-        if not subscribable(channel, self._prefix):
+        if not subscribable(channel, self._prefix) and not channel.startswith(RESERVED_PREFIX):
+            result["hint"] = (
+                f"no client can subscribe to {channel}: client channels are "
+                f"{self._prefix}<SYMBOL>@<type> and {self._prefix}<uid>@<type>"
+            )
             self._unsubscribable_count += 1
             if self._unsubscribable_count % self.LOG_UNHEARD_EVERY == 1:
                 log.warn(
@@ -138,7 +145,7 @@ class Publisher:
         published = sum(ok for ok, _ in outcomes)
         if published:
             self._metrics.published.inc(published)
-        for (_, value), channel in zip(outcomes, channels, strict=True):
+        for (_, value), channel, (_, answer) in zip(outcomes, channels, answers, strict=True):
             if isinstance(value, Published) and not value.nodes:
-                self._unheard(channel)
+                self._unheard(channel, answer["r"])
         return combined(answers)
