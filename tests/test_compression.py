@@ -271,3 +271,15 @@ def test_a_snapshot_is_compressed_once_for_a_storm_of_subscribers_and_again_when
     _first, body = snapshot_of_a_newcomer()
     assert json.loads(inflate(body))["data"]["u"] == 2
     assert len(calls) == 3  # the live push (shared by the five) and the new snapshot
+
+
+def test_connections_with_other_window_limits_share_a_frame_the_message_fits(monkeypatch):
+    calls = []
+    real_deflate = compression.deflate
+    monkeypatch.setattr(compression, "deflate", lambda *a: calls.append(a) or real_deflate(*a))
+    frame = SharedFrame(json.dumps({"event": "BTCUSDT@depth", "data": depth(3)}).encode())
+    assert fitting_window(len(frame.payload)) == 10
+    assert frame.deflated(15) is frame.deflated(12) is frame.deflated(10)
+    assert [window for _payload, window in calls] == [10]
+    assert frame.deflated(9) is not frame.deflated(15)  # a smaller limit: its own
+    assert [window for _payload, window in calls] == [10, 9]

@@ -72,14 +72,20 @@ class SharedFrame(PreparedMessage):
         super().__init__(payload, binary, applyMask=False, doNotCompress=False)
 
     def deflated(self, window: int) -> bytes:
-        """The frame for a connection that compresses with at most ``window`` bits."""
-        window = min(window, fitting_window(len(self.payload)))
+        """The frame for a connection that compresses with at most ``window`` bits: one
+        dict lookup per delivery once made. It is kept under the connection's window and
+        under the one actually used (the smaller that fits the message), so connections
+        whose limits fit it alike share one compression."""
         frames = self._deflated
         if frames is None:
             frames = self._deflated = {}
         frame = frames.get(window)
         if frame is None:
-            frame = frames[window] = self._compressed_frame(window)
+            used = min(window, fitting_window(len(self.payload)))
+            frame = frames.get(used)
+            if frame is None:
+                frame = frames[used] = self._compressed_frame(used)
+            frames[window] = frame
         return frame
 
     def _compressed_frame(self, window: int) -> bytes:
