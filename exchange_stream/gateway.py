@@ -179,15 +179,8 @@ class Gateway(MultiService):
         """The internal API root: ``/v1/mesh/publish``, ``/v1/mesh/kick``, ``/ws/v1``,
         ``/healthz``, ``/metrics``."""
         config = self.config
-        authorization = bearer(config.api_token)
         websocket_api = MeshApiFactory(
-            self.publisher,
-            self.turn_writer,
-            authorization,
-            config.max_publish_size,
-            config.ping_interval,
-            config.ping_timeout,
-            config.streams,
+            self.api, self.turn_writer, config.ping_interval, config.ping_timeout,
             self.api_admission,
-        )
+        )  # fmt: skip
         return api_root(self.api, TicketedWebSocketResource(websocket_api))

@@ -15,30 +15,15 @@ the handshake needs ``Authorization: Bearer ...``.
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Callable
-from functools import partial
-
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny
 
 from exchange_stream.adapters.admitted import AdmittedFactory
 from exchange_stream.adapters.fastwrite import FastSendProtocol, TurnWriter
 from exchange_stream.core.encoding import encode
-from exchange_stream.core.mesh_api import (
-    ApiError,
-    PublishRequest,
-    decode_body,
-    invalid,
-    parse_batch,
-    parse_kick,
-    parse_publish,
-)
-from exchange_stream.core.streams import StreamPolicy
+from exchange_stream.core.mesh_api import ApiError, decode_body, invalid
+from exchange_stream.services.api import MeshApi
 from exchange_stream.services.connections import Admission
-from exchange_stream.services.publisher import Publisher
-
-BATCHES = {"mesh.publish"}
 
 
 class MeshApiProtocol(FastSendProtocol):
@@ -50,11 +35,8 @@ class MeshApiProtocol(FastSendProtocol):
             self.ticket = None
 
     def onConnect(self, request) -> None:
-        expected = self.factory.expected_authorization
-        if expected is not None:
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                raise ConnectionDeny(401, "missing or wrong bearer token")
+        if not self.factory.api.authorized(request.headers.get("authorization", "").encode()):
+            raise ConnectionDeny(401, "missing or wrong bearer token")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         request_id = None
@@ -64,17 +46,15 @@ class MeshApiProtocol(FastSendProtocol):
                 raise invalid("a request is a JSON object")
             request_id = message.get("i")
             method, params = message.get("m"), message.get("p")
-            methods = self.factory.methods
-            parse = methods.get(method) if isinstance(method, str) else None
-            if parse is None:
-                raise invalid(f'"m" must be one of {", ".join(methods)}')
-            batch = method in BATCHES and isinstance(params, list)
-            requests = parse_batch(params, parse) if batch else [parse(params)]
+            api = self.factory.api
+            if not isinstance(method, str) or method not in api.methods:
+                raise invalid(f'"m" must be one of {", ".join(api.methods)}')
+            requests, batch = api.requests(method, params)
         except ApiError as error:
-            self.factory.publisher.count_error(error)
+            self.factory.api.count_refusal(error)
             self._answer(error.answer(), request_id)
             return
-        published = self.factory.publisher.publish_all(requests, batch)
+        published = api.publish_all(requests, batch)
         published.addCallback(self._published, request_id)
 
     def _published(self, answer: tuple[int, dict], request_id) -> None:
@@ -87,34 +67,27 @@ class MeshApiProtocol(FastSendProtocol):
 
 
 class MeshApiFactory(AdmittedFactory, WebSocketServerFactory):
-    """Back ends' publish connections; ``authorization`` is the header ``--api-token`` needs;
-    ``admission`` counts the API port's connections (``TicketedWebSocketResource``)."""
+    """Back ends' publish connections: what they mean (the token, the methods, the largest
+    request) is ``api``'s; ``admission`` counts the API port's connections
+    (``TicketedWebSocketResource``)."""
 
     protocol = MeshApiProtocol
 
     def __init__(
         self,
-        publisher: Publisher,
+        api: MeshApi,
         turn_writer: TurnWriter,
-        authorization: bytes | None,
-        max_size: int,
         ping_interval: float,
         ping_timeout: float,
-        streams: StreamPolicy,
         admission: Admission,
     ) -> None:
         super().__init__(server="exchange-stream")
         self.admission = admission
-        self.methods: dict[str, Callable[[object], PublishRequest]] = {
-            "mesh.publish": partial(parse_publish, streams=streams),
-            "mesh.kick": parse_kick,
-        }
-        self.publisher = publisher
+        self.api = api
         self.turn_writer = turn_writer
-        self.expected_authorization = authorization
         self.setProtocolOptions(
-            maxFramePayloadSize=max_size,
-            maxMessagePayloadSize=max_size,
+            maxFramePayloadSize=api.max_body,
+            maxMessagePayloadSize=api.max_body,
             webStatus=False,
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_timeout,

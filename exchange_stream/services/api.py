@@ -3,8 +3,9 @@
 The twisted.web resources (``adapters.web``, for applications that mount the API in their own
 site) and the lean HTTP/1.1 protocol of the API port (``adapters.http_api``) both hand a
 request's parts here and write back what comes out: a publish or a kick (bearer token, size,
-refusals, parsing, publishing), ``/healthz`` and ``/metrics``. So a request means the same
-whichever way it came, and one set of rules is tested.
+refusals, parsing, publishing), ``/healthz`` and ``/metrics``. The ``/ws/v1`` WebSocket
+(``adapters.ws_api``) takes its token check, its methods and their parsing from here too. So a
+request means the same whichever way it came, and one set of rules is tested.
 """
 
 from __future__ import annotations
@@ -54,16 +55,37 @@ class MeshApi:
         self._registry = registry
         self._authorization = authorization
         self.max_body = max_body
-        self._parse_publish = partial(parse_publish, streams=streams)
+        # The methods, by their /ws/v1 name; a publish may be a batch, a kick may not.
+        self.methods: dict[str, Callable[[object], PublishRequest]] = {
+            "mesh.publish": partial(parse_publish, streams=streams),
+            "mesh.kick": parse_kick,
+        }
+
+    def authorized(self, authorization: bytes | None) -> bool:
+        """Whether a request's ``Authorization`` header is what ``--api-token`` asks."""
+        expected = self._authorization
+        return expected is None or hmac.compare_digest(authorization or b"", expected)
 
     def publish(self, authorization: bytes | None, body: bytes) -> Deferred:
         """``POST /v1/mesh/publish``: one publish (a JSON object) or a batch (an array);
         fires with ``(status, answer dict)``, never fails."""
-        return self._send(authorization, body, self._parse_publish, batches=True)
+        return self._send(authorization, body, "mesh.publish")
 
     def kick(self, authorization: bytes | None, body: bytes) -> Deferred:
         """``POST /v1/mesh/kick`` (``{"uid": 1001}``): every node ends that user's login."""
-        return self._send(authorization, body, parse_kick, batches=False)
+        return self._send(authorization, body, "mesh.kick")
+
+    def requests(self, method: str, message: object) -> tuple[list[PublishRequest], bool]:
+        """A decoded request of ``method`` as publish requests, and whether it is a batch;
+        ``ApiError`` when it is not one."""
+        parse = self.methods[method]
+        if method == "mesh.publish" and isinstance(message, list):
+            return parse_batch(message, parse), True
+        return [parse(message)], False
+
+    def publish_all(self, requests: list[PublishRequest], batch: bool) -> Deferred:
+        """Publish parsed requests (``Publisher.publish_all``): ``(status, answer dict)``."""
+        return self._publisher.publish_all(requests, batch)
 
     def health(self) -> Answer:
         healthy, body = self._health.check()
@@ -77,36 +99,22 @@ class MeshApi:
         a refused publish is."""
         self._publisher.count_error(error)
 
-    def _send(
-        self,
-        authorization: bytes | None,
-        body: bytes,
-        parse: Callable[[object], PublishRequest],
-        batches: bool,
-    ) -> Deferred:
+    def _send(self, authorization: bytes | None, body: bytes, method: str) -> Deferred:
         try:
-            requests, batch = self._read(authorization, body, parse, batches)
+            requests, batch = self._read(authorization, body, method)
         except ApiError as error:
             self._publisher.count_error(error)
             return succeed((error.status, error.answer()))
         return self._publisher.publish_all(requests, batch)
 
     def _read(
-        self,
-        authorization: bytes | None,
-        body: bytes,
-        parse: Callable[[object], PublishRequest],
-        batches: bool,
+        self, authorization: bytes | None, body: bytes, method: str
     ) -> tuple[list[PublishRequest], bool]:
-        expected = self._authorization
-        if expected is not None and not hmac.compare_digest(authorization or b"", expected):
+        if not self.authorized(authorization):
             raise ApiError(401, 102, "missing or wrong bearer token")
         if len(body) > self.max_body:
             raise ApiError(413, 103, f"body larger than {self.max_body} bytes")
         refusal = self._publisher.refusal()
         if refusal is not None:
             raise refusal
-        message = decode_body(body)
-        if batches and isinstance(message, list):
-            return parse_batch(message, parse), True
-        return [parse(message)], False
+        return self.requests(method, decode_body(body))
