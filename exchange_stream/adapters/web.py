@@ -21,9 +21,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site, UnsupportedMethod
 
 from exchange_stream.core.encoding import encode
-from exchange_stream.core.mesh_api import (
-    ApiError,
-)
+from exchange_stream.core.mesh_api import ApiError, too_large
 from exchange_stream.services.api import MeshApi
 from exchange_stream.services.connections import Admission
 
@@ -162,7 +160,7 @@ class BoundedRequest(Request):
         # Answered: no "100 Continue" after the 413 (the channel sends one after gotLength).
         self.requestHeaders.removeHeader(b"expect")
         site = _site(self.channel)
-        error = ApiError(413, 103, f"body larger than {limit} bytes")
+        error = too_large(limit)
         if site.count_refusal is not None:
             site.count_refusal(error)
         body = encode(error.answer())

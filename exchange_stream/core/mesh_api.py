@@ -157,6 +157,10 @@ def sent(published: Published) -> tuple[int, dict]:
     return 200, {"E": None, "r": result}
 
 
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, 103, f"body larger than {limit} bytes")
+
+
 def draining() -> ApiError:
     return ApiError(503, 104, "node shutting down, nothing was sent; publish elsewhere")
 

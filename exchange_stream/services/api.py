@@ -26,6 +26,7 @@ from exchange_stream.core.mesh_api import (
     parse_batch,
     parse_kick,
     parse_publish,
+    too_large,
 )
 from exchange_stream.core.streams import StreamPolicy
 from exchange_stream.services.health import Health
@@ -113,7 +114,7 @@ class MeshApi:
         if not self.authorized(authorization):
             raise ApiError(401, 102, "missing or wrong bearer token")
         if len(body) > self.max_body:
-            raise ApiError(413, 103, f"body larger than {self.max_body} bytes")
+            raise too_large(self.max_body)
         refusal = self._publisher.refusal()
         if refusal is not None:
             raise refusal
