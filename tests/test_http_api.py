@@ -290,3 +290,56 @@ async def test_a_head_request_gets_headers_and_no_body_and_no_log_line():
         await running.stop()
         globalLogPublisher.removeObserver(events.append)
     assert not [e for e in events if "eat it" in str(e.get("log_format", ""))]
+
+
+def test_an_answer_that_raises_is_a_500_and_the_connection_goes_on(monkeypatch):
+    """A bug while answering (here /metrics raising) is logged and answered 500, like
+    twisted.web's processingFailed; the requests pipelined behind it are answered."""
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    clock = Clock()
+    protocol, transport = lean_connection(clock)
+
+    def broken():
+        raise RuntimeError("a collector broke")
+
+    monkeypatch.setattr(protocol.factory.api, "metrics", broken)
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        protocol.dataReceived(
+            b"GET /metrics HTTP/1.1\r\nHost: api\r\n\r\nGET /healthz HTTP/1.1\r\nHost: api\r\n\r\n"
+        )
+        clock.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert [status for status, _, _ in answers(transport.value())] == [500, 200]
+    assert not transport.disconnecting
+    assert any(e.get("log_failure") and "collector" in str(e["log_failure"].value) for e in logged)
+    publishing = Deferred()
+    monkeypatch.setattr(protocol.factory.api, "publish", lambda *_: publishing)
+    transport.clear()
+    protocol.dataReceived(publish("ex:BTCUSDT@depth"))
+    publishing.errback(RuntimeError("a publisher bug"))
+    clock.advance(0)
+    assert [status for status, _, _ in answers(transport.value())] == [500]
+
+
+def test_an_idle_timeout_while_an_answer_is_pending_waits_for_it(monkeypatch):
+    """The idle timer that runs out while a publish is still being answered is armed again:
+    the connection is closed a minute after the answer, not kept for ever."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    protocol, transport = lean_connection(clock)
+    publishing = Deferred()
+    monkeypatch.setattr(protocol.factory.api, "publish", lambda *_: publishing)
+    protocol.dataReceived(publish("ex:BTCUSDT@depth"))
+    clock.advance(61)  # idle ran out with the answer pending: not closed
+    assert not transport.disconnecting
+    publishing.callback((200, {"E": None, "r": {"s": 0, "f": 0}}))
+    clock.advance(0)
+    assert transport.value().startswith(b"HTTP/1.1 200 OK")
+    clock.advance(61)
+    assert transport.disconnecting

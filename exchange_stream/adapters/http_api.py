@@ -28,6 +28,7 @@ from typing import Any
 import httptools
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
@@ -35,9 +36,11 @@ from twisted.web.http import datetimeToString
 from exchange_stream.adapters.fastwrite import TurnWriter
 from exchange_stream.adapters.web import DeadlineChannel, QuietSite, peer_host
 from exchange_stream.core.encoding import encode
-from exchange_stream.core.mesh_api import ApiError
+from exchange_stream.core.mesh_api import too_large
 from exchange_stream.services.api import JSON, Answer, MeshApi
 from exchange_stream.services.connections import Admission
+
+log = Logger()
 
 ROUTES = {
     (b"POST", b"/v1/mesh/publish"): "publish",
@@ -165,6 +168,9 @@ class LeanApiProtocol(Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._unreadable("open /ws/v1 on a connection of its own")
+        except httptools.HttpParserCallbackError as error:  # one of ours raised: a bug
+            log.failure("reading an API request failed", Failure(error.__context__ or error))
+            self._unreadable(str(error))
         except httptools.HttpParserError as error:
             self._unreadable(str(error))
         else:
@@ -290,12 +296,20 @@ class LeanApiProtocol(Protocol):
             self._stopped = True  # what follows a closing request is not run
         self._answers.append(request)
         method = self._parser.get_method()
+        try:
+            self._dispatch(method, request)
+        except Exception:  # a bug: this request gets a 500, the connection goes on
+            self._failed(Failure(), request)
+
+    def _dispatch(self, method: bytes, request: _Request) -> None:
         route = ROUTES.get((method, request.url))
         api = self.factory.api
         if route == "publish" or route == "kick":
             send = api.publish if route == "publish" else api.kick
             answered = send(request.authorization, b"".join(request.body))
-            answered.addCallback(self._answered, request)
+            answered.addCallbacks(
+                self._answered, self._failed, callbackArgs=(request,), errbackArgs=(request,)
+            )
         elif route == "health":
             self._ready(request, api.health())
         elif route == "metrics":
@@ -303,6 +317,13 @@ class LeanApiProtocol(Protocol):
         else:
             body = b"" if method == b"HEAD" else b"this connection serves the API\n"
             self._ready(request, (404, b"text/plain", body))
+
+    def _failed(self, failure: Failure, request: _Request) -> None:
+        """Answering ``request`` raised (a bug, never a refusal: those are answers): logged
+        and answered 500, as twisted.web's ``processingFailed`` does, so that the answers
+        queued behind it still go out."""
+        log.failure("answering {url} failed", failure, url=request.url)
+        self._ready(request, (500, b"text/plain", b"internal error\n"))
 
     # -- answers ------------------------------------------------------------------------
 
@@ -344,7 +365,7 @@ class LeanApiProtocol(Protocol):
         self._answers.append(request)
         if status == 413:
             limit = self.factory.api.max_body
-            error = ApiError(413, 103, f"body larger than {limit} bytes")
+            error = too_large(limit)
             self.factory.api.count_refusal(error)
             self._ready(request, (413, JSON, encode(error.answer())))
         else:
@@ -380,6 +401,8 @@ class LeanApiProtocol(Protocol):
             transport.abortConnection()  # type: ignore[attr-defined]  # TCP and TLS have it
         elif not self._answers:  # idle as long as twisted.web's site allows: closed
             self._close()
+        else:  # an answer is still being worked out (the mesh's deadline bounds it)
+            self._time(IDLE)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
