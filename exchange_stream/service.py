@@ -176,15 +176,7 @@ def api_factory(gateway: Gateway) -> LeanApiFactory:
     """The internal API port: the lean HTTP/1.1 protocol for the API's own requests, the
     twisted.web site of :func:`api_site` for every other connection (``/ws/v1``, anything
     else), both counted by one admission and bound by one deadline."""
-    config = gateway.config
-    return LeanApiFactory(
-        gateway.api,
-        api_site(gateway),
-        gateway.turn_writer,
-        gateway.reactor,
-        config.handshake_timeout,
-        gateway.api_admission,
-    )
+    return LeanApiFactory(gateway.api, api_site(gateway), gateway.turn_writer)
 
 
 def api_site(gateway: Gateway) -> QuietSite:

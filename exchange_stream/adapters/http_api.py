@@ -50,9 +50,8 @@ ROUTES = {
 }
 DEADLINE, IDLE = "deadline", "idle"  # what a connection's timer stands for
 LONGEST_FIRST_LINE = 8192  # a request line longer than this goes to twisted.web
-LARGEST_HEAD = 16 * 1024  # a request line and headers past this: 431, as twisted.web refuses
+LARGEST_HEAD = 16 * 1024  # a request line and headers past this: 431 (twisted.web: a bare 400)
 MOST_HEADERS = 100
-IDLE_TIMEOUT = 60.0  # twisted.web's site default: a connection with no request in this long
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -60,21 +59,17 @@ class LeanApiFactory(Factory):
     """The API port's connections: lean while they ask for the API's own requests, else the
     ``site``'s (twisted.web) with what they sent."""
 
-    def __init__(
-        self,
-        api: MeshApi,
-        site: QuietSite,
-        turn_writer: TurnWriter,
-        clock: IReactorTime,
-        deadline: float,
-        admission: Admission,
-    ) -> None:
+    def __init__(self, api: MeshApi, site: QuietSite, turn_writer: TurnWriter) -> None:
+        if site.deadline is None or site.admission is None or site.timeOut is None:
+            raise ValueError("the lean API shares the site's deadline, admission and timeout")
         self.api = api
         self.site = site
         self.turn_writer = turn_writer
-        self.clock = clock
-        self.deadline = deadline
-        self.admission = admission
+        # The site's, so that a connection is bound and counted alike whichever serves it.
+        self.clock: IReactorTime = site.clock
+        self.deadline: float = site.deadline
+        self.admission: Admission = site.admission
+        self.idle_timeout = float(site.timeOut)
         self._date = (0, b"")
 
     def buildProtocol(self, addr: Any) -> Protocol:
@@ -114,7 +109,7 @@ class _Request:
 
 class LeanApiProtocol(Protocol):
     """One connection of the API port. Its timer is the request's deadline while a request
-    is arriving, else the idle timeout (``IDLE_TIMEOUT``, as twisted.web's site has). Once an
+    is arriving, else the idle timeout (the site's ``timeOut``, as twisted.web has it). Once an
     answer that closes the connection is queued (``Connection: close``, a refused body, a
     malformed request), nothing after it is read or run."""
 
@@ -167,7 +162,7 @@ class LeanApiProtocol(Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._unreadable("open /ws/v1 on a connection of its own")
+            pass  # refused already (on_headers_complete): nothing after it is read
         except httptools.HttpParserCallbackError as error:  # one of ours raised: a bug
             log.failure("reading an API request failed", Failure(error.__context__ or error))
             self._unreadable(str(error))
@@ -185,8 +180,6 @@ class LeanApiProtocol(Protocol):
         self._reading = self._reading or _Request()
         if "Content-Length overflow" in why:
             self._refuse(413)
-        elif why.startswith("open /ws/v1"):
-            self._refuse(400, why)
         else:
             self._refuse(400, "malformed HTTP request")
 
@@ -384,12 +377,13 @@ class LeanApiProtocol(Protocol):
         """The connection's one timer now stands for ``timing``: the request's deadline, or
         the idle timeout. Moved (``reset``), not cancelled and made again: this happens
         twice per request."""
-        seconds = self.factory.deadline if timing == DEADLINE else IDLE_TIMEOUT
+        factory = self.factory
+        seconds = factory.deadline if timing == DEADLINE else factory.idle_timeout
         self._timing = timing
         if self._timer is not None and self._timer.active():
             self._timer.reset(seconds)
         else:
-            self._timer = self.factory.clock.callLater(seconds, self._expired)
+            self._timer = factory.clock.callLater(seconds, self._expired)
 
     def _expired(self) -> None:
         timing, self._timer, self._timing = self._timing, None, None
