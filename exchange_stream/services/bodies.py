@@ -11,9 +11,9 @@ from twisted.internet.defer import Deferred
 
 def bounded_body(response, limit: int, refusal: Callable[[str], Exception]) -> Deferred:
     """The body of treq's ``response``, failing with ``refusal(why)`` once it passes ``limit``
-    bytes: announced by Content-Length (nothing is read), or as it arrives (the rest is not
-    read). Raising in treq's collector closes the connection, so the pool is not left a
-    paused response."""
+    bytes: announced by Content-Length (refused at its first chunk, which is dropped), or as it
+    arrives (the rest is not read). Raising in treq's collector closes the connection, so the
+    pool is not left a paused response."""
     length = response.length
     if isinstance(length, int) and length > limit:
 
