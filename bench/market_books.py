@@ -43,7 +43,8 @@ from common import (
 
 from exchange_stream.core.market.decimals import SymbolLimits
 from exchange_stream.core.market.depth import DepthBook
-from exchange_stream.core.market.events import Spellings, parse_event
+from exchange_stream.core.market.events import parse_event
+from exchange_stream.core.market.spellings import Spellings
 
 START_MS = int(time.time() * 1000)
 TICK = 100  # price ticks per unit: 0.01

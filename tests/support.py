@@ -491,3 +491,16 @@ def real_gateway(directory: Path, *args: str):
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def flushed(depth) -> list[dict]:
+    """A depth book's flush, its update and snapshot read back from their JSON texts; each
+    text is checked to be what the gateway's one encoder writes for that value, byte for
+    byte (the book writes its messages itself, joined from the texts of its levels)."""
+    from exchange_stream.core.encoding import encode_text
+
+    messages = depth.flush()
+    assert messages is not None, "nothing was flushed"
+    values = [json.loads(text) for text in messages]
+    assert [encode_text(value) for value in values] == list(messages)
+    return values

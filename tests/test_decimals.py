@@ -7,6 +7,7 @@ import pytest
 from exchange_stream.core.market.decimals import canonical, text
 from exchange_stream.core.market.depth import DepthBook, checksum
 from exchange_stream.core.market.events import parse_event
+from tests.support import flushed
 
 
 @pytest.mark.parametrize(
@@ -36,10 +37,10 @@ def test_a_re_spelled_book_keeps_the_clients_book_and_checksum():
     when the matching engine re-spells a level: no phantom level, the checksum matches."""
     depth = DepthBook("X")
     depth.offer(book([["101", "1"]], [["102", "0.5"]]))
-    _, snapshot = depth.flush()
+    _, snapshot = flushed(depth)
     client = {side: dict(snapshot[side]) for side in ("bids", "asks")}
     depth.offer(book([["101.00", "1.0"], ["100.50", "2"]], [["102.0", "0.50"]]))
-    update, _ = depth.flush()
+    update, _ = flushed(depth)
     assert update["bids"] == [["100.5", "2"]] and update["asks"] == []
     for side in ("bids", "asks"):
         for price, qty in update[side]:

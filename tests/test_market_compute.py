@@ -9,6 +9,7 @@ from exchange_stream.core.market.events import Book, MalformedEvent, Trade, pars
 from exchange_stream.core.market.kline import KlineSeries
 from exchange_stream.core.market.ticker import DAY_MS, RollingTicker
 from exchange_stream.core.market.trades import TradeBatcher
+from tests.support import flushed
 
 T0 = 1_732_540_800_000  # 2024-11-25T13:20:00Z, a minute boundary
 
@@ -49,7 +50,7 @@ def test_signed_crc32_matches_the_crc32_check_value():
 def test_first_flush_sends_the_whole_book_then_only_changes():
     depth = DepthBook("BTCUSDT")
     depth.offer(book([("100.0", "1"), ("99.5", "2")], [("100.5", "3")]))
-    update, snapshot = depth.flush()
+    update, snapshot = flushed(depth)
     assert update == {
         "type": "update",
         "seq": 1,
@@ -65,7 +66,7 @@ def test_first_flush_sends_the_whole_book_then_only_changes():
     assert depth.flush() is None  # offered, but nothing changed
 
     depth.offer(book([("100.0", "1.5")], [("100.5", "3"), ("101", "4")], T0 + 100))
-    update, snapshot = depth.flush()
+    update, snapshot = flushed(depth)
     assert (update["seq"], update["prevSeq"]) == (2, 1)
     assert update["bids"] == [["100.0", "1.5"], ["99.5", "0"]]  # changed, removed
     assert update["asks"] == [["101", "4"]]  # added
@@ -79,37 +80,37 @@ def test_first_flush_sends_the_whole_book_then_only_changes():
 def test_snapshots_within_one_interval_coalesce_and_a_level_can_come_back():
     depth = DepthBook("BTCUSDT")
     depth.offer(book([("10", "1"), ("9", "1")], [("11", "1")]))
-    depth.flush()
+    flushed(depth)
     depth.offer(book([("10", "1")], [("11", "1")]))  # 9 removed ...
     depth.offer(book([("10", "1"), ("9", "1")], [("11", "1")]))  # ... and back: no change
     assert depth.flush() is None
     depth.offer(book([("10", "1")], [("11", "1")]))
-    assert depth.flush()[0]["bids"] == [["9", "0"]]
+    assert flushed(depth)[0]["bids"] == [["9", "0"]]
     depth.offer(book([("10", "1"), ("9", "2")], [("11", "1")]))
-    assert depth.flush()[0]["bids"] == [["9", "2"]]
+    assert flushed(depth)[0]["bids"] == [["9", "2"]]
 
 
 def test_empty_book():
     depth = DepthBook("BTCUSDT")
     depth.offer(book([], []))
-    update, _snapshot = depth.flush()
+    update, _snapshot = flushed(depth)
     assert update["bids"] == update["asks"] == [] and update["checksum"] == 0
     depth.offer(book([("1", "1")], []))
-    depth.flush()
+    flushed(depth)
     depth.offer(book([], []))
-    assert depth.flush()[0]["bids"] == [["1", "0"]]
+    assert flushed(depth)[0]["bids"] == [["1", "0"]]
 
 
 def test_depth_is_cut_to_the_configured_levels():
     depth = DepthBook("BTCUSDT", levels=2)
     depth.offer(book([("10", "1"), ("9", "1"), ("8", "1")], []))
-    assert depth.flush()[1]["bids"] == [["10", "1"], ["9", "1"]]
+    assert flushed(depth)[1]["bids"] == [["10", "1"], ["9", "1"]]
 
 
 def test_decimals_keep_their_digits_and_never_use_exponents():
     depth = DepthBook("BTCUSDT")
     depth.offer(book([("0.00000100", "1E+3")], [("64000.10", "0.50")]))
-    update, _ = depth.flush()
+    update, _ = flushed(depth)
     assert update["bids"] == [["0.00000100", "1000"]]
     assert update["asks"] == [["64000.10", "0.50"]]
 

@@ -17,12 +17,12 @@ from exchange_stream.core.market.events import (
     Book,
     IndexPrice,
     MalformedEvent,
-    Spellings,
     Trade,
     parse_event,
 )
 from exchange_stream.core.market.ingest import Admission, TimeBounds
 from exchange_stream.core.market.markprice import MarkPrice
+from exchange_stream.core.market.spellings import Spellings
 from exchange_stream.core.market.ticker import DAY_MS, RollingTicker
 from exchange_stream.services.market_engine import MarketEngine, MarketSettings
 

@@ -19,7 +19,8 @@ from twisted.python.failure import Failure
 
 from exchange_stream.core.encoding import encode
 from exchange_stream.core.market.decimals import SymbolLimits
-from exchange_stream.core.market.events import Event, MalformedEvent, Spellings, parse_event
+from exchange_stream.core.market.events import Event, MalformedEvent, parse_event
+from exchange_stream.core.market.spellings import Spellings
 from exchange_stream.services.bodies import bounded_body
 from exchange_stream.services.periodic import PeriodicService
 

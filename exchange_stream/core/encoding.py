@@ -15,3 +15,9 @@ _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 def encode(value: object) -> bytes:
     """``value`` as compact JSON, UTF-8 encoded."""
     return _encoder.encode(value).encode()
+
+
+def encode_text(value: object) -> str:
+    """``value`` as compact JSON text (for a message written partly by hand, such as a depth
+    message joined from the texts of its levels)."""
+    return _encoder.encode(value)

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from exchange_stream.core.config import GatewayConfig
-from exchange_stream.core.encoding import encode
+from exchange_stream.core.encoding import encode, encode_text
 from exchange_stream.core.market.decimals import EXACT, SymbolLimits
 from exchange_stream.core.market.depth import DepthBook
 from exchange_stream.core.market.events import Book, Event, IndexPrice, PrivateEvent, Trade
@@ -220,8 +220,13 @@ class MarketEngine(PeriodicService):
         for symbol, state in self._symbols.items():
             depth = state.depth.flush()
             if depth is not None:
-                update, snapshot = depth
-                self._send(self._public(symbol, "depth"), f"{symbol}@depth", update, snapshot)
+                update, snapshot = depth  # JSON texts already
+                event = f"{symbol}@depth"
+                self._send_publication(
+                    self._public(symbol, "depth"),
+                    _envelope_text(event, update),
+                    _envelope_text(event, snapshot),
+                )
             trades = state.trades.flush()
             if trades is not None:
                 self._send(self._public(symbol, "trades"), f"{symbol}@trades", trades)
@@ -301,17 +306,14 @@ class MarketEngine(PeriodicService):
         if failure.check(MeshUnavailable):
             self._bars_waiting[channel].appendleft(publication)
 
-    def _send(
-        self,
-        channel: str,
-        event: str,
-        data: object,
-        snapshot: dict | None = None,
-        retain: bool = False,
-    ) -> None:
+    def _send(self, channel: str, event: str, data: object, retain: bool = False) -> None:
         message = _envelope(event, data)
-        kept = message if retain else (_envelope(event, snapshot) if snapshot else None)
-        sent = self._publish(channel, message, kept)
+        self._send_publication(channel, message, message if retain else None)
+
+    def _send_publication(
+        self, channel: str, message: Publication, snapshot: Publication | None
+    ) -> None:
+        sent = self._publish(channel, message, snapshot)
         sent.addCallbacks(self._sent, self._failed, errbackArgs=(channel,))
 
     def _sent(self, _nodes: int) -> None:
@@ -333,3 +335,8 @@ class MarketEngine(PeriodicService):
 
 def _envelope(event: str, data: object) -> Publication:
     return Publication(encode({"event": event, "data": data}))
+
+
+def _envelope_text(event: str, data: str) -> Publication:
+    """:func:`_envelope` of data given as its JSON text (the depth book writes its own)."""
+    return Publication(f'{{"event":{encode_text(event)},"data":{data}}}'.encode())

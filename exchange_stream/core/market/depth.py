@@ -6,17 +6,17 @@ last one. Each diff carries ``seq``/``prevSeq`` (a client applies a diff only wh
 ``prevSeq`` is the seq it holds) and OKX's checksum of the top 25 levels of the book after it.
 
 A flush is a few C-level passes over each side, not Python code per level: the levels come
-sorted best first (``parse_event`` sorts them: that is checked, anything else is sorted
-here), the diff is set arithmetic on the levels of the last published book and this one (by
-value), and only the levels that changed are written out as text and put in order.
+sorted best first (``parse_event`` sorts them), the diff is set arithmetic on the levels of
+the last published book and this one (by value), only the levels that changed are written
+out as text and put in order, and the messages are joined from the texts of their levels.
 """
 
 from __future__ import annotations
 
 import zlib
 from decimal import Decimal
-from itertools import chain, islice
-from operator import gt, itemgetter, lt
+from itertools import chain
+from operator import itemgetter
 
 from exchange_stream.core.market.events import Book, Level
 
@@ -48,63 +48,68 @@ def checksum(bids: list[list[str]], asks: list[list[str]]) -> int:
     return signed_crc32(checksum_text(bids, asks).encode())
 
 
+def _message(kind: str, head: str, bids: list[str], asks: list[str], tail: str) -> str:
+    """What ``encode`` writes for the depth message of these level texts."""
+    return f'{{"type":"{kind}",{head}{",".join(bids)}],"asks":[{",".join(asks)}{tail}'
+
+
 class _Side:
-    """One side of the published book: its levels (best first), as a set, and a
-    ``[price, qty]`` text list per level (a snapshot's level lists are those of the last one
-    where a level did not change).
+    """One side of the published book: its levels (best first), as a set, and the JSON text
+    (``["64000.1","1.5"]``) and checksum text (``64000.1:1.5``) of each level, written when
+    the level first appeared.
 
     Levels are compared by value: a level is a pair of Decimals, and Decimals that are equal
     hash alike whatever their spelling ("1.50" and "1.5"), so set arithmetic on them is the
     definition of a changed level. It is cheap because the feed's Decimals are the same
-    objects book after book (``events.Spellings``), whose hashes Python keeps: only the few
-    levels that changed are written out as text.
+    objects book after book (``spellings.Spellings``), whose hashes Python keeps: only the
+    few levels that changed are written out as text.
     """
 
-    __slots__ = ("better", "descending", "keys", "levels", "lists")
+    __slots__ = ("checks", "descending", "keys", "levels", "texts")
 
     def __init__(self, descending: bool) -> None:
         self.descending = descending
-        self.better = gt if descending else lt
         self.levels: tuple[Level, ...] = ()
         self.keys: set[Level] = set()
-        self.lists: dict[Level, list[str]] = {}
+        self.texts: dict[Level, str] = {}
+        self.checks: dict[Level, str] = {}
 
     def diff(self, levels: tuple[Level, ...]) -> _Diff:
-        prices = list(map(itemgetter(0), levels))
-        if len(levels) > 1 and not all(map(self.better, prices, islice(prices, 1, None))):
-            # not strictly best first: sorted as a dict (a repeated price: its first key and
-            # its last quantity)
-            levels = tuple(sorted(dict(levels).items(), reverse=self.descending))
         keys = set(levels)
         added, gone = keys - self.keys, self.keys - keys
-        fresh = {level: [format(level[0], "f"), format(level[1], "f")] for level in added}
+        fresh = {level: (format(level[0], "f"), format(level[1], "f")) for level in added}
         if not (added or gone):
             update = []
         else:
             # The price of a level gone is still in the book when a level added has it; a
             # price removed is written as the old book wrote it, at quantity 0.
-            removed = {level[0]: self.lists[level][0] for level in gone}
+            removed = {level[0]: self.checks[level].partition(":")[0] for level in gone}
             for level in added:
                 removed.pop(level[0], None)
-            order = [(level[0], text) for level, text in fresh.items()]
-            order += [(price, [text, "0"]) for price, text in removed.items()]
+            order = [(level[0], f'["{price}","{qty}"]') for level, (price, qty) in fresh.items()]
+            order += [(price, f'["{text}","0"]') for price, text in removed.items()]
             order.sort(key=itemgetter(0), reverse=self.descending)
             update = [text for _, text in order]
         return _Diff(levels, keys, gone, fresh, update)
 
-    def publish(self, diff: _Diff) -> list[list[str]]:
-        """The diff's book becomes the published one; its levels in text, best first."""
-        lists = self.lists
+    def publish(self, diff: _Diff) -> tuple[list[str], list[str]]:
+        """The diff's book becomes the published one; the JSON texts of its levels, best
+        first, and the checksum texts of the top 25."""
+        texts, checks = self.texts, self.checks
         for level in diff.gone:
-            del lists[level]
-        lists.update(diff.fresh)
+            del texts[level], checks[level]
+        for level, (price, qty) in diff.fresh.items():
+            texts[level] = f'["{price}","{qty}"]'
+            checks[level] = f"{price}:{qty}"
         self.levels, self.keys = diff.levels, diff.keys
-        return list(map(lists.__getitem__, diff.levels))
+        top = diff.levels[:CHECKSUM_LEVELS]
+        return list(map(texts.__getitem__, diff.levels)), list(map(checks.__getitem__, top))
 
 
 class _Diff:
     """A side's next book (its levels in order and as a set), the levels gone from the last
-    one and those added (with their text lists), and the update."""
+    one and those added (with their price and quantity texts), and the update (JSON texts
+    of the levels changed, best first)."""
 
     __slots__ = ("fresh", "gone", "keys", "levels", "update")
 
@@ -113,8 +118,8 @@ class _Diff:
         levels: tuple[Level, ...],
         keys: set[Level],
         gone: set[Level],
-        fresh: dict[Level, list[str]],
-        update: list[list[str]],
+        fresh: dict[Level, tuple[str, str]],
+        update: list[str],
     ) -> None:
         self.levels, self.keys = levels, keys
         self.gone, self.fresh, self.update = gone, fresh, update
@@ -123,9 +128,10 @@ class _Diff:
 class DepthBook:
     """One symbol's published book and the latest snapshot not yet published.
 
-    The ``[price, qty]`` lists of the updates and snapshots :meth:`flush` returns are shared
-    between them (an unchanged level is the same list in the next snapshot): read them, do
-    not change them."""
+    A book's levels come best first, one level a price (``Book``'s promise: ``parse_event``
+    sorts them). :meth:`flush` writes the update and the snapshot as JSON text itself, by
+    joining the texts of their levels: a snapshot of 200 levels is one ``join``, where a
+    JSON encoder would write 400 strings again on every push."""
 
     def __init__(self, symbol: str, levels: int = 200) -> None:
         self.symbol = symbol
@@ -139,8 +145,10 @@ class DepthBook:
         """Take a new snapshot; only the latest one before a flush counts."""
         self._pending = book
 
-    def flush(self) -> tuple[dict, dict] | None:
-        """The diff since the last flush and the full book, or None when nothing changed."""
+    def flush(self) -> tuple[str, str] | None:
+        """The diff since the last flush and the full book, as JSON texts
+        (``{"type":"update",...}``, ``{"type":"snapshot",...}``), or None when nothing
+        changed."""
         book, self._pending = self._pending, None
         if book is None:
             return None
@@ -149,13 +157,13 @@ class DepthBook:
         if self.seq and not bids.update and not asks.update:
             return None
         previous, self.seq = self.seq, self.seq + 1
-        full_bids, full_asks = self._bids.publish(bids), self._asks.publish(asks)
-        common = {"seq": self.seq, "prevSeq": previous}
-        crc = checksum(full_bids, full_asks)
-        tail = {"checksum": crc, "ts": book.ts}
-        update = {"type": "update", **common, "bids": bids.update, "asks": asks.update, **tail}
-        snapshot = {"type": "snapshot", **common, "bids": full_bids, "asks": full_asks, **tail}
-        return update, snapshot
+        full_bids, bid_checks = self._bids.publish(bids)
+        full_asks, ask_checks = self._asks.publish(asks)
+        crc = signed_crc32(_interleaved(bid_checks, ask_checks).encode())
+        head = f'"seq":{self.seq},"prevSeq":{previous},"bids":['
+        tail = f'],"checksum":{crc},"ts":{book.ts}}}'
+        update = _message("update", head, bids.update, asks.update, tail)
+        return update, _message("snapshot", head, full_bids, full_asks, tail)
 
     @property
     def best_bid(self) -> Decimal | None:

@@ -22,8 +22,13 @@ from exchange_stream.core.market.decimals import (
     canonical,
     spelled_right,
 )
-
-Level = tuple[Decimal, Decimal]
+from exchange_stream.core.market.spellings import (
+    LONGEST_TEXT,
+    Level,
+    Spellings,
+    places,
+    read_compact_book,
+)
 
 
 class MalformedEvent(ValueError):
@@ -76,39 +81,21 @@ class PrivateEvent:
 Event = Trade | Book | IndexPrice | PrivateEvent
 
 
-class Spellings:
-    """What the numbers of each symbol's recent books read as, by their text.
-
-    A book repeats most of the last one (a matching engine's next book changes 5 to 20 of
-    its 200 levels): a text read before is taken from here, a dict lookup, instead of being
-    checked, converted and respelled again. Only texts that passed the plain-decimal checks
-    of the symbol (whose limits never change) are kept; at most ``per_symbol`` texts for one
-    symbol, after which its memory starts afresh (one book is read the slow way).
-    """
-
-    per_symbol = 1024
-
-    def __init__(self) -> None:
-        self._by_symbol: dict[str, dict[str, Decimal]] = {}
-
-    def remembered(self, symbol: str) -> int:
-        """How many texts of ``symbol`` are remembered now."""
-        return len(self._by_symbol.get(symbol, ()))
-
-    def of(self, symbol: str) -> dict[str, Decimal]:
-        known = self._by_symbol.get(symbol)
-        if known is None or len(known) > self.per_symbol:
-            known = self._by_symbol[symbol] = {}
-        return known
-
-
 def parse_event(
     line: bytes | str, limits: SymbolLimits = DEFAULT_LIMITS, spellings: Spellings | None = None
 ) -> Event:
     """The event on one line, its prices and quantities within the symbol's ``limits``;
-    ``spellings`` remembers what the book levels of each symbol read as (a feed's)."""
+    ``spellings`` remembers what the book levels of each symbol read as (a feed's), and
+    lets a book line be read by its level texts (``spellings.read_compact_book``)."""
+    if spellings is not None:
+        parts = read_compact_book(line, limits, spellings)
+        if parts is not None:
+            symbol, bids, asks, ts = parts
+            return _book(symbol, bids, asks, ts)
     try:
-        raw = json.loads(line, parse_float=_refuse_float)
+        if isinstance(line, bytes):  # as json.loads reads bytes
+            line = line.decode(json.detect_encoding(line), "surrogatepass")
+        raw = _DECODER.decode(line)
     except (ValueError, RecursionError) as error:
         raise MalformedEvent(f"not JSON: {error}") from None
     if not isinstance(raw, dict):
@@ -134,9 +121,7 @@ def parse_event(
         known = spellings.of(symbol) if spellings is not None else {}
         bids = _levels(raw, "bids", True, bounds, known)
         asks = _levels(raw, "asks", False, bounds, known)
-        if bids and asks and bids[0][0] >= asks[0][0]:
-            raise MalformedEvent("crossed book: best bid >= best ask")
-        return Book(symbol, bids, asks, _integer(raw, "ts"))
+        return _book(symbol, bids, asks, _integer(raw, "ts"))
     if kind == "index":
         source = raw.get("source")
         if not isinstance(source, str) or not source:
@@ -156,6 +141,15 @@ def parse_event(
 
 def _refuse_float(text: str):
     raise MalformedEvent(f"number {text} must be a decimal string")
+
+
+_DECODER = json.JSONDecoder(parse_float=_refuse_float)  # made once: json.loads makes one a call
+
+
+def _book(symbol: str, bids: tuple[Level, ...], asks: tuple[Level, ...], ts: int) -> Book:
+    if bids and asks and bids[0][0] >= asks[0][0]:
+        raise MalformedEvent("crossed book: best bid >= best ask")
+    return Book(symbol, bids, asks, ts)
 
 
 def _symbol(raw: dict) -> str:
@@ -231,7 +225,7 @@ def _levels(
     if (
         texts
         and (not new or max(map(len, new)) <= LONGEST_TEXT)
-        and all(_places(text) <= limits.places for text in new)
+        and all(places(text) <= limits.places for text in new)
         and joined.isascii()
         and not joined.encode("ascii").translate(None, _PLAIN_CHARACTERS)
     ):
@@ -257,16 +251,6 @@ def _levels(
                 book = {price: qty for price, qty in book.items() if qty}
             return tuple(sorted(book.items(), reverse=reverse))
     return _levels_carefully(key, levels, "|".join(texts), reverse, limits)
-
-
-LONGEST_TEXT = 64  # a price or quantity text longer than this is refused unread
-
-
-def _places(text: str) -> int:
-    """Digits after the point of a plain decimal text, its trailing zeros aside (only the
-    texts new to a symbol are asked: a few a book)."""
-    point = text.find(".")
-    return 0 if point < 0 else len(text.rstrip("0")) - point - 1
 
 
 _LIST = {list}

@@ -1,0 +1,256 @@
+"""What each symbol's recent books read as, and the fast way of reading a book line by it.
+
+A matching engine's next book repeats most of the last one (5 to 20 of its 200 levels change)
+and writes it the same way each time. So a book line written as JSON serialisers write it,
+compact (``"bids":[["64000.1","1.5"],["64000","2"]]``) or with Python's default spaces
+(``"bids": [["64000.1", "1.5"], ["64000", "2"]]``), is read by its level texts: each side is
+cut out of the line and split between levels into pieces (``"64000.1","1.5"``), and a piece
+read before is one dict lookup for its level. Only the pieces new to the symbol are checked
+and converted, in a few C-level passes over them. What is left of the line, with the two
+sides cut to ``[]``, goes to the JSON decoder, which says whether the line is what this path
+takes: a JSON object of exactly the five keys of a book.
+
+Anything else (an exponent, a sign, a number beyond the symbol's limits, other spaces, an
+empty or a missing side, a sixth key) is left to the general path, ``events.parse_event``
+reading the whole line as JSON, whose answer is the definition: this path gives the same
+levels or gives up (``tests/test_market_spellings.py`` compares the two on random lines).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from itertools import filterfalse, islice
+from operator import attrgetter, gt, itemgetter, lt, methodcaller
+
+from exchange_stream.core.channels import SYMBOL_PATTERN
+from exchange_stream.core.market.decimals import EXACT, NumberLimits, SymbolLimits
+
+Level = tuple[Decimal, Decimal]
+
+LONGEST_TEXT = 64  # a price or quantity text longer than this is refused unread
+
+
+def places(text: str) -> int:
+    """Digits after the point of a plain decimal text, its trailing zeros aside (only the
+    texts new to a symbol are asked: a few a book)."""
+    point = text.find(".")
+    return 0 if point < 0 else len(text.rstrip("0")) - point - 1
+
+
+class SideMemory:
+    """One side's pieces read before, by their text: ``levels`` (zero quantities included,
+    as read) and ``zeros``, the pieces whose quantity is zero (which are no level)."""
+
+    __slots__ = ("levels", "zeros")
+
+    def __init__(self) -> None:
+        self.levels: dict[str, Level] = {}
+        self.zeros: set[str] = set()
+
+
+class _SymbolMemory:
+    __slots__ = ("asks", "bids", "texts")
+
+    def __init__(self) -> None:
+        self.texts: dict[str, Decimal] = {}
+        self.bids, self.asks = SideMemory(), SideMemory()
+
+
+class Spellings:
+    """What the numbers and the levels of each symbol's recent books read as, by their text
+    (one feed's: what it remembers only makes reading faster, never different).
+
+    Only what passed the checks of the symbol (whose limits never change) is kept: at most
+    ``per_symbol`` number texts, and a side's pieces up to ``per_side`` or four books' worth,
+    after which that memory starts afresh with the book just read.
+    """
+
+    per_symbol = 1024
+    per_side = 1024
+
+    def __init__(self) -> None:
+        self._by_symbol: dict[str, _SymbolMemory] = {}
+
+    def _memory(self, symbol: str) -> _SymbolMemory:
+        memory = self._by_symbol.get(symbol)
+        if memory is None:
+            memory = self._by_symbol[symbol] = _SymbolMemory()
+        return memory
+
+    def remembered(self, symbol: str) -> int:
+        """How many number texts of ``symbol`` are remembered now."""
+        memory = self._by_symbol.get(symbol)
+        return len(memory.texts) if memory is not None else 0
+
+    def of(self, symbol: str) -> dict[str, Decimal]:
+        """The number texts of ``symbol`` read before, and their values."""
+        memory = self._memory(symbol)
+        if len(memory.texts) > self.per_symbol:
+            memory.texts = {}
+        return memory.texts
+
+    def side(self, symbol: str, bids: bool) -> SideMemory:
+        memory = self._memory(symbol)
+        return memory.bids if bids else memory.asks
+
+
+BookParts = tuple[str, tuple[Level, ...], tuple[Level, ...], int]  # symbol, bids, asks, ts
+
+
+def read_compact_book(
+    line: bytes | str, limits: SymbolLimits, spellings: Spellings
+) -> BookParts | None:
+    """The book on ``line`` read by its level texts (levels best first), or None when the
+    general path must read it (not a book, not written this way, or not valid: the general
+    path says why)."""
+    try:
+        text = line.decode() if isinstance(line, bytes) else line
+    except UnicodeDecodeError:
+        return None
+    bids_cut, asks_cut = _cut(text, "bids"), _cut(text, "asks")
+    if bids_cut is None or asks_cut is None:
+        return None  # an empty side, or one written otherwise
+    first, second = sorted((bids_cut, asks_cut), key=attrgetter("key"))
+    # Each side ends at the first "]]" after its start. Levels taken hold no bracket, so when
+    # the line is taken that is the last "]]" before the next key (or the line's end),
+    # which a search from there finds at once.
+    first.end = text.rfind("]]", first.start, second.key)
+    second.end = text.rfind("]]", second.start)
+    if first.end < 0 or second.end < 0:
+        return None
+    frame: list[str] = []
+    start = 0
+    for cut in (first, second):
+        frame += (text[start : cut.start - 1], "]")  # the side's "[[...]]" becomes "[]"
+        start = cut.end + 2
+    frame.append(text[start:])
+    try:
+        pairs = _FRAME.decode("".join(frame))
+    except (ValueError, RecursionError):
+        return None
+    if type(pairs) is not list or len(pairs) != 5:
+        return None
+    fields = dict(pairs)
+    if fields.keys() != _BOOK_KEYS or fields["type"] != "book" or fields["bids"] != []:
+        return None
+    symbol, ts = fields["symbol"], fields["ts"]
+    if fields["asks"] != [] or type(ts) is not int or ts < 0:
+        return None
+    if type(symbol) is not str or not SYMBOL_PATTERN.fullmatch(symbol):
+        return None
+    bounds = limits.of(symbol)
+    texts = spellings.of(symbol)
+    bids = _side(text, bids_cut, spellings.side(symbol, True), texts, bounds, True)
+    asks = _side(text, asks_cut, spellings.side(symbol, False), texts, bounds, False)
+    if bids is None or asks is None:
+        return None
+    return symbol, bids, asks, ts
+
+
+class _Cut:
+    """Where a side's levels are: ``"bids":[[`` at ``key``, the text between ``[[`` and
+    ``]]`` from ``start`` to ``end``, levels parted by ``between``."""
+
+    __slots__ = ("between", "end", "key", "start")
+
+    def __init__(self, key: int, start: int, end: int, between: str) -> None:
+        self.key, self.start, self.end, self.between = key, start, end, between
+
+
+def _cut(text: str, name: str) -> _Cut | None:
+    """Where the side ``name`` is, its end not yet known (-1)."""
+    for opening, between in ((f'"{name}":[[', "],["), (f'"{name}": [[', "], [")):
+        key = text.find(opening)
+        if key >= 0:
+            return _Cut(key, key + len(opening), -1, between)
+    return None
+
+
+def _not_a_float(text: str) -> object:
+    raise ValueError(f"number {text} must be a decimal string")
+
+
+_FRAME = json.JSONDecoder(object_pairs_hook=list, parse_float=_not_a_float)
+_BOOK_KEYS = {"type", "symbol", "bids", "asks", "ts"}
+
+
+def _side(
+    text: str,
+    cut: _Cut,
+    memory: SideMemory,
+    texts: dict[str, Decimal],
+    limits: NumberLimits,
+    descending: bool,
+) -> tuple[Level, ...] | None:
+    """One side's levels, best first; None when a piece is not one this path takes."""
+    pieces = text[cut.start : cut.end].split(cut.between)
+    known = memory.levels
+    new = set(filterfalse(known.__contains__, pieces))
+    if new and not _learn(new, memory, texts, limits):
+        return None
+    levels = list(map(known.__getitem__, pieces))
+    if len(known) > max(Spellings.per_side, 4 * len(pieces)):
+        _start_afresh(memory, pieces)
+    prices = list(map(itemgetter(0), levels))
+    zeros = memory.zeros
+    if all(map(gt if descending else lt, prices, islice(prices, 1, None))):
+        if zeros and not zeros.isdisjoint(pieces):
+            return tuple(level for level in levels if level[1])
+        return tuple(levels)
+    # Not strictly best first: sorted as a dict of its levels (a repeated price: its last
+    # quantity), as the general path does.
+    book = dict(levels)
+    if zeros and not zeros.isdisjoint(pieces):
+        book = {price: qty for price, qty in book.items() if qty}
+    return tuple(sorted(book.items(), reverse=descending))
+
+
+_NUMBER = r'"[0-9]+(?:\.[0-9]+)?"'  # a plain decimal string: digits, a point inside them
+# The pieces new to a side, joined by ",": each a level of two such strings (", " between the
+# two in the spaced form). With four quotes to every piece, the pieces are the levels.
+_PIECES = re.compile(rf"{_NUMBER}, ?{_NUMBER}(?:,{_NUMBER}, ?{_NUMBER})*")
+_QUOTES = methodcaller("count", '"')
+_ZERO = Decimal(0)
+
+
+def _learn(
+    new: set[str], memory: SideMemory, texts: dict[str, Decimal], limits: NumberLimits
+) -> bool:
+    """Check and remember the pieces new to this side; False when one of them is not a level
+    this path takes (the general path says what is wrong with it). A few C-level passes over
+    the new pieces and their numbers, no Python code per piece."""
+    pieces = list(new)
+    joined = ",".join(pieces)
+    if set(map(_QUOTES, pieces)) != _FOUR or not _PIECES.fullmatch(joined):
+        return False
+    numbers = joined.replace('", "', '","')[1:-1].split('","')  # price, qty, price, ...
+    fresh = set(numbers).difference(texts)
+    if fresh:
+        longest = max(map(len, fresh))
+        if longest > LONGEST_TEXT or (
+            longest > limits.places + 1 and max(map(places, fresh)) > limits.places
+        ):
+            return False  # (a text no longer than places + 1 has no more places)
+        # normalize() respells canonically ("1.50" as 1.5); EXACT: no digit is rounded
+        texts.update(zip(fresh, map(EXACT.normalize, map(Decimal, fresh)), strict=True))
+    values = list(map(texts.__getitem__, numbers))
+    prices, quantities = values[0::2], values[1::2]
+    if min(prices) <= 0 or max(values) >= limits.ceiling:
+        return False
+    levels = list(zip(prices, quantities, strict=True))
+    memory.levels.update(zip(pieces, levels, strict=True))
+    if _ZERO in quantities:
+        read = zip(pieces, quantities, strict=True)
+        memory.zeros.update(piece for piece, quantity in read if not quantity)
+    return True
+
+
+_FOUR = {4}
+
+
+def _start_afresh(memory: SideMemory, pieces: list[str]) -> None:
+    """Keep only the pieces of the book just read (all of them known now)."""
+    memory.levels = {piece: memory.levels[piece] for piece in pieces}
+    memory.zeros = memory.zeros.intersection(pieces)

@@ -1,0 +1,185 @@
+"""Book lines read by their level texts (``spellings.read_compact_book``) against the general
+path (the whole line as JSON): the same book, or the same refusal, for every line; and the
+lines the fast path must leave to the general one."""
+
+import json
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exchange_stream.core.market.decimals import NumberLimits, SymbolLimits
+from exchange_stream.core.market.events import MalformedEvent, parse_event
+from exchange_stream.core.market.spellings import Spellings, read_compact_book
+
+LIMITS = SymbolLimits(table={"TINY": NumberLimits(integer_digits=3, places=2)})
+
+
+def outcome(line: str | bytes, spellings: Spellings | None) -> object:
+    try:
+        return parse_event(line, LIMITS, spellings)
+    except MalformedEvent as refused:
+        return ("refused", str(refused), refused.reason)
+
+
+def line(bids, asks, symbol="BTCUSDT", ts=1, spaced=False, **extra) -> str:
+    event = {"type": "book", "symbol": symbol, "bids": bids, "asks": asks, "ts": ts, **extra}
+    return json.dumps(event) if spaced else json.dumps(event, separators=(",", ":"))
+
+
+# -- what the fast path takes, and what it leaves ----------------------------------------
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+def test_compact_and_spaced_lines_are_read_by_their_level_texts(spaced):
+    text = line([["100.50", "1.0"], ["99", "2"]], [["101", "0.50"]], spaced=spaced)
+    spellings = Spellings()
+    parts = read_compact_book(text.encode(), LIMITS, spellings)
+    assert parts is not None
+    assert outcome(text, spellings) == outcome(text, None)
+    assert [str(price) for price, _ in parts[1]] == ["100.5", "99"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        line([], [["101", "1"]]),  # an empty side
+        line([["100", "1"]], [["101", "1e0"]]),  # an exponent
+        line([["100", "1"]], [["101", "-1"]]),  # a sign
+        line([["100", "1"]], [["101", 1]]),  # a number
+        line([["100", "1"]], [["101", "1"]], note="x"),  # a sixth key
+        line([["100", "1"]], [["101", "1"]], ts=1.5),  # a float
+        line([["100", "1"]], [["101", "1"]], ts=True),
+        line([["100", "1"]], [["101", "1"]], symbol="btc"),
+        line([["100", "1"]], [["101", "1"]], symbol="TINY") + "x",  # not JSON
+        line([["100", "1"]], [["1000", "1"]], symbol="TINY"),  # beyond TINY's 3 digits
+        line([["100", "1"]], [["101", "1.125"]], symbol="TINY"),  # beyond its 2 places
+        line([["0", "1"]], [["101", "1"]]),  # a zero price
+        '{"type":"book","symbol":"X","bids":[["1","1"] ,["0.5","1"]],"asks":[["2","1"]],"ts":1}',
+        # "bids" twice: JSON takes the last one, which is empty
+        '{"type":"book","symbol":"X","bids":[["1","1"]],"asks":[["2","1"]],"ts":1,"bi\\u0064s":[]}',
+        # a "bids" inside another key's value
+        '{"type":"book","symbol":"X","m":{"bids":[["1","1"]]},"bids":[],"asks":[["2","1"]],"ts":1}',
+        '{"type":"trade","symbol":"X","bids":[["1","1"]],"asks":[["2","1"]],"ts":1}',
+        line([["100", "1"]], [["101", "1"]]).encode("utf-16"),
+        b'{"type":"book","symbol":"X","bids":[["1","1"]],"asks":[["2","\xff"]],"ts":1}',
+    ],
+)
+def test_lines_the_fast_path_leaves_to_the_general_one(text):
+    assert read_compact_book(text, LIMITS, Spellings()) is None
+    assert outcome(text, Spellings()) == outcome(text, None)
+
+
+def test_sides_in_either_order_and_a_line_end():
+    text = '{"ts":7,"asks":[["2","1"],["3","1"]],"symbol":"X","type":"book","bids":[["1","1"]]}'
+    spellings = Spellings()
+    assert read_compact_book(text + "\r\n", LIMITS, spellings) is not None
+    assert outcome(text + "\r\n", spellings) == outcome(text, None)
+
+
+def test_a_piece_that_is_not_one_level_is_never_taken_for_levels():
+    """Four quotes to a piece: a level of three texts beside one of one is not two levels,
+    although joined they read as two."""
+    text = '{"type":"book","symbol":"X","bids":[["3","1","2"],["1"]],"asks":[["4","1"]],"ts":1}'
+    assert read_compact_book(text, LIMITS, Spellings()) is None
+    assert outcome(text, Spellings())[0] == "refused"
+
+
+def test_the_memory_of_a_side_starts_afresh_with_the_book_just_read():
+    spellings = Spellings()
+    for book in range(40):
+        bids = [[f"{1000 + book}.{level:02d}", "1"] for level in range(99, -1, -1)]
+        text = line(bids, [["2000", "1"]])
+        assert outcome(text, spellings) == outcome(text, None)
+        assert len(spellings.side("BTCUSDT", True).levels) <= Spellings.per_side + 100
+
+
+# -- random lines: the two paths agree ----------------------------------------------------
+
+good_numbers = st.one_of(
+    st.integers(0, 10**6).map(str),
+    st.builds(
+        lambda whole, fraction, zeros: f"{whole}.{fraction}{'0' * zeros}",
+        st.integers(0, 999),
+        st.integers(0, 999),
+        st.integers(0, 3),
+    ),
+)
+odd_numbers = st.sampled_from(
+    ["0", "0.0", "00.5", "1e2", "-1", "1.", ".5", "", " 1", "1" * 70, "9" * 20, "1.123"]
+)
+# Mostly numbers the fast path takes, so that most lines exercise it; one in twenty odd.
+numbers = st.integers(0, 19).flatmap(lambda pick: odd_numbers if pick == 0 else good_numbers)
+levels = st.lists(st.lists(numbers, min_size=2, max_size=2), min_size=1, max_size=6)
+
+
+def rarely(strategy, usual):
+    """``usual`` nine times in ten, else something drawn from ``strategy``."""
+    return st.integers(0, 9).flatmap(lambda pick: strategy if pick == 0 else st.just(usual))
+
+
+@st.composite
+def book_lines(draw) -> str:
+    bids = [] if draw(rarely(st.just(True), False)) else draw(levels)  # empty now and then
+    asks = draw(levels)
+    if draw(st.booleans()):  # best first, as matching engines write them, or any order
+        bids = sorted(bids, key=lambda level: -float(level[0]) if _plain(level[0]) else 0)
+        asks = sorted(asks, key=lambda level: float(level[0]) if _plain(level[0]) else 0)
+    fields = {
+        "type": draw(rarely(st.just("trade"), "book")),
+        "symbol": draw(rarely(st.just("TINY"), "BTCUSDT")),
+        "bids": bids,
+        "asks": asks,
+        "ts": draw(rarely(st.sampled_from([0, -1, 1.5, True, "1"]), 1)),
+    }
+    keys = draw(st.permutations(list(fields)))
+    if draw(rarely(st.just(True), False)):
+        keys = keys[:-1]  # one key missing
+    event = {key: fields[key] for key in keys}
+    extra = draw(rarely(st.sampled_from([1, {"bids": [["1", "1"]]}, "bids"]), None))
+    if extra is not None:
+        event["extra"] = extra
+    spacing = draw(rarely(st.sampled_from([(",", ": "), (" ,", ":")]), None))
+    spacing = spacing or draw(st.sampled_from([(",", ":"), (", ", ": ")]))
+    return json.dumps(event, separators=spacing)
+
+
+def _plain(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(book_lines(), min_size=1, max_size=6))
+def test_random_lines_read_alike_with_and_without_the_memory(lines):
+    """Book after book through one memory (pieces remembered, repeated, respelled) and
+    alone: every line is the same book or the same refusal."""
+    spellings = Spellings()
+    for text in lines:
+        assert outcome(text, spellings) == outcome(text, None), text
+
+
+def test_a_moving_book_reads_alike_through_the_memory():
+    """Many books of one moving market, each a few levels changed, as a matching engine
+    writes them: the fast path takes every one, and reads what the general path reads."""
+    rng = random.Random(5)
+    bids = {10_000 - i: rng.randint(1, 999) for i in range(1, 60)}
+    asks = {10_000 + i: rng.randint(1, 999) for i in range(1, 60)}
+    spellings = Spellings()
+    for _ in range(300):
+        side = rng.choice((bids, asks))
+        price = rng.choice(list(side))
+        if rng.random() < 0.3:
+            del side[price]
+        else:
+            side[price] = rng.randint(0, 999)  # a zero now and then: no level
+        text = line(
+            [[f"{p / 100}", f"{q / 1000}"] for p, q in sorted(bids.items(), reverse=True)],
+            [[f"{p / 100:.2f}", f"{q / 1000:.4f}"] for p, q in sorted(asks.items())],
+        )
+        assert read_compact_book(text, LIMITS, spellings) is not None
+        assert outcome(text, spellings) == outcome(text, None)
