@@ -7,9 +7,11 @@ eaten by a trade), prices on a 0.01 tick written with 1 or 2 decimals, quantitie
 the median of ``--runs`` runs (the spread after it):
 
 - parse: ``parse_event`` alone (JSON, checks, bounds, canonical spelling, sorting);
-- parse + flush: every book also diffed and rendered (``DepthBook.offer`` + ``flush``: the
-  update, the snapshot, the checksum), the worst case of one book per push interval; the
-  flush alone is timed on books parsed beforehand;
+- flush: ``DepthBook.offer`` + ``flush`` alone, on books parsed beforehand (the diff, the
+  checksum, the update's and the snapshot's JSON);
+- line to publication: the engine on an event-time clock taking each book and pushing it,
+  every book published (the worst case of one book per push interval, as with 300 symbols at
+  10 books/s each): parse, admission, flush, the messages' bytes;
 - TCP feed: a separate writer process (on another core) connects to ``--feed`` of a market
   engine running on the reactor (``market_service``, pushes every 100 ms on the real clock)
   and writes the lines as fast as the engine reads them; books/s and the engine process's CPU
@@ -40,11 +42,15 @@ from common import (
     progress,
     run_header,
 )
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 
 from exchange_stream.core.market.decimals import SymbolLimits
 from exchange_stream.core.market.depth import DepthBook
 from exchange_stream.core.market.events import parse_event
 from exchange_stream.core.market.spellings import Spellings
+from exchange_stream.core.publication import Publication
+from exchange_stream.services.market_engine import MarketEngine, MarketSettings
 
 START_MS = int(time.time() * 1000)
 TICK = 100  # price ticks per unit: 0.01
@@ -141,8 +147,11 @@ def make_books(count: int, levels: int, rng: random.Random) -> list[bytes]:
 
 
 def in_process(lines: list[bytes]) -> dict[str, float]:
-    """µs per book: parse alone, the flush alone (of books parsed beforehand), both; parsed
-    as the feed parses (remembering each symbol's spellings)."""
+    """µs per book: parse alone, the flush alone (of books parsed beforehand: the diff, the
+    checksum and the messages' JSON), and everything from the line to the publication (the
+    engine on an event-time clock taking each book and pushing it, every book published, as
+    with 300 symbols at 10 books/s each); parsed as the feed parses (remembering each
+    symbol's spellings)."""
     limits = SymbolLimits()
     spellings = Spellings()
     started = time.perf_counter()
@@ -162,13 +171,24 @@ def in_process(lines: list[bytes]) -> dict[str, float]:
     gc.unfreeze()
     del books
 
-    depth = DepthBook("BTCUSDT", 200)
+    published: list[int] = []
+
+    def publish(_channel: str, message: Publication, snapshot: Publication | None) -> Deferred:
+        published.append(len(message.payload))
+        return succeed(1)
+
+    clock = Clock()
+    clock.advance(START_MS / 1000)
+    engine = MarketEngine(publish, MarketSettings(), clock)
     spellings = Spellings()
     started = time.perf_counter()
     for line in lines:
-        depth.offer(parse_event(line, limits, spellings))
-        depth.flush()
+        book = parse_event(line, limits, spellings)
+        clock.advance(book.ts / 1000 - clock.seconds())
+        engine.handle(book)
+        engine.push()
     both = time.perf_counter() - started
+    assert len(published) == len(lines), "every book is published"
     scale = 1e6 / len(lines)
     return {"parse": parse * scale, "flush": flush * scale, "both": both * scale}
 
@@ -284,8 +304,8 @@ def main() -> None:
         f"({size:,.0f} bytes), median of {args.runs} runs (min-max)"
     )
     print(f"  parse            {spread(parse)} us per book")
-    print(f"  flush            {spread(flush)} us per book (diff, render, checksum)")
-    print(f"  parse + flush    {spread(both)} us per book (every book published)")
+    print(f"  flush            {spread(flush)} us per book (diff, checksum, JSON)")
+    print(f"  line to publication {spread(both)} us per book (every book published)")
     print(f"  TCP feed         {spread(cpu)} us engine CPU per book, {spread(rate)} books/s")
     refused = max(run["refused"] for run in tcp)
     published = statistics.median(run["depth"] for run in tcp)

@@ -118,7 +118,7 @@ def parse_event(
     if kind == "book":
         symbol = _symbol(raw)
         bounds = limits.of(symbol)
-        known = spellings.of(symbol) if spellings is not None else {}
+        known = spellings.of(symbol).texts if spellings is not None else {}
         bids = _levels(raw, "bids", True, bounds, known)
         asks = _levels(raw, "asks", False, bounds, known)
         return _book(symbol, bids, asks, _integer(raw, "ts"))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal
-from itertools import filterfalse, islice
+from itertools import chain, filterfalse, islice
 from operator import attrgetter, gt, itemgetter, lt, methodcaller
 
 from exchange_stream.core.channels import SYMBOL_PATTERN
@@ -39,23 +39,17 @@ def places(text: str) -> int:
     return 0 if point < 0 else len(text.rstrip("0")) - point - 1
 
 
-class SideMemory:
-    """One side's pieces read before, by their text: ``levels`` (zero quantities included,
-    as read) and ``zeros``, the pieces whose quantity is zero (which are no level)."""
+class BookMemory:
+    """One symbol's texts read before: ``texts``, number texts and their values; ``levels``,
+    level pieces (``"64000.1","1.5"``, of either side) and their levels, zero quantities
+    included; ``zeros``, the pieces whose quantity is zero (which are no level)."""
 
-    __slots__ = ("levels", "zeros")
-
-    def __init__(self) -> None:
-        self.levels: dict[str, Level] = {}
-        self.zeros: set[str] = set()
-
-
-class _SymbolMemory:
-    __slots__ = ("asks", "bids", "texts")
+    __slots__ = ("levels", "texts", "zeros")
 
     def __init__(self) -> None:
         self.texts: dict[str, Decimal] = {}
-        self.bids, self.asks = SideMemory(), SideMemory()
+        self.levels: dict[str, Level] = {}
+        self.zeros: set[str] = set()
 
 
 class Spellings:
@@ -63,37 +57,28 @@ class Spellings:
     (one feed's: what it remembers only makes reading faster, never different).
 
     Only what passed the checks of the symbol (whose limits never change) is kept: at most
-    ``per_symbol`` number texts, and a side's pieces up to ``per_side`` or four books' worth,
-    after which that memory starts afresh with the book just read.
+    ``per_symbol`` number texts, and level pieces up to ``per_symbol`` or four books' worth,
+    after which that memory starts afresh (with the book just read, for the pieces).
     """
 
     per_symbol = 1024
-    per_side = 1024
 
     def __init__(self) -> None:
-        self._by_symbol: dict[str, _SymbolMemory] = {}
-
-    def _memory(self, symbol: str) -> _SymbolMemory:
-        memory = self._by_symbol.get(symbol)
-        if memory is None:
-            memory = self._by_symbol[symbol] = _SymbolMemory()
-        return memory
+        self._by_symbol: dict[str, BookMemory] = {}
 
     def remembered(self, symbol: str) -> int:
         """How many number texts of ``symbol`` are remembered now."""
         memory = self._by_symbol.get(symbol)
         return len(memory.texts) if memory is not None else 0
 
-    def of(self, symbol: str) -> dict[str, Decimal]:
-        """The number texts of ``symbol`` read before, and their values."""
-        memory = self._memory(symbol)
+    def of(self, symbol: str) -> BookMemory:
+        """What ``symbol``'s books read as."""
+        memory = self._by_symbol.get(symbol)
+        if memory is None:
+            memory = self._by_symbol[symbol] = BookMemory()
         if len(memory.texts) > self.per_symbol:
             memory.texts = {}
-        return memory.texts
-
-    def side(self, symbol: str, bids: bool) -> SideMemory:
-        memory = self._memory(symbol)
-        return memory.bids if bids else memory.asks
+        return memory
 
 
 BookParts = tuple[str, tuple[Level, ...], tuple[Level, ...], int]  # symbol, bids, asks, ts
@@ -140,12 +125,17 @@ def read_compact_book(
         return None
     if type(symbol) is not str or not SYMBOL_PATTERN.fullmatch(symbol):
         return None
-    bounds = limits.of(symbol)
-    texts = spellings.of(symbol)
-    bids = _side(text, bids_cut, spellings.side(symbol, True), texts, bounds, True)
-    asks = _side(text, asks_cut, spellings.side(symbol, False), texts, bounds, False)
-    if bids is None or asks is None:
+    memory = spellings.of(symbol)
+    bid_pieces = text[bids_cut.start : bids_cut.end].split(bids_cut.between)
+    ask_pieces = text[asks_cut.start : asks_cut.end].split(asks_cut.between)
+    known = memory.levels
+    new = set(filterfalse(known.__contains__, chain(bid_pieces, ask_pieces)))
+    if new and not _learn(new, memory, limits.of(symbol)):
         return None
+    bids = _best_first(bid_pieces, memory, True)
+    asks = _best_first(ask_pieces, memory, False)
+    if len(known) > max(Spellings.per_symbol, 4 * (len(bid_pieces) + len(ask_pieces))):
+        _start_afresh(memory, bid_pieces + ask_pieces)
     return symbol, bids, asks, ts
 
 
@@ -176,23 +166,9 @@ _FRAME = json.JSONDecoder(object_pairs_hook=list, parse_float=_not_a_float)
 _BOOK_KEYS = {"type", "symbol", "bids", "asks", "ts"}
 
 
-def _side(
-    text: str,
-    cut: _Cut,
-    memory: SideMemory,
-    texts: dict[str, Decimal],
-    limits: NumberLimits,
-    descending: bool,
-) -> tuple[Level, ...] | None:
-    """One side's levels, best first; None when a piece is not one this path takes."""
-    pieces = text[cut.start : cut.end].split(cut.between)
-    known = memory.levels
-    new = set(filterfalse(known.__contains__, pieces))
-    if new and not _learn(new, memory, texts, limits):
-        return None
-    levels = list(map(known.__getitem__, pieces))
-    if len(known) > max(Spellings.per_side, 4 * len(pieces)):
-        _start_afresh(memory, pieces)
+def _best_first(pieces: list[str], memory: BookMemory, descending: bool) -> tuple[Level, ...]:
+    """One side's levels (all of them known now), best first, zero quantities left out."""
+    levels = list(map(memory.levels.__getitem__, pieces))
     prices = list(map(itemgetter(0), levels))
     zeros = memory.zeros
     if all(map(gt if descending else lt, prices, islice(prices, 1, None))):
@@ -215,10 +191,8 @@ _QUOTES = methodcaller("count", '"')
 _ZERO = Decimal(0)
 
 
-def _learn(
-    new: set[str], memory: SideMemory, texts: dict[str, Decimal], limits: NumberLimits
-) -> bool:
-    """Check and remember the pieces new to this side; False when one of them is not a level
+def _learn(new: set[str], memory: BookMemory, limits: NumberLimits) -> bool:
+    """Check and remember the pieces new to this book; False when one of them is not a level
     this path takes (the general path says what is wrong with it). A few C-level passes over
     the new pieces and their numbers, no Python code per piece."""
     pieces = list(new)
@@ -226,6 +200,7 @@ def _learn(
     if set(map(_QUOTES, pieces)) != _FOUR or not _PIECES.fullmatch(joined):
         return False
     numbers = joined.replace('", "', '","')[1:-1].split('","')  # price, qty, price, ...
+    texts = memory.texts
     fresh = set(numbers).difference(texts)
     if fresh:
         longest = max(map(len, fresh))
@@ -250,7 +225,7 @@ def _learn(
 _FOUR = {4}
 
 
-def _start_afresh(memory: SideMemory, pieces: list[str]) -> None:
+def _start_afresh(memory: BookMemory, pieces: list[str]) -> None:
     """Keep only the pieces of the book just read (all of them known now)."""
     memory.levels = {piece: memory.levels[piece] for piece in pieces}
     memory.zeros = memory.zeros.intersection(pieces)
