@@ -56,6 +56,27 @@ START_MS = int(time.time() * 1000)
 TICK = 100  # price ticks per unit: 0.01
 LOT = 10_000  # quantity lots per unit: 0.0001
 
+# Connects, waits for the go line on stdin, writes sys.argv[3] lines a second in 10 ms
+# batches (catching up when late), closes; prints how far behind the schedule it fell.
+PACED_WRITER = """
+import socket, sys, time
+lines = open(sys.argv[2], "rb").read().split(b"\\n")[:-1]
+rate = int(sys.argv[3])
+batch = max(1, rate // 100)
+with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as sock:
+    sys.stdin.readline()
+    start, behind = time.monotonic(), 0.0
+    for first in range(0, len(lines), batch):
+        due = start + first / rate
+        now = time.monotonic()
+        if now < due:
+            time.sleep(due - now)
+        else:
+            behind = max(behind, now - due)
+        sock.sendall(b"".join(line + b"\\n" for line in lines[first : first + batch]))
+print(f"{behind:.3f}", flush=True)
+"""
+
 # Connects, waits for the go line on stdin, writes every line at once, closes.
 WRITER = """
 import socket, sys
@@ -135,6 +156,18 @@ class MovingBook:
             "ts": ts,
         }
         return json.dumps(event, separators=(",", ":")).encode()
+
+
+def many_symbols(symbols: int, count: int, levels: int, rng: random.Random) -> list[bytes]:
+    """``count`` books of each of ``symbols`` markets, interleaved (one book of each in turn),
+    stamped ``ts`` 0 onwards (the engine's time bounds are off in these runs)."""
+    books = [MovingBook(levels, rng) for _ in range(symbols)]
+    lines = []
+    for index in range(count):
+        for number, book in enumerate(books):
+            book.move()
+            lines.append(book.line(START_MS + index, f"SYM{number:03d}USDT"))
+    return lines
 
 
 def make_books(count: int, levels: int, rng: random.Random) -> list[bytes]:
@@ -268,6 +301,69 @@ def through_tcp(lines: list[bytes], runs: int, writer_cpu: int | None) -> list[d
     return results
 
 
+def paced_tcp(lines: list[bytes], rate: int, writer_cpu: int | None) -> dict[str, float]:
+    """Many symbols at ``rate`` books/s through the real TCP feed into an engine on the
+    reactor (pushes every 100 ms on the real clock, so each symbol's book is published
+    about every push): the engine process's share of a core, the books it published, and
+    how far behind its schedule the writer fell (a full socket: the engine not keeping up)."""
+    from twisted.internet import reactor
+
+    from exchange_stream.market_service import market_service
+    from exchange_stream.services.market_engine import MarketSettings
+    from exchange_stream.services.memory_mesh import MemoryMesh
+
+    settings = MarketSettings(max_ahead_ms=10**12, max_late_ms=10**12)
+    result: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as workdir, Processes() as processes:
+        path = Path(workdir) / "books.jsonl"
+        path.write_bytes(b"".join(line + b"\n" for line in lines))
+        port = free_port()
+        service = market_service(
+            MemoryMesh().publish, settings, reactor, feed=f"tcp:{port}:interface=127.0.0.1"
+        )
+        service.startService()
+        writer = processes.spawn(
+            [sys.executable, "-c", PACED_WRITER, str(port), str(path), str(rate)],
+            cpu=writer_cpu,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        source, event = service.input, service.input.event
+        started: dict[str, float] = {}
+
+        def counted(parsed) -> None:
+            event(parsed)
+            if source.received == len(lines):
+                source.event = event
+                reactor.callLater(0.2, done)  # the last books' push
+
+        def done() -> None:
+            cpu, wall = own_cpu_seconds() - started["cpu"], time.perf_counter() - started["wall"]
+            assert writer.stdout is not None
+            result.update(
+                share=cpu / wall,
+                wall=wall,
+                cpu_per_book=cpu / len(lines) * 1e6,
+                published=service.engine.published,
+                refused=sum(service.engine.refused.values()),
+                behind=float(writer.stdout.readline() or "nan"),
+            )
+            service.stopService()
+            reactor.stop()
+
+        def go() -> None:
+            started["cpu"], started["wall"] = own_cpu_seconds(), time.perf_counter()
+            assert writer.stdin is not None
+            writer.stdin.write("go\n")
+            writer.stdin.close()
+
+        source.event = counted
+        reactor.callLater(0.5, go)
+        reactor.run()
+    return result
+
+
 def spread(values: list[float], digits: int = 0) -> str:
     """The median, and the range of the runs after it."""
     figure = f"{{:,.{digits}f}}"
@@ -286,8 +382,19 @@ def main() -> None:
     parser.add_argument(
         "--writer-core", type=int, default=1, help="the TCP writer's core (-1: no pinning)"
     )
+    parser.add_argument(
+        "--symbols",
+        type=int,
+        default=0,
+        help="instead: this many symbols through the TCP feed at --rate books/s in all",
+    )
+    parser.add_argument("--rate", type=int, default=3000, help="books/s in all (--symbols)")
+    parser.add_argument("--seconds", type=int, default=20, help="how long (--symbols)")
     args = parser.parse_args()
     print(header_line(run_header()))
+    if args.symbols:
+        _many(args)
+        return
     lines = make_books(args.books, args.levels, random.Random(11))
     size = sum(map(len, lines)) / len(lines)
     runs = []
@@ -317,6 +424,26 @@ def main() -> None:
         f"  one core keeps up with {1e6 / statistics.median(both):,.0f} books/s "
         "when every book is published"
     )
+
+
+def _many(args: argparse.Namespace) -> None:
+    per_symbol = args.rate * args.seconds // args.symbols
+    progress(f"{args.symbols} symbols x {per_symbol} books")
+    lines = many_symbols(args.symbols, per_symbol, args.levels, random.Random(11))
+    size = sum(map(len, lines)) / len(lines)
+    with pinned({args.core} if args.core >= 0 else None):
+        progress(f"TCP feed at {args.rate:,} books/s for {args.seconds} s")
+        run = paced_tcp(lines, args.rate, args.writer_core if args.writer_core >= 0 else None)
+    print(
+        f"market engine, {args.symbols} symbols, {len(lines):,} books of {args.levels} levels "
+        f"a side ({size:,.0f} bytes) at {args.rate:,} books/s through the TCP feed"
+    )
+    print(
+        f"  engine: {run['share']:.0%} of a core over {run['wall']:.1f} s, "
+        f"{run['cpu_per_book']:.0f} us CPU per book, {run['published']:,} publications "
+        f"({run['refused']} refused)"
+    )
+    print(f"  writer at most {run['behind'] * 1000:.0f} ms behind its schedule")
 
 
 if __name__ == "__main__":
