@@ -19,8 +19,7 @@ levels or gives up (``tests/test_market_spellings.py`` compares the two on rando
 from __future__ import annotations
 
 import json
-import re
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from itertools import chain, filterfalse, islice
 from operator import attrgetter, gt, itemgetter, lt, methodcaller
 
@@ -94,9 +93,10 @@ def read_compact_book(
         text = line.decode() if isinstance(line, bytes) else line
     except UnicodeDecodeError:
         return None
-    bids_cut, asks_cut = _cut(text, "bids"), _cut(text, "asks")
+    bids_cut = _cut(text, "bids")
+    asks_cut = _cut(text, "asks") if bids_cut is not None else None
     if bids_cut is None or asks_cut is None:
-        return None  # an empty side, or one written otherwise
+        return None  # not a book, an empty side, or one written otherwise
     first, second = sorted((bids_cut, asks_cut), key=attrgetter("key"))
     # Each side ends at the first "]]" after its start. Levels taken hold no bracket, so when
     # the line is taken that is the last "]]" before the next key (or the line's end),
@@ -183,23 +183,31 @@ def _best_first(pieces: list[str], memory: BookMemory, descending: bool) -> tupl
     return tuple(sorted(book.items(), reverse=descending))
 
 
-_NUMBER = r'"[0-9]+(?:\.[0-9]+)?"'  # a plain decimal string: digits, a point inside them
-# The pieces new to a side, joined by ",": each a level of two such strings (", " between the
-# two in the spaced form). With four quotes to every piece, the pieces are the levels.
-_PIECES = re.compile(rf"{_NUMBER}, ?{_NUMBER}(?:,{_NUMBER}, ?{_NUMBER})*")
+# What is left of the new pieces' numbers, joined, once digits and points are taken out: a
+# sign, a letter, a space, a quote or a comma out of place, which the general path refuses
+# or reads otherwise.
+_PLAIN = b"0123456789."
 _QUOTES = methodcaller("count", '"')
+_FOUR = {4}
 _ZERO = Decimal(0)
 
 
 def _learn(new: set[str], memory: BookMemory, limits: NumberLimits) -> bool:
     """Check and remember the pieces new to this book; False when one of them is not a level
     this path takes (the general path says what is wrong with it). A few C-level passes over
-    the new pieces and their numbers, no Python code per piece."""
+    the new pieces and their numbers, no Python code per piece: each piece has four quotes,
+    and splitting them all at ``","`` gives two numbers a piece, each digits and points only
+    (what Decimal then reads, as the general path would: ``"1."`` is 1, ``"1.2.3"`` no
+    number)."""
     pieces = list(new)
-    joined = ",".join(pieces)
-    if set(map(_QUOTES, pieces)) != _FOUR or not _PIECES.fullmatch(joined):
+    if set(map(_QUOTES, pieces)) != _FOUR:
         return False
-    numbers = joined.replace('", "', '","')[1:-1].split('","')  # price, qty, price, ...
+    joined = ",".join(pieces).replace('", "', '","')
+    numbers = joined[1:-1].split('","')  # price, qty, price, ...
+    if len(numbers) != 2 * len(pieces) or not joined.isascii():
+        return False
+    if "".join(numbers).encode().translate(None, _PLAIN):
+        return False
     texts = memory.texts
     fresh = set(numbers).difference(texts)
     if fresh:
@@ -208,8 +216,10 @@ def _learn(new: set[str], memory: BookMemory, limits: NumberLimits) -> bool:
             longest > limits.places + 1 and max(map(places, fresh)) > limits.places
         ):
             return False  # (a text no longer than places + 1 has no more places)
-        # normalize() respells canonically ("1.50" as 1.5); EXACT: no digit is rounded
-        texts.update(zip(fresh, map(EXACT.normalize, map(Decimal, fresh)), strict=True))
+        try:  # normalize() respells canonically ("1.50" as 1.5); EXACT: no digit is rounded
+            texts.update(zip(fresh, map(EXACT.normalize, map(Decimal, fresh)), strict=True))
+        except InvalidOperation:  # "", ".", "1.2.3"
+            return False
     values = list(map(texts.__getitem__, numbers))
     prices, quantities = values[0::2], values[1::2]
     if min(prices) <= 0 or max(values) >= limits.ceiling:
@@ -220,9 +230,6 @@ def _learn(new: set[str], memory: BookMemory, limits: NumberLimits) -> bool:
         read = zip(pieces, quantities, strict=True)
         memory.zeros.update(piece for piece, quantity in read if not quantity)
     return True
-
-
-_FOUR = {4}
 
 
 def _start_afresh(memory: BookMemory, pieces: list[str]) -> None:
