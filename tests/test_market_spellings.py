@@ -92,7 +92,7 @@ def test_the_memory_of_a_side_starts_afresh_with_the_book_just_read():
         bids = [[f"{1000 + book}.{level:02d}", "1"] for level in range(99, -1, -1)]
         text = line(bids, [["2000", "1"]])
         assert outcome(text, spellings) == outcome(text, None)
-        assert len(spellings.of("BTCUSDT").levels) <= Spellings.per_symbol + 101
+        assert len(spellings.of("BTCUSDT").levels) <= Spellings.pieces_per_symbol + 101
 
 
 # -- random lines: the two paths agree ----------------------------------------------------

@@ -56,11 +56,12 @@ class Spellings:
     (one feed's: what it remembers only makes reading faster, never different).
 
     Only what passed the checks of the symbol (whose limits never change) is kept: at most
-    ``per_symbol`` number texts, and level pieces up to ``per_symbol`` or four books' worth,
+    ``per_symbol`` number texts, and level pieces up to ``pieces_per_symbol`` or two books' worth,
     after which that memory starts afresh (with the book just read, for the pieces).
     """
 
     per_symbol = 1024
+    pieces_per_symbol = 512  # the last book's pieces and room for those of the next ones
 
     def __init__(self) -> None:
         self._by_symbol: dict[str, BookMemory] = {}
@@ -134,7 +135,7 @@ def read_compact_book(
         return None
     bids = _best_first(bid_pieces, memory, True)
     asks = _best_first(ask_pieces, memory, False)
-    if len(known) > max(Spellings.per_symbol, 4 * (len(bid_pieces) + len(ask_pieces))):
+    if len(known) > max(Spellings.pieces_per_symbol, 2 * (len(bid_pieces) + len(ask_pieces))):
         _start_afresh(memory, bid_pieces + ask_pieces)
     return symbol, bids, asks, ts
 
