@@ -3,7 +3,7 @@
 Books of ``--levels`` levels a side that move as a matching engine's do: each new book changes
 5 to 20 levels (quantities changed, levels taken out, new ones put in between, the best level
 eaten by a trade), prices on a 0.01 tick written with 1 or 2 decimals, quantities with 3 or 4
-("64000.1", "64000.15"; "0.125", "1.2500" as fixed-scale feeds write them). Three figures, each
+("64000.1", "64000.15"; "0.125", "1.2500" as fixed-scale feeds write them). Four figures, each
 the median of ``--runs`` runs (the spread after it):
 
 - parse: ``parse_event`` alone (JSON, checks, bounds, canonical spelling, sorting);
@@ -17,7 +17,15 @@ the median of ``--runs`` runs (the spread after it):
   and writes the lines as fast as the engine reads them; books/s and the engine process's CPU
   per book, from the writer's first byte to the engine's last book.
 
+With ``--symbols N``, instead: N such markets' books interleaved (one of each in turn), written
+through the TCP feed at ``--rate`` books/s in all for ``--seconds``, paced in 10 ms batches, so
+that each symbol's book is published about every push, as in production. The engine's share of
+a core and its CPU per book (many symbols cost more than one: each symbol's book and memory
+are out of the caches when it comes round again), and how far behind its schedule the writer
+fell: more than a few milliseconds means the engine did not keep up.
+
     python bench/market_books.py [--books 3000] [--levels 100] [--runs 3] [--core 0]
+    python bench/market_books.py --symbols 300 --rate 3000 [--seconds 20]
 """
 
 from __future__ import annotations
