@@ -14,7 +14,7 @@ _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 def encode(value: object) -> bytes:
     """``value`` as compact JSON, UTF-8 encoded."""
-    return _encoder.encode(value).encode()
+    return encode_text(value).encode()
 
 
 def encode_text(value: object) -> str:

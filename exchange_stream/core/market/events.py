@@ -11,12 +11,10 @@ import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from itertools import chain, islice
-from operator import gt, lt
+from itertools import chain
 
 from exchange_stream.core.channels import PRIVATE_TYPES, SYMBOL_PATTERN, normalize_uid
 from exchange_stream.core.market.decimals import (
-    EXACT,
     NumberLimits,
     SymbolLimits,
     canonical,
@@ -26,7 +24,8 @@ from exchange_stream.core.market.spellings import (
     LONGEST_TEXT,
     Level,
     Spellings,
-    places,
+    best_first,
+    plain_values,
     read_compact_book,
 )
 
@@ -205,12 +204,10 @@ def _levels(
     raw: dict, key: str, reverse: bool, limits: NumberLimits, known: dict[str, Decimal]
 ) -> tuple[Level, ...]:
     """Book levels: the hot part of parsing (a book is hundreds of decimals). The common
-    case — plain decimals, short enough to be within the bounds, given best first as the
-    matching engine sorts them — is recognised with a few C-level passes (``map(type)``,
-    ``map(len)``, join, ``bytes.translate``, ``map(gt)``) over the texts not ``known`` from the
-    symbol's earlier books, which are converted and respelled with ``map`` and remembered;
-    no Python code per number and no hashing or sorting of the Decimals; a book in another
-    order is sorted as a dict of its levels; anything else takes the careful path."""
+    case, plain decimals within the bounds, is read with a few C-level passes over the texts
+    not ``known`` from the symbol's earlier books (``spellings.plain_values``) and put best
+    first by the rule the fast path shares (``spellings.best_first``); anything else takes
+    the careful path, which says what is wrong."""
     levels = raw.get(key)
     if type(levels) is not list or (
         levels and (set(map(type, levels)) != _LIST or set(map(len, levels)) != _PAIR)
@@ -218,44 +215,18 @@ def _levels(
         raise MalformedEvent(f'"{key}" must be a list of [price, qty]')
     texts = list(chain.from_iterable(levels))
     try:
-        new = set(texts).difference(known)
-        joined = "|".join(new)
+        values = plain_values(texts, known, limits)
     except TypeError:  # a level holds a list or a number
         raise MalformedEvent(f'"{key}" must be a list of [price, qty] strings') from None
-    if (
-        texts
-        and (not new or max(map(len, new)) <= LONGEST_TEXT)
-        and all(places(text) <= limits.places for text in new)
-        and joined.isascii()
-        and not joined.encode("ascii").translate(None, _PLAIN_CHARACTERS)
-    ):
-        try:
-            # normalize() respells canonically ("1.50" as 1.5); EXACT: no digit is rounded
-            known.update(zip(new, map(EXACT.normalize, map(Decimal, new)), strict=True))
-            values = list(map(known.__getitem__, texts))
-        except InvalidOperation:
-            values = []  # "", ".", "1.2.3": the careful path says what is wrong
-        prices, quantities = values[0::2], values[1::2]
-        if values and all(map(gt if reverse else lt, prices, islice(prices, 1, None))):
-            # best first, one level a price: what sorting a dict of them would give
-            lowest, highest = (prices[-1], prices[0]) if reverse else (prices[0], prices[-1])
-            ceiling = limits.ceiling
-            if lowest > 0 and highest < ceiling and max(quantities) < ceiling:
-                in_order = zip(prices, quantities, strict=True)
-                if _ZERO in quantities:
-                    return tuple(level for level in in_order if level[1])
-                return tuple(in_order)
-        elif values and min(prices) > 0 and max(values) < limits.ceiling:
-            book = dict(zip(prices, quantities, strict=True))
-            if _ZERO in book.values():
-                book = {price: qty for price, qty in book.items() if qty}
-            return tuple(sorted(book.items(), reverse=reverse))
+    if values is not None:
+        quantities = values[1::2]
+        in_order = list(zip(values[0::2], quantities, strict=True))
+        return best_first(in_order, reverse, _ZERO in quantities)
     return _levels_carefully(key, levels, "|".join(texts), reverse, limits)
 
 
 _LIST = {list}
 _PAIR = {2}
-_PLAIN_CHARACTERS = b"0123456789.|"  # deleted by translate(): what is left is not plain
 _ZERO = Decimal(0)
 _ODD = re.compile(r"[^0-9.|eE]")  # a sign, a space, a letter: the grammar says
 

@@ -133,8 +133,8 @@ def read_compact_book(
     new = set(filterfalse(known.__contains__, chain(bid_pieces, ask_pieces)))
     if new and not _learn(new, memory, limits.of(symbol)):
         return None
-    bids = _best_first(bid_pieces, memory, True)
-    asks = _best_first(ask_pieces, memory, False)
+    bids = _known_levels(bid_pieces, memory, True)
+    asks = _known_levels(ask_pieces, memory, False)
     if len(known) > max(Spellings.pieces_per_symbol, 2 * (len(bid_pieces) + len(ask_pieces))):
         _start_afresh(memory, bid_pieces + ask_pieces)
     return symbol, bids, asks, ts
@@ -167,27 +167,54 @@ _FRAME = json.JSONDecoder(object_pairs_hook=list, parse_float=_not_a_float)
 _BOOK_KEYS = {"type", "symbol", "bids", "asks", "ts"}
 
 
-def _best_first(pieces: list[str], memory: BookMemory, descending: bool) -> tuple[Level, ...]:
-    """One side's levels (all of them known now), best first, zero quantities left out."""
-    levels = list(map(memory.levels.__getitem__, pieces))
+def _known_levels(pieces: list[str], memory: BookMemory, descending: bool) -> tuple[Level, ...]:
+    """One side's levels, all its pieces known now, best first."""
+    zeros = bool(memory.zeros) and not memory.zeros.isdisjoint(pieces)
+    return best_first(list(map(memory.levels.__getitem__, pieces)), descending, zeros)
+
+
+def best_first(levels: list[Level], descending: bool, zeros: bool) -> tuple[Level, ...]:
+    """A side's levels best first, those of quantity zero left out (``zeros``: there may be
+    some). Levels already strictly best first, as matching engines write them, are taken as
+    they are, in one C-level pass; otherwise they are sorted as a dict (a repeated price: its
+    last quantity). The rule of both paths of ``parse_event``."""
     prices = list(map(itemgetter(0), levels))
-    zeros = memory.zeros
     if all(map(gt if descending else lt, prices, islice(prices, 1, None))):
-        if zeros and not zeros.isdisjoint(pieces):
-            return tuple(level for level in levels if level[1])
-        return tuple(levels)
-    # Not strictly best first: sorted as a dict of its levels (a repeated price: its last
-    # quantity), as the general path does.
+        return tuple(level for level in levels if level[1]) if zeros else tuple(levels)
     book = dict(levels)
-    if zeros and not zeros.isdisjoint(pieces):
+    if zeros:
         book = {price: qty for price, qty in book.items() if qty}
     return tuple(sorted(book.items(), reverse=descending))
 
 
-# What is left of the new pieces' numbers, joined, once digits and points are taken out: a
-# sign, a letter, a space, a quote or a comma out of place, which the general path refuses
-# or reads otherwise.
-_PLAIN = b"0123456789."
+def plain_values(
+    numbers: list[str], known: dict[str, Decimal], limits: NumberLimits
+) -> list[Decimal] | None:
+    """The values of a side's ``numbers`` (price, qty, price, ...): those not ``known``
+    checked (a plain decimal, at most ``LONGEST_TEXT`` long and ``limits.places`` places) and
+    remembered; None when one is not such a number, a price is not positive or a value not
+    below the symbol's ceiling (the careful path says which). A few C-level passes over the
+    new texts, no Python code per number. Raises TypeError for a number that is no string."""
+    fresh = set(numbers).difference(known)
+    if fresh:
+        if "".join(fresh).encode().translate(None, _PLAIN):
+            return None  # a sign, an exponent, a space, a letter, a quote, a comma
+        longest = max(map(len, fresh))
+        if longest > LONGEST_TEXT or (
+            longest > limits.places + 1 and max(map(places, fresh)) > limits.places
+        ):
+            return None  # (a text no longer than places + 1 has no more places)
+        try:  # normalize() respells canonically ("1.50" as 1.5); EXACT: no digit is rounded
+            known.update(zip(fresh, map(EXACT.normalize, map(Decimal, fresh)), strict=True))
+        except InvalidOperation:  # "", ".", "1.2.3"
+            return None
+    values = list(map(known.__getitem__, numbers))
+    if not values or min(values[0::2]) <= 0 or max(values) >= limits.ceiling:
+        return None
+    return values
+
+
+_PLAIN = b"0123456789."  # deleted by translate(): what is left is not a plain decimal
 _QUOTES = methodcaller("count", '"')
 _FOUR = {4}
 _ZERO = Decimal(0)
@@ -196,37 +223,20 @@ _ZERO = Decimal(0)
 def _learn(new: set[str], memory: BookMemory, limits: NumberLimits) -> bool:
     """Check and remember the pieces new to this book; False when one of them is not a level
     this path takes (the general path says what is wrong with it). A few C-level passes over
-    the new pieces and their numbers, no Python code per piece: each piece has four quotes,
-    and splitting them all at ``","`` gives two numbers a piece, each digits and points only
-    (what Decimal then reads, as the general path would: ``"1."`` is 1, ``"1.2.3"`` no
-    number)."""
+    the new pieces, no Python code per piece: each piece has four quotes, and splitting them
+    all at ``","`` gives two numbers a piece, each a plain decimal (``plain_values``, which
+    holds no quote or comma)."""
     pieces = list(new)
     if set(map(_QUOTES, pieces)) != _FOUR:
         return False
-    joined = ",".join(pieces).replace('", "', '","')
-    numbers = joined[1:-1].split('","')  # price, qty, price, ...
-    if len(numbers) != 2 * len(pieces) or not joined.isascii():
+    numbers = ",".join(pieces).replace('", "', '","')[1:-1].split('","')  # price, qty, ...
+    if len(numbers) != 2 * len(pieces):
         return False
-    if "".join(numbers).encode().translate(None, _PLAIN):
+    values = plain_values(numbers, memory.texts, limits)
+    if values is None:
         return False
-    texts = memory.texts
-    fresh = set(numbers).difference(texts)
-    if fresh:
-        longest = max(map(len, fresh))
-        if longest > LONGEST_TEXT or (
-            longest > limits.places + 1 and max(map(places, fresh)) > limits.places
-        ):
-            return False  # (a text no longer than places + 1 has no more places)
-        try:  # normalize() respells canonically ("1.50" as 1.5); EXACT: no digit is rounded
-            texts.update(zip(fresh, map(EXACT.normalize, map(Decimal, fresh)), strict=True))
-        except InvalidOperation:  # "", ".", "1.2.3"
-            return False
-    values = list(map(texts.__getitem__, numbers))
-    prices, quantities = values[0::2], values[1::2]
-    if min(prices) <= 0 or max(values) >= limits.ceiling:
-        return False
-    levels = list(zip(prices, quantities, strict=True))
-    memory.levels.update(zip(pieces, levels, strict=True))
+    quantities = values[1::2]
+    memory.levels.update(zip(pieces, zip(values[0::2], quantities, strict=True), strict=True))
     if _ZERO in quantities:
         read = zip(pieces, quantities, strict=True)
         memory.zeros.update(piece for piece, quantity in read if not quantity)
