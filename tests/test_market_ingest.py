@@ -260,6 +260,27 @@ def test_an_engine_failure_on_one_event_is_logged_and_the_feed_goes_on():
     assert feed.refused == Counter(failed=1)
 
 
+def test_a_parser_failure_on_one_line_is_logged_and_the_feed_goes_on(monkeypatch):
+    """A bug in the parser (not a malformed event) costs that line only, counted as failed;
+    the connection's next lines are read."""
+    import exchange_stream.adapters.feed as feed_module
+
+    real = feed_module.parse_event
+
+    def parse(line, *args):
+        if b'"id": 2,' in line:
+            raise RuntimeError("a bug")
+        return real(line, *args)
+
+    monkeypatch.setattr(feed_module, "parse_event", parse)
+    taken = []
+    feed = FeedInput(lambda event: taken.append(event.id))
+    for id_ in (1, 2, 3):
+        feed.raw(trade_line(id_), "test")
+    assert taken == [1, 3]
+    assert feed.refused == Counter(failed=1) and feed.received == 3
+
+
 def test_a_zero_with_a_huge_exponent_is_not_expanded():
     """'0E-999999' would be a million digits if respelled by formatting: it is zero."""
     from exchange_stream.core.market.decimals import canonical

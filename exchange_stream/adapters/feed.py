@@ -53,13 +53,19 @@ class FeedInput:
             self.event(event)
 
     def parse(self, data: bytes | str, source: str) -> Event | None:
-        """The event in ``data``, or None (counted) when it is not a valid one."""
+        """The event in ``data``, or None (counted) when it is not a valid one. A parser
+        that fails otherwise (a bug) is logged with its traceback and counted as ``failed``,
+        as the engine's failures are: the feed's connection and its buffer go on."""
         try:
             return parse_event(data, self._limits, self._spellings)
         except MalformedEvent as error:
             self.received += 1
             self._bad(error, source)
-            return None
+        except Exception:
+            self.received += 1
+            self.refused["failed"] += 1
+            log.failure("market feed: the parser failed on {data!r}", data=data[:200])
+        return None
 
     def event(self, event: Event) -> None:
         """An event that needs no parsing (the simulator's), counted like the others. An
