@@ -135,7 +135,7 @@ def read_compact_book(
         return None
     bids = _known_levels(bid_pieces, memory, True)
     asks = _known_levels(ask_pieces, memory, False)
-    if len(known) > max(Spellings.pieces_per_symbol, 2 * (len(bid_pieces) + len(ask_pieces))):
+    if len(known) > max(spellings.pieces_per_symbol, 2 * (len(bid_pieces) + len(ask_pieces))):
         _start_afresh(memory, bid_pieces + ask_pieces)
     return symbol, bids, asks, ts
 
