@@ -4,23 +4,52 @@ lines the fast path must leave to the general one."""
 
 import json
 import random
+from decimal import Context, Decimal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exchange_stream.core.encoding import encode_text
 from exchange_stream.core.market.decimals import NumberLimits, SymbolLimits
-from exchange_stream.core.market.events import MalformedEvent, parse_event
+from exchange_stream.core.market.events import MalformedEvent, level_texts_of, parse_event
 from exchange_stream.core.market.spellings import Spellings, read_compact_book
 
+WIDE = Context(prec=200)  # no digit of a bounded number rounded
 LIMITS = SymbolLimits(table={"TINY": NumberLimits(integer_digits=3, places=2)})
 
 
 def outcome(line: str | bytes, spellings: Spellings | None) -> object:
+    """The book on the line, with the JSON texts of its levels, or the refusal."""
     try:
-        return parse_event(line, LIMITS, spellings)
+        book = parse_event(line, LIMITS, spellings)
     except MalformedEvent as refused:
         return ("refused", str(refused), refused.reason)
+    return book, level_texts_of(book.bids), level_texts_of(book.asks)
+
+
+def written_by_decimals(line: str | bytes) -> tuple[list[str], list[str]]:
+    """The JSON texts of a book line's levels worked out here with Decimal alone: each number
+    respelled as ``format(normalized value, "f")``, one level a price (its last quantity),
+    zero quantities dropped, best first; the texts the encoder writes for those values."""
+    raw = json.loads(line)
+    sides = []
+    for key, descending in (("bids", True), ("asks", False)):
+        book = {Decimal(price): Decimal(qty) for price, qty in raw[key]}
+        levels = sorted(((p, q) for p, q in book.items() if q), reverse=descending)
+        sides.append(
+            [encode_text([format(WIDE.normalize(n), "f") for n in level]) for level in levels]
+        )
+    return sides[0], sides[1]
+
+
+def assert_same(text: str | bytes, spellings: Spellings) -> None:
+    """The line read through the memory as alone, and a book's levels written as the
+    encoder writes the values Decimal reads."""
+    read = outcome(text, spellings)
+    assert read == outcome(text, None), text
+    if not isinstance(read[0], str):
+        assert (list(read[1]), list(read[2])) == written_by_decimals(text)
 
 
 def line(bids, asks, symbol="BTCUSDT", ts=1, spaced=False, **extra) -> str:
@@ -37,7 +66,7 @@ def test_compact_and_spaced_lines_are_read_by_their_level_texts(spaced):
     spellings = Spellings()
     parts = read_compact_book(text.encode(), LIMITS, spellings)
     assert parts is not None
-    assert outcome(text, spellings) == outcome(text, None)
+    assert_same(text, spellings)
     assert [str(price) for price, _ in parts[1]] == ["100.5", "99"]
 
 
@@ -91,8 +120,8 @@ def test_the_memory_of_a_side_starts_afresh_with_the_book_just_read():
     for book in range(40):
         bids = [[f"{1000 + book}.{level:02d}", "1"] for level in range(99, -1, -1)]
         text = line(bids, [["2000", "1"]])
-        assert outcome(text, spellings) == outcome(text, None)
-        assert len(spellings.of("BTCUSDT").levels) <= Spellings.pieces_per_symbol + 101
+        assert_same(text, spellings)
+        assert len(spellings.of("BTCUSDT").ranks) <= Spellings.pieces_per_symbol + 101
 
 
 # -- random lines: the two paths agree ----------------------------------------------------
@@ -160,7 +189,7 @@ def test_random_lines_read_alike_with_and_without_the_memory(lines):
     alone: every line is the same book or the same refusal."""
     spellings = Spellings()
     for text in lines:
-        assert outcome(text, spellings) == outcome(text, None), text
+        assert_same(text, spellings)
 
 
 def test_a_moving_book_reads_alike_through_the_memory():
@@ -182,4 +211,4 @@ def test_a_moving_book_reads_alike_through_the_memory():
             [[f"{p / 100:.2f}", f"{q / 1000:.4f}"] for p, q in sorted(asks.items())],
         )
         assert read_compact_book(text, LIMITS, spellings) is not None
-        assert outcome(text, spellings) == outcome(text, None)
+        assert_same(text, spellings)

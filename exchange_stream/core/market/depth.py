@@ -5,20 +5,23 @@ snapshot and flushes once per interval, so a diff spans everything that changed 
 last one. Each diff carries ``seq``/``prevSeq`` (a client applies a diff only when its
 ``prevSeq`` is the seq it holds) and OKX's checksum of the top 25 levels of the book after it.
 
-A flush is a few C-level passes over each side, not Python code per level: the levels come
-sorted best first (``parse_event`` sorts them), the diff is set arithmetic on the levels of
-the last published book and this one (by value), only the levels that changed are written
-out as text and put in order, and the messages are joined from the texts of their levels.
+A flush is a few C-level passes over each side, not Python code per level. A level is
+compared by its JSON text (``["64000.1","1.5"]``), the one the encoder writes for it: two
+levels are equal exactly when their texts are, since the text is the canonical spelling of
+the value. The feed's reader hands these texts over with the book, the same string objects
+book after book (``spellings.Spellings``), whose hashes Python keeps; so the diff is set
+arithmetic on strings hashed once, the snapshot is one ``join`` of them, and Python code
+runs only for the few levels that changed.
 """
 
 from __future__ import annotations
 
 import zlib
-from decimal import Decimal
+from collections.abc import Sequence
 from itertools import chain
 from operator import itemgetter
 
-from exchange_stream.core.market.events import Book, Level
+from exchange_stream.core.market.events import Book, level_texts_of
 
 CHECKSUM_LEVELS = 25
 
@@ -27,15 +30,15 @@ def checksum_text(bids: list[list[str]], asks: list[list[str]]) -> str:
     """The top 25 levels, bid and ask interleaved: ``bid1p:bid1q:ask1p:ask1q:bid2p:...``
     (when one side is shorter, the other just goes on)."""
     top = CHECKSUM_LEVELS
-    return _interleaved(list(map(":".join, bids[:top])), list(map(":".join, asks[:top])))
+    return ":".join(_interleaved(list(map(":".join, bids[:top])), list(map(":".join, asks[:top]))))
 
 
-def _interleaved(bids: list[str], asks: list[str]) -> str:
-    """:func:`checksum_text` of levels written as ``price:qty`` lines."""
+def _interleaved(bids: list[str], asks: list[str]) -> list[str]:
+    """The top 25 of each side, bid and ask in turn, then the rest of the longer side."""
     bids, asks = bids[:CHECKSUM_LEVELS], asks[:CHECKSUM_LEVELS]
     both = min(len(bids), len(asks))
     pairs = chain.from_iterable(zip(bids[:both], asks[:both], strict=True))
-    return ":".join(chain(pairs, bids[both:] or asks[both:]))
+    return list(chain(pairs, bids[both:] or asks[both:]))
 
 
 def signed_crc32(data: bytes) -> int:
@@ -48,81 +51,54 @@ def checksum(bids: list[list[str]], asks: list[list[str]]) -> int:
     return signed_crc32(checksum_text(bids, asks).encode())
 
 
-def _message(kind: str, head: str, bids: list[str], asks: list[str], tail: str) -> str:
+def _message(kind: str, head: str, bids: Sequence[str], asks: Sequence[str], tail: str) -> str:
     """What ``encode`` writes for the depth message of these level texts."""
     return f'{{"type":"{kind}",{head}{",".join(bids)}],"asks":[{",".join(asks)}{tail}'
 
 
 class _Side:
-    """One side of the published book: its levels (best first), as a set, and the JSON text
-    (``["64000.1","1.5"]``) and checksum text (``64000.1:1.5``) of each level, written when
-    the level first appeared.
+    """One side of the published book: the JSON texts of its levels, as a set, and the
+    checksum text of each (``64000.1:1.5`` of ``["64000.1","1.5"]``)."""
 
-    Levels are compared by value: a level is a pair of Decimals, and Decimals that are equal
-    hash alike whatever their spelling ("1.50" and "1.5"), so set arithmetic on them is the
-    definition of a changed level. It is cheap because the feed's Decimals are the same
-    objects book after book (``spellings.Spellings``), whose hashes Python keeps: only the
-    few levels that changed are written out as text.
-    """
-
-    __slots__ = ("checks", "descending", "keys", "levels", "texts")
+    __slots__ = ("checks", "descending", "keys")
 
     def __init__(self, descending: bool) -> None:
         self.descending = descending
-        self.levels: tuple[Level, ...] = ()
-        self.keys: set[Level] = set()
-        self.texts: dict[Level, str] = {}
-        self.checks: dict[Level, str] = {}
+        self.keys: set[str] = set()
+        self.checks: dict[str, str] = {}
 
-    def diff(self, levels: tuple[Level, ...]) -> _Diff:
-        keys = set(levels)
-        added, gone = keys - self.keys, self.keys - keys
-        fresh = {level: (format(level[0], "f"), format(level[1], "f")) for level in added}
-        if not (added or gone):
-            update = []
-        else:
-            # The price of a level gone is still in the book when a level added has it; a
-            # price removed is written as the old book wrote it, at quantity 0.
-            removed = {level[0]: self.checks[level].partition(":")[0] for level in gone}
-            for level in added:
-                removed.pop(level[0], None)
-            order = [(level[0], f'["{price}","{qty}"]') for level, (price, qty) in fresh.items()]
-            order += [(price, f'["{text}","0"]') for price, text in removed.items()]
-            order.sort(key=itemgetter(0), reverse=self.descending)
-            update = [text for _, text in order]
-        return _Diff(levels, keys, gone, fresh, update)
+    def take(self, texts: tuple[str, ...]) -> list[str]:
+        """Publish this side of a book (one text a level); the update: the texts of the
+        levels changed, best first (a price gone at quantity 0, as the old book wrote it)."""
+        keys = set(texts)
+        changed = self.keys
+        changed ^= keys  # the set of the last book, made into the texts added and gone
+        self.keys = keys
+        if not changed:
+            return []
+        checks = self.checks
+        added: dict[str, str] = {}  # price: the level's text
+        gone: list[str] = []
+        for text in changed:
+            if text in keys:
+                check = checks[text] = text[2:-2].replace('","', ":")
+                added[check.partition(":")[0]] = text
+            else:
+                gone.append(checks.pop(text).partition(":")[0])
+        order = [(_in_order(price), text) for price, text in added.items()]
+        order += [(_in_order(price), f'["{price}","0"]') for price in gone if price not in added]
+        order.sort(key=itemgetter(0), reverse=self.descending)
+        return [text for _, text in order]
 
-    def publish(self, diff: _Diff) -> tuple[list[str], list[str]]:
-        """The diff's book becomes the published one; the JSON texts of its levels, best
-        first, and the checksum texts of the top 25."""
-        texts, checks = self.texts, self.checks
-        for level in diff.gone:
-            del texts[level], checks[level]
-        for level, (price, qty) in diff.fresh.items():
-            texts[level] = f'["{price}","{qty}"]'
-            checks[level] = f"{price}:{qty}"
-        self.levels, self.keys = diff.levels, diff.keys
-        top = diff.levels[:CHECKSUM_LEVELS]
-        return list(map(texts.__getitem__, diff.levels)), list(map(checks.__getitem__, top))
+    def checks_of(self, texts: tuple[str, ...]) -> list[str]:
+        """The checksum texts of the top 25 of a side's published levels."""
+        return list(map(self.checks.__getitem__, texts[:CHECKSUM_LEVELS]))
 
 
-class _Diff:
-    """A side's next book (its levels in order and as a set), the levels gone from the last
-    one and those added (with their price and quantity texts), and the update (JSON texts
-    of the levels changed, best first)."""
-
-    __slots__ = ("fresh", "gone", "keys", "levels", "update")
-
-    def __init__(
-        self,
-        levels: tuple[Level, ...],
-        keys: set[Level],
-        gone: set[Level],
-        fresh: dict[Level, tuple[str, str]],
-        update: list[str],
-    ) -> None:
-        self.levels, self.keys = levels, keys
-        self.gone, self.fresh, self.update = gone, fresh, update
+def _in_order(price: str) -> tuple[int, str]:
+    """What sorts canonical price texts as their values (no leading zero: the longer whole
+    part is the bigger number; of equal ones, the texts compare as the numbers do)."""
+    return len(price.partition(".")[0]), price
 
 
 class DepthBook:
@@ -152,25 +128,17 @@ class DepthBook:
         book, self._pending = self._pending, None
         if book is None:
             return None
-        bids = self._bids.diff(book.bids[: self.levels])
-        asks = self._asks.diff(book.asks[: self.levels])
-        if self.seq and not bids.update and not asks.update:
+        depth = self.levels
+        bid_texts = level_texts_of(book.bids)[:depth]
+        ask_texts = level_texts_of(book.asks)[:depth]
+        bids = self._bids.take(bid_texts)
+        asks = self._asks.take(ask_texts)
+        if self.seq and not bids and not asks:
             return None
         previous, self.seq = self.seq, self.seq + 1
-        full_bids, bid_checks = self._bids.publish(bids)
-        full_asks, ask_checks = self._asks.publish(asks)
-        crc = signed_crc32(_interleaved(bid_checks, ask_checks).encode())
         head = f'"seq":{self.seq},"prevSeq":{previous},"bids":['
-        tail = f'],"checksum":{crc},"ts":{book.ts}}}'
-        update = _message("update", head, bids.update, asks.update, tail)
-        return update, _message("snapshot", head, full_bids, full_asks, tail)
-
-    @property
-    def best_bid(self) -> Decimal | None:
-        levels = self._bids.levels
-        return levels[0][0] if levels else None
-
-    @property
-    def best_ask(self) -> Decimal | None:
-        levels = self._asks.levels
-        return levels[0][0] if levels else None
+        bid_checks, ask_checks = self._bids.checks_of(bid_texts), self._asks.checks_of(ask_texts)
+        top = _interleaved(bid_checks, ask_checks)
+        tail = f'],"checksum":{signed_crc32(":".join(top).encode())},"ts":{book.ts}}}'
+        update = _message("update", head, bids, asks, tail)
+        return update, _message("snapshot", head, bid_texts, ask_texts, tail)

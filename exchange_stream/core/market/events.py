@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from itertools import chain
+from itertools import chain, repeat
 
 from exchange_stream.core.channels import PRIVATE_TYPES, SYMBOL_PATTERN, normalize_uid
 from exchange_stream.core.market.decimals import (
@@ -22,10 +23,13 @@ from exchange_stream.core.market.decimals import (
 )
 from exchange_stream.core.market.spellings import (
     LONGEST_TEXT,
+    BookMemory,
     Level,
     Spellings,
+    TextLevels,
     best_first,
-    plain_values,
+    level_texts,
+    plain_texts,
     read_compact_book,
 )
 
@@ -54,12 +58,22 @@ class Trade:
 
 @dataclass(frozen=True, slots=True)
 class Book:
-    """A full book snapshot: bids best (highest) first, asks best (lowest) first."""
+    """A full book snapshot: bids best (highest) first, asks best (lowest) first, one level
+    a price. Read from a line, each side is a ``TextLevels`` (the JSON texts of its levels,
+    which the depth book uses as they are); made in code, a tuple of levels."""
 
     symbol: str
-    bids: tuple[Level, ...]
-    asks: tuple[Level, ...]
+    bids: Sequence[Level]
+    asks: Sequence[Level]
     ts: int
+
+
+def level_texts_of(levels: Sequence[Level]) -> tuple[str, ...]:
+    """The JSON texts of a side's levels, as the encoder writes them."""
+    if isinstance(levels, TextLevels):
+        return levels.texts
+    numbers = list(map(format, chain.from_iterable(levels), repeat("f")))
+    return tuple(level_texts(numbers[0::2], numbers[1::2]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +103,7 @@ def parse_event(
     if spellings is not None:
         parts = read_compact_book(line, limits, spellings)
         if parts is not None:
-            symbol, bids, asks, ts = parts
-            return _book(symbol, bids, asks, ts)
+            return Book(*parts)  # best first and not crossed: read so
     try:
         if isinstance(line, bytes):  # as json.loads reads bytes
             line = line.decode(json.detect_encoding(line), "surrogatepass")
@@ -117,9 +130,9 @@ def parse_event(
     if kind == "book":
         symbol = _symbol(raw)
         bounds = limits.of(symbol)
-        known = spellings.of(symbol).texts if spellings is not None else {}
-        bids = _levels(raw, "bids", True, bounds, known)
-        asks = _levels(raw, "asks", False, bounds, known)
+        memory = spellings.of(symbol) if spellings is not None else BookMemory()
+        bids = _levels(raw, "bids", True, bounds, memory)
+        asks = _levels(raw, "asks", False, bounds, memory)
         return _book(symbol, bids, asks, _integer(raw, "ts"))
     if kind == "index":
         source = raw.get("source")
@@ -145,7 +158,7 @@ def _refuse_float(text: str):
 _DECODER = json.JSONDecoder(parse_float=_refuse_float)  # made once: json.loads makes one a call
 
 
-def _book(symbol: str, bids: tuple[Level, ...], asks: tuple[Level, ...], ts: int) -> Book:
+def _book(symbol: str, bids: Sequence[Level], asks: Sequence[Level], ts: int) -> Book:
     if bids and asks and bids[0][0] >= asks[0][0]:
         raise MalformedEvent("crossed book: best bid >= best ask")
     return Book(symbol, bids, asks, ts)
@@ -201,13 +214,14 @@ def _beyond(what: str, limits: NumberLimits) -> str:
 
 
 def _levels(
-    raw: dict, key: str, reverse: bool, limits: NumberLimits, known: dict[str, Decimal]
-) -> tuple[Level, ...]:
+    raw: dict, key: str, reverse: bool, limits: NumberLimits, memory: BookMemory
+) -> Sequence[Level]:
     """Book levels: the hot part of parsing (a book is hundreds of decimals). The common
-    case, plain decimals within the bounds, is read with a few C-level passes over the texts
-    not ``known`` from the symbol's earlier books (``spellings.plain_values``) and put best
-    first by the rule the fast path shares (``spellings.best_first``); anything else takes
-    the careful path, which says what is wrong."""
+    case, plain decimals within the bounds, is respelled canonically with a few C-level
+    passes over the texts not known from the symbol's earlier books (``memory``,
+    ``spellings.plain_texts``) and put best first by the rule the fast path shares
+    (``spellings.best_first``); anything else takes the careful path, which says what is
+    wrong."""
     levels = raw.get(key)
     if type(levels) is not list or (
         levels and (set(map(type, levels)) != _LIST or set(map(len, levels)) != _PAIR)
@@ -215,19 +229,16 @@ def _levels(
         raise MalformedEvent(f'"{key}" must be a list of [price, qty]')
     texts = list(chain.from_iterable(levels))
     try:
-        values = plain_values(texts, known, limits)
+        spelled = plain_texts(texts, memory.spelled, limits)
     except TypeError:  # a level holds a list or a number
         raise MalformedEvent(f'"{key}" must be a list of [price, qty] strings') from None
-    if values is not None:
-        quantities = values[1::2]
-        in_order = list(zip(values[0::2], quantities, strict=True))
-        return best_first(in_order, reverse, _ZERO in quantities)
+    if spelled is not None:
+        return best_first(spelled[0::2], spelled[1::2], reverse, memory.ranked, limits)
     return _levels_carefully(key, levels, "|".join(texts), reverse, limits)
 
 
 _LIST = {list}
 _PAIR = {2}
-_ZERO = Decimal(0)
 _ODD = re.compile(r"[^0-9.|eE]")  # a sign, a space, a letter: the grammar says
 
 

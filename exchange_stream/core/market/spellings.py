@@ -1,27 +1,36 @@
 """What each symbol's recent books read as, and the fast way of reading a book line by it.
 
+A book is kept as the JSON texts of its levels (``["64000.1","1.5"]``, the canonical spelling
+of each number, as the encoder writes it): the depth book diffs, joins and checksums these
+texts and never needs a number, so a level becomes ``Decimal`` only when something asks for
+it (the mark price, once a second, a few top levels: ``TextLevels``). Prices are put in
+order by their rank, an integer that compares as the price does (``ranks_of``).
+
 A matching engine's next book repeats most of the last one (5 to 20 of its 200 levels change)
 and writes it the same way each time. So a book line written as JSON serialisers write it,
 compact (``"bids":[["64000.1","1.5"],["64000","2"]]``) or with Python's default spaces
 (``"bids": [["64000.1", "1.5"], ["64000", "2"]]``), is read by its level texts: each side is
 cut out of the line and split between levels into pieces (``"64000.1","1.5"``), and a piece
-read before is one dict lookup for its level. Only the pieces new to the symbol are checked
-and converted, in a few C-level passes over them. What is left of the line, with the two
-sides cut to ``[]``, goes to the JSON decoder, which says whether the line is what this path
-takes: a JSON object of exactly the five keys of a book.
+read before is a dict lookup for its rank and one for its level's text. Only the pieces new
+to the symbol are checked and respelled. What is left of the line, with the two sides cut to
+``[]``, goes to the JSON decoder, which says whether the line is what this path takes: a JSON
+object of exactly the five keys of a book.
 
 Anything else (an exponent, a sign, a number beyond the symbol's limits, other spaces, an
-empty or a missing side, a sixth key) is left to the general path, ``events.parse_event``
-reading the whole line as JSON, whose answer is the definition: this path gives the same
-levels or gives up (``tests/test_market_spellings.py`` compares the two on random lines).
+empty or a missing side, a sixth key, levels out of order) is left to the general path,
+``events.parse_event`` reading the whole line as JSON, whose answer is the definition: this
+path gives the same levels or gives up (``tests/test_market_spellings.py`` compares the two
+on random lines).
 """
 
 from __future__ import annotations
 
 import json
-from decimal import Decimal, InvalidOperation
-from itertools import chain, filterfalse, islice
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from decimal import Decimal
+from itertools import islice
 from operator import attrgetter, gt, itemgetter, lt, methodcaller
+from typing import cast, overload
 
 from exchange_stream.core.channels import SYMBOL_PATTERN
 from exchange_stream.core.market.decimals import EXACT, NumberLimits, SymbolLimits
@@ -31,23 +40,76 @@ Level = tuple[Decimal, Decimal]
 LONGEST_TEXT = 64  # a price or quantity text longer than this is refused unread
 
 
-def places(text: str) -> int:
-    """Digits after the point of a plain decimal text, its trailing zeros aside (only the
-    texts new to a symbol are asked: a few a book)."""
-    point = text.find(".")
-    return 0 if point < 0 else len(text.rstrip("0")) - point - 1
+class TextLevels(Sequence[Level]):
+    """A side's levels, best first, given by their JSON texts (``texts``): a level is read
+    into Decimals when it is asked for, each time (whoever reads levels reads a few)."""
+
+    __slots__ = ("texts",)
+
+    def __init__(self, texts: tuple[str, ...]) -> None:
+        self.texts = texts
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @overload
+    def __getitem__(self, index: int) -> Level: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Level, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Level | tuple[Level, ...]:
+        if isinstance(index, slice):
+            return tuple(map(_level, self.texts[index]))
+        return _level(self.texts[index])
+
+    def __iter__(self) -> Iterator[Level]:
+        return map(_level, self.texts)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"TextLevels({self.texts!r})"
+
+
+def _level(text: str) -> Level:
+    """The level of a JSON text ``["64000.1","1.5"]``."""
+    price, _, qty = text[2:-2].partition('","')
+    return Decimal(price), Decimal(qty)
+
+
+def level_texts(prices: list[str], quantities: list[str]) -> list[str]:
+    """Levels' JSON texts as the encoder writes them, from their numbers' canonical texts."""
+    return [f'["{price}","{qty}"]' for price, qty in zip(prices, quantities, strict=True)]
+
+
+def ranks_of(prices: Iterable[str], limits: NumberLimits) -> list[int]:
+    """Canonical price texts as integers that compare as the prices do: the prices in units
+    of the symbol's finest place (``64000.1`` as ``64000.1 * 10**18`` by default), exact
+    (``EXACT``; a price has no more places than that). C-level passes, no Python code per
+    price."""
+    return list(map(int, map(methodcaller("scaleb", limits.places, EXACT), map(Decimal, prices))))
 
 
 class BookMemory:
-    """One symbol's texts read before: ``texts``, number texts and their values; ``levels``,
-    level pieces (``"64000.1","1.5"``, of either side) and their levels, zero quantities
-    included; ``zeros``, the pieces whose quantity is zero (which are no level)."""
+    """One symbol's texts read before: ``spelled``, number texts and their canonical
+    spelling; ``ranked``, canonical prices and their ranks; ``ranks`` and ``written``, level
+    pieces (``"64000.1","1.5"``, of either side) and their price's rank and their level's
+    JSON text; ``zeros``, the pieces whose quantity is zero (which are no level)."""
 
-    __slots__ = ("levels", "texts", "zeros")
+    __slots__ = ("ranked", "ranks", "spelled", "written", "zeros")
 
     def __init__(self) -> None:
-        self.texts: dict[str, Decimal] = {}
-        self.levels: dict[str, Level] = {}
+        self.spelled: dict[str, str] = {}
+        self.ranked: dict[str, int] = {}
+        self.ranks: dict[str, int] = {}
+        self.written: dict[str, str] = {}
         self.zeros: set[str] = set()
 
 
@@ -56,8 +118,9 @@ class Spellings:
     (one feed's: what it remembers only makes reading faster, never different).
 
     Only what passed the checks of the symbol (whose limits never change) is kept: at most
-    ``per_symbol`` number texts, and level pieces up to ``pieces_per_symbol`` or two books' worth,
-    after which that memory starts afresh (with the book just read, for the pieces).
+    ``per_symbol`` number texts and prices, and level pieces up to ``pieces_per_symbol`` or
+    two books' worth, after which that memory starts afresh (with the book just read, for
+    the pieces).
     """
 
     per_symbol = 1024
@@ -69,19 +132,21 @@ class Spellings:
     def remembered(self, symbol: str) -> int:
         """How many number texts of ``symbol`` are remembered now."""
         memory = self._by_symbol.get(symbol)
-        return len(memory.texts) if memory is not None else 0
+        return len(memory.spelled) if memory is not None else 0
 
     def of(self, symbol: str) -> BookMemory:
         """What ``symbol``'s books read as."""
         memory = self._by_symbol.get(symbol)
         if memory is None:
             memory = self._by_symbol[symbol] = BookMemory()
-        if len(memory.texts) > self.per_symbol:
-            memory.texts = {}
+        if len(memory.spelled) > self.per_symbol:
+            memory.spelled = {}
+        if len(memory.ranked) > self.per_symbol:
+            memory.ranked = {}
         return memory
 
 
-BookParts = tuple[str, tuple[Level, ...], tuple[Level, ...], int]  # symbol, bids, asks, ts
+BookParts = tuple[str, TextLevels, TextLevels, int]  # symbol, bids, asks, ts
 
 
 def read_compact_book(
@@ -129,14 +194,17 @@ def read_compact_book(
     memory = spellings.of(symbol)
     bid_pieces = text[bids_cut.start : bids_cut.end].split(bids_cut.between)
     ask_pieces = text[asks_cut.start : asks_cut.end].split(asks_cut.between)
-    known = memory.levels
-    new = set(filterfalse(known.__contains__, chain(bid_pieces, ask_pieces)))
-    if new and not _learn(new, memory, limits.of(symbol)):
+    ranks = _piece_ranks((bid_pieces, ask_pieces), memory, limits.of(symbol))
+    if ranks is None:
         return None
-    bids = _known_levels(bid_pieces, memory, True)
-    asks = _known_levels(ask_pieces, memory, False)
-    if len(known) > max(spellings.pieces_per_symbol, 2 * (len(bid_pieces) + len(ask_pieces))):
+    bid_ranks, ask_ranks = ranks
+    bids = _known_side(bid_pieces, bid_ranks, memory, gt)
+    asks = _known_side(ask_pieces, ask_ranks, memory, lt)
+    pieces = len(bid_pieces) + len(ask_pieces)
+    if len(memory.ranks) > max(spellings.pieces_per_symbol, 2 * pieces):
         _start_afresh(memory, bid_pieces + ask_pieces)
+    if bids is None or asks is None or bid_ranks[0] >= ask_ranks[0]:
+        return None  # not best first (the general path sorts it), or crossed
     return symbol, bids, asks, ts
 
 
@@ -167,83 +235,135 @@ _FRAME = json.JSONDecoder(object_pairs_hook=list, parse_float=_not_a_float)
 _BOOK_KEYS = {"type", "symbol", "bids", "asks", "ts"}
 
 
-def _known_levels(pieces: list[str], memory: BookMemory, descending: bool) -> tuple[Level, ...]:
-    """One side's levels, all its pieces known now, best first."""
-    zeros = bool(memory.zeros) and not memory.zeros.isdisjoint(pieces)
-    return best_first(list(map(memory.levels.__getitem__, pieces)), descending, zeros)
+def _known_side(
+    pieces: list[str], ranks: list[int], memory: BookMemory, better: Callable[[int, int], bool]
+) -> TextLevels | None:
+    """One side's levels, its pieces and their ``ranks`` known; None unless each price is
+    ``better`` than the next (best first, one level a price). A comparison of two integers
+    a piece, and one lookup, each of them one C-level call for the side."""
+    if not all(map(better, ranks, islice(ranks, 1, None))):
+        return None
+    texts = itemgetter(*pieces)(memory.written) if len(pieces) > 1 else (memory.written[pieces[0]],)
+    if memory.zeros and not memory.zeros.isdisjoint(pieces):
+        return TextLevels(tuple(text for text in texts if not text.endswith(',"0"]')))
+    return TextLevels(texts)
 
 
-def best_first(levels: list[Level], descending: bool, zeros: bool) -> tuple[Level, ...]:
-    """A side's levels best first, those of quantity zero left out (``zeros``: there may be
-    some). Levels already strictly best first, as matching engines write them, are taken as
-    they are, in one C-level pass; otherwise they are sorted as a dict (a repeated price: its
-    last quantity). The rule of both paths of ``parse_event``."""
-    prices = list(map(itemgetter(0), levels))
-    if all(map(gt if descending else lt, prices, islice(prices, 1, None))):
-        return tuple(level for level in levels if level[1]) if zeros else tuple(levels)
-    book = dict(levels)
-    if zeros:
-        book = {price: qty for price, qty in book.items() if qty}
-    return tuple(sorted(book.items(), reverse=descending))
+def best_first(
+    prices: list[str],
+    quantities: list[str],
+    descending: bool,
+    ranked: dict[str, int],
+    limits: NumberLimits,
+) -> TextLevels:
+    """A side's levels best first, from the canonical texts of their numbers, those of
+    quantity zero left out (``ranked``: the ranks of prices seen before). Levels already
+    strictly best first, as matching engines write them, are taken as they are; otherwise
+    they are sorted as a dict (a repeated price: its last quantity)."""
+    ranks = _ranks(prices, ranked, limits)
+    texts = level_texts(prices, quantities)
+    if "0" not in quantities and all(map(gt if descending else lt, ranks, islice(ranks, 1, None))):
+        return TextLevels(tuple(texts))
+    book = dict(zip(ranks, zip(texts, quantities, strict=True), strict=True))
+    ordered = sorted(book.items(), reverse=descending)
+    return TextLevels(tuple(text for _, (text, qty) in ordered if qty != "0"))
 
 
-def plain_values(
-    numbers: list[str], known: dict[str, Decimal], limits: NumberLimits
-) -> list[Decimal] | None:
-    """The values of a side's ``numbers`` (price, qty, price, ...): those not ``known``
-    checked (a plain decimal, at most ``LONGEST_TEXT`` long and ``limits.places`` places) and
-    remembered; None when one is not such a number, a price is not positive or a value not
-    below the symbol's ceiling (the careful path says which). A few C-level passes over the
-    new texts, no Python code per number. Raises TypeError for a number that is no string."""
-    fresh = set(numbers).difference(known)
+def plain_texts(
+    numbers: list[str], spelled: dict[str, str], limits: NumberLimits
+) -> list[str] | None:
+    """The canonical texts of a side's ``numbers`` (price, qty, price, ...): those not
+    ``spelled`` before checked (a plain decimal, at most ``LONGEST_TEXT`` long, ``limits``'
+    digits before the point and places after it) and remembered; None when one is not such a
+    number or a price is zero (the careful path says which). Raises TypeError for a number
+    that is no string."""
+    fresh = set(numbers).difference(spelled)
     if fresh:
         if "".join(fresh).encode().translate(None, _PLAIN):
             return None  # a sign, an exponent, a space, a letter, a quote, a comma
-        longest = max(map(len, fresh))
-        if longest > LONGEST_TEXT or (
-            longest > limits.places + 1 and max(map(places, fresh)) > limits.places
-        ):
-            return None  # (a text no longer than places + 1 has no more places)
-        try:  # normalize() respells canonically ("1.50" as 1.5); EXACT: no digit is rounded
-            known.update(zip(fresh, map(EXACT.normalize, map(Decimal, fresh)), strict=True))
-        except InvalidOperation:  # "", ".", "1.2.3"
+        if max(map(len, fresh)) > LONGEST_TEXT:
             return None
-    values = list(map(known.__getitem__, numbers))
-    if not values or min(values[0::2]) <= 0 or max(values) >= limits.ceiling:
+        learnt = _canonical_texts(list(fresh), limits)
+        if learnt is None:
+            return None
+        spelled.update(zip(fresh, learnt, strict=True))
+    texts = list(map(spelled.__getitem__, numbers))
+    if not texts or "0" in texts[0::2]:
         return None
-    return values
+    return texts
+
+
+def _canonical_texts(texts: list[str], limits: NumberLimits) -> list[str] | None:
+    """Plain decimal texts (digits and points) spelled as ``format(value, "f")`` writes
+    their values, no leading zero but the one of ``0.5`` and no trailing zero after a point;
+    None when one is no number (``""``, ``"."``, ``"1.2.3"``) or beyond ``limits``."""
+    spelled = []
+    for text in texts:
+        whole, _, fraction = text.partition(".")
+        if "." in fraction or not (whole or fraction):
+            return None
+        whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
+        if len(whole) > limits.integer_digits or len(fraction) > limits.places:
+            return None
+        spelled.append(f"{whole}.{fraction}" if fraction else whole)
+    return spelled
 
 
 _PLAIN = b"0123456789."  # deleted by translate(): what is left is not a plain decimal
 _QUOTES = methodcaller("count", '"')
 _FOUR = {4}
-_ZERO = Decimal(0)
+
+
+def _piece_ranks(
+    sides: tuple[list[str], list[str]], memory: BookMemory, limits: NumberLimits
+) -> list[list[int]] | None:
+    """The ranks of each side's pieces, those new to the symbol learnt first; None when one
+    of them is not a level this path takes. A lookup a piece, one C-level call a side."""
+    known = memory.ranks
+    found = [list(map(known.get, pieces)) for pieces in sides]
+    if None in found[0] or None in found[1]:
+        missing = [[at for at, rank in enumerate(ranks) if rank is None] for ranks in found]
+        new = {pieces[at] for pieces, places in zip(sides, missing, strict=True) for at in places}
+        if not _learn(new, memory, limits):
+            return None
+        for pieces, ranks, places in zip(sides, found, missing, strict=True):
+            for at in places:
+                ranks[at] = known[pieces[at]]
+    return cast(list[list[int]], found)
 
 
 def _learn(new: set[str], memory: BookMemory, limits: NumberLimits) -> bool:
     """Check and remember the pieces new to this book; False when one of them is not a level
-    this path takes (the general path says what is wrong with it). A few C-level passes over
-    the new pieces, no Python code per piece: each piece has four quotes, and splitting them
-    all at ``","`` gives two numbers a piece, each a plain decimal (``plain_values``, which
-    holds no quote or comma)."""
+    this path takes (the general path says what is wrong with it). Each piece has four
+    quotes, and splitting them all at ``","`` gives two numbers a piece, each a plain
+    decimal (``plain_texts``, which holds no quote or comma)."""
     pieces = list(new)
     if set(map(_QUOTES, pieces)) != _FOUR:
         return False
     numbers = ",".join(pieces).replace('", "', '","')[1:-1].split('","')  # price, qty, ...
     if len(numbers) != 2 * len(pieces):
         return False
-    values = plain_values(numbers, memory.texts, limits)
-    if values is None:
+    spelled = plain_texts(numbers, memory.spelled, limits)
+    if spelled is None:
         return False
-    quantities = values[1::2]
-    memory.levels.update(zip(pieces, zip(values[0::2], quantities, strict=True), strict=True))
-    if _ZERO in quantities:
+    prices, quantities = spelled[0::2], spelled[1::2]
+    memory.ranks.update(zip(pieces, _ranks(prices, memory.ranked, limits), strict=True))
+    memory.written.update(zip(pieces, level_texts(prices, quantities), strict=True))
+    if "0" in quantities:
         read = zip(pieces, quantities, strict=True)
-        memory.zeros.update(piece for piece, quantity in read if not quantity)
+        memory.zeros.update(piece for piece, quantity in read if quantity == "0")
     return True
+
+
+def _ranks(prices: list[str], ranked: dict[str, int], limits: NumberLimits) -> list[int]:
+    """The ranks of canonical ``prices``, those not ``ranked`` yet worked out and remembered."""
+    fresh = set(prices).difference(ranked)
+    ranked.update(zip(fresh, ranks_of(fresh, limits), strict=True))
+    return list(map(ranked.__getitem__, prices))
 
 
 def _start_afresh(memory: BookMemory, pieces: list[str]) -> None:
     """Keep only the pieces of the book just read (all of them known now)."""
-    memory.levels = {piece: memory.levels[piece] for piece in pieces}
+    memory.ranks = {piece: memory.ranks[piece] for piece in pieces}
+    memory.written = {piece: memory.written[piece] for piece in pieces}
     memory.zeros = memory.zeros.intersection(pieces)
