@@ -4,7 +4,7 @@ A book is kept as the JSON texts of its levels (``["64000.1","1.5"]``, the canon
 of each number, as the encoder writes it): the depth book diffs, joins and checksums these
 texts and never needs a number, so a level becomes ``Decimal`` only when something asks for
 it (the mark price, once a second, a few top levels: ``TextLevels``). Prices are put in
-order by their rank, an integer that compares as the price does (``ranks_of``).
+order by their rank, an integer that compares as the price does (``rank``).
 
 A matching engine's next book repeats most of the last one (5 to 20 of its 200 levels change)
 and writes it the same way each time. So a book line written as JSON serialisers write it,
@@ -26,14 +26,14 @@ on random lines).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from itertools import islice
-from operator import attrgetter, gt, itemgetter, lt, methodcaller
+from operator import attrgetter, gt, itemgetter, lt
 from typing import cast, overload
 
 from exchange_stream.core.channels import SYMBOL_PATTERN
-from exchange_stream.core.market.decimals import EXACT, NumberLimits, SymbolLimits
+from exchange_stream.core.market.decimals import NumberLimits, SymbolLimits
 
 Level = tuple[Decimal, Decimal]
 
@@ -89,12 +89,12 @@ def level_texts(prices: list[str], quantities: list[str]) -> list[str]:
     return [f'["{price}","{qty}"]' for price, qty in zip(prices, quantities, strict=True)]
 
 
-def ranks_of(prices: Iterable[str], limits: NumberLimits) -> list[int]:
-    """Canonical price texts as integers that compare as the prices do: the prices in units
-    of the symbol's finest place (``64000.1`` as ``64000.1 * 10**18`` by default), exact
-    (``EXACT``; a price has no more places than that). C-level passes, no Python code per
-    price."""
-    return list(map(int, map(methodcaller("scaleb", limits.places, EXACT), map(Decimal, prices))))
+def rank(price: str, limits: NumberLimits) -> int:
+    """A canonical price as an integer that compares as the price does: the price in units
+    of the symbol's finest place (``64000.1`` as ``64000.1 * 10**18`` by default), exact (a
+    price has no more places than that)."""
+    whole, _, fraction = price.partition(".")
+    return int(whole + fraction.ljust(limits.places, "0"))
 
 
 class BookMemory:
@@ -279,39 +279,34 @@ def plain_texts(
     that is no string."""
     fresh = set(numbers).difference(spelled)
     if fresh:
-        if "".join(fresh).encode().translate(None, _PLAIN):
+        if "".join(fresh).encode().translate(None, _PLAIN):  # (TypeError: not all strings)
             return None  # a sign, an exponent, a space, a letter, a quote, a comma
-        if max(map(len, fresh)) > LONGEST_TEXT:
+        learnt = [canonical_text(text, limits) for text in fresh]
+        if None in learnt:
             return None
-        learnt = _canonical_texts(list(fresh), limits)
-        if learnt is None:
-            return None
-        spelled.update(zip(fresh, learnt, strict=True))
+        spelled.update(zip(fresh, learnt, strict=True))  # type: ignore[arg-type]
     texts = list(map(spelled.__getitem__, numbers))
     if not texts or "0" in texts[0::2]:
         return None
     return texts
 
 
-def _canonical_texts(texts: list[str], limits: NumberLimits) -> list[str] | None:
-    """Plain decimal texts (digits and points) spelled as ``format(value, "f")`` writes
-    their values, no leading zero but the one of ``0.5`` and no trailing zero after a point;
-    None when one is no number (``""``, ``"."``, ``"1.2.3"``) or beyond ``limits``."""
-    spelled = []
-    for text in texts:
-        whole, _, fraction = text.partition(".")
-        if "." in fraction or not (whole or fraction):
-            return None
-        whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
-        if len(whole) > limits.integer_digits or len(fraction) > limits.places:
-            return None
-        spelled.append(f"{whole}.{fraction}" if fraction else whole)
-    return spelled
+def canonical_text(text: str, limits: NumberLimits) -> str | None:
+    """A plain decimal text spelled as ``format(value, "f")`` writes its value: no leading
+    zero but the one of ``0.5``, no trailing zero after a point; None when it is not one (at
+    most ``LONGEST_TEXT`` ASCII digits and a point: not ``""``, ``"."``, ``"1.2.3"``, ``"-1"``,
+    ``"1e2"``) or it is beyond ``limits``."""
+    whole, _, fraction = text.partition(".")
+    digits = whole + fraction
+    if not (digits.isascii() and digits.isdigit()) or len(text) > LONGEST_TEXT:
+        return None
+    whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
+    if len(whole) > limits.integer_digits or len(fraction) > limits.places:
+        return None
+    return f"{whole}.{fraction}" if fraction else whole
 
 
 _PLAIN = b"0123456789."  # deleted by translate(): what is left is not a plain decimal
-_QUOTES = methodcaller("count", '"')
-_FOUR = {4}
 
 
 def _piece_ranks(
@@ -333,32 +328,33 @@ def _piece_ranks(
 
 
 def _learn(new: set[str], memory: BookMemory, limits: NumberLimits) -> bool:
-    """Check and remember the pieces new to this book; False when one of them is not a level
-    this path takes (the general path says what is wrong with it). Each piece has four
-    quotes, and splitting them all at ``","`` gives two numbers a piece, each a plain
-    decimal (``plain_texts``, which holds no quote or comma)."""
-    pieces = list(new)
-    if set(map(_QUOTES, pieces)) != _FOUR:
-        return False
-    numbers = ",".join(pieces).replace('", "', '","')[1:-1].split('","')  # price, qty, ...
-    if len(numbers) != 2 * len(pieces):
-        return False
-    spelled = plain_texts(numbers, memory.spelled, limits)
-    if spelled is None:
-        return False
-    prices, quantities = spelled[0::2], spelled[1::2]
-    memory.ranks.update(zip(pieces, _ranks(prices, memory.ranked, limits), strict=True))
-    memory.written.update(zip(pieces, level_texts(prices, quantities), strict=True))
-    if "0" in quantities:
-        read = zip(pieces, quantities, strict=True)
-        memory.zeros.update(piece for piece, quantity in read if quantity == "0")
+    """Check and remember the pieces new to this book, one at a time (a book brings a few);
+    False when one of them is not a level this path takes (the general path says what is
+    wrong with it): each piece holds four quotes and two numbers parted by ``","``, plain
+    decimals within ``limits`` (``canonical_text``), the price not zero."""
+    spelled, ranked, ranks, written = memory.spelled, memory.ranked, memory.ranks, memory.written
+    for piece in new:
+        if piece.count('"') != 4:
+            return False
+        price_text, _, qty_text = piece[1:-1].replace('", "', '","').partition('","')
+        price = spelled.get(price_text) or canonical_text(price_text, limits)
+        qty = spelled.get(qty_text) or canonical_text(qty_text, limits)
+        if price is None or qty is None or price == "0":
+            return False
+        spelled[price_text], spelled[qty_text] = price, qty
+        price_rank = ranked.get(price)
+        if price_rank is None:
+            price_rank = ranked[price] = rank(price, limits)
+        ranks[piece], written[piece] = price_rank, f'["{price}","{qty}"]'
+        if qty == "0":
+            memory.zeros.add(piece)
     return True
 
 
 def _ranks(prices: list[str], ranked: dict[str, int], limits: NumberLimits) -> list[int]:
     """The ranks of canonical ``prices``, those not ``ranked`` yet worked out and remembered."""
     fresh = set(prices).difference(ranked)
-    ranked.update(zip(fresh, ranks_of(fresh, limits), strict=True))
+    ranked.update((price, rank(price, limits)) for price in fresh)
     return list(map(ranked.__getitem__, prices))
 
 
