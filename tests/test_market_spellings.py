@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from exchange_stream.core.encoding import encode_text
 from exchange_stream.core.market.decimals import NumberLimits, SymbolLimits
 from exchange_stream.core.market.events import MalformedEvent, level_texts_of, parse_event
-from exchange_stream.core.market.spellings import Spellings, read_compact_book
+from exchange_stream.core.market.spellings import Spellings, TextLevels, read_compact_book
 
 WIDE = Context(prec=200)  # no digit of a bounded number rounded
 LIMITS = SymbolLimits(table={"TINY": NumberLimits(integer_digits=3, places=2)})
@@ -212,3 +212,19 @@ def test_a_moving_book_reads_alike_through_the_memory():
         )
         assert read_compact_book(text, LIMITS, spellings) is not None
         assert_same(text, spellings)
+
+
+def test_text_levels_read_as_the_levels_they_write():
+    """A side kept as the JSON texts of its levels is the same sequence of levels as the
+    tuple of Decimals: equal, hashed alike, indexed and sliced, and read one at a time."""
+    levels = TextLevels(('["64000.1","1.5"]', '["64000","0.25"]'))
+    as_tuple = ((Decimal("64000.1"), Decimal("1.5")), (Decimal("64000"), Decimal("0.25")))
+    assert levels == as_tuple and as_tuple == levels and levels == list(as_tuple)
+    assert levels != as_tuple[:1] and levels != "not levels"
+    assert hash(levels) == hash(as_tuple)
+    assert levels[0] == as_tuple[0] and levels[-1] == as_tuple[-1] and levels[1:] == as_tuple[1:]
+    assert len(levels) == 2 and list(levels) == list(as_tuple)
+    with pytest.raises(IndexError):
+        levels[2]
+    assert level_texts_of(levels) is levels.texts  # the depth book takes them as they are
+    assert level_texts_of(as_tuple) == levels.texts  # and writes them for levels made in code
