@@ -240,7 +240,6 @@ def through_tcp(lines: list[bytes], runs: int, writer_cpu: int | None) -> list[d
     from twisted.internet import reactor
 
     from exchange_stream.market_service import market_service
-    from exchange_stream.services.market_engine import MarketSettings
     from exchange_stream.services.memory_mesh import MemoryMesh
 
     settings = MarketSettings(max_ahead_ms=10**12, max_late_ms=10**12)  # stamped at build time
@@ -317,7 +316,6 @@ def paced_tcp(lines: list[bytes], rate: int, writer_cpu: int | None) -> dict[str
     from twisted.internet import reactor
 
     from exchange_stream.market_service import market_service
-    from exchange_stream.services.market_engine import MarketSettings
     from exchange_stream.services.memory_mesh import MemoryMesh
 
     settings = MarketSettings(max_ahead_ms=10**12, max_late_ms=10**12)

@@ -76,6 +76,9 @@ class _Symbol:
 
     def __init__(self, symbol: str, settings: MarketSettings) -> None:
         self.depth = DepthBook(symbol, settings.depth_levels)
+        # the depth channel and its messages' envelope up to the data: the same every push
+        self.depth_channel = f"{settings.prefix}{symbol}@depth"
+        self.depth_envelope = f'{{"event":{encode_text(f"{symbol}@depth")},"data":'
         self.trades = TradeBatcher(symbol)
         self.ticker = RollingTicker(symbol)
         self.klines = [
@@ -221,11 +224,11 @@ class MarketEngine(PeriodicService):
             depth = state.depth.flush()
             if depth is not None:
                 update, snapshot = depth  # JSON texts already
-                event = f"{symbol}@depth"
+                envelope = state.depth_envelope
                 self._send_publication(
-                    self._public(symbol, "depth"),
-                    _envelope_text(event, update),
-                    _envelope_text(event, snapshot),
+                    state.depth_channel,
+                    Publication(f"{envelope}{update}}}".encode()),
+                    Publication(f"{envelope}{snapshot}}}".encode()),
                 )
             trades = state.trades.flush()
             if trades is not None:
@@ -335,8 +338,3 @@ class MarketEngine(PeriodicService):
 
 def _envelope(event: str, data: object) -> Publication:
     return Publication(encode({"event": event, "data": data}))
-
-
-def _envelope_text(event: str, data: str) -> Publication:
-    """:func:`_envelope` of data given as its JSON text (the depth book writes its own)."""
-    return Publication(f'{{"event":{encode_text(event)},"data":{data}}}'.encode())

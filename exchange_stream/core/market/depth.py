@@ -11,13 +11,14 @@ levels are equal exactly when their texts are, since the text is the canonical s
 the value. The feed's reader hands these texts over with the book, the same string objects
 book after book (``spellings.Spellings``), whose hashes Python keeps; so the diff is set
 arithmetic on strings hashed once, the snapshot is one ``join`` of them, and Python code
-runs only for the few levels that changed.
+runs only for the few levels that changed (whose prices are read to put the update in order).
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from decimal import Decimal
 from itertools import chain
 from operator import itemgetter
 
@@ -57,8 +58,10 @@ def _message(kind: str, head: str, bids: Sequence[str], asks: Sequence[str], tai
 
 
 class _Side:
-    """One side of the published book: the JSON texts of its levels, as a set, and the
-    checksum text of each (``64000.1:1.5`` of ``["64000.1","1.5"]``)."""
+    """One side of the published book: the JSON texts of its levels (``["64000.1","1.5"]``),
+    as a set, and the checksum text of each (``64000.1:1.5``). The set holds the keys of
+    ``checks`` again so that the next diff is one in-place operation on it: made from the
+    dict's keys, it costs 36 thousand instructions a flush more (of 311)."""
 
     __slots__ = ("checks", "descending", "keys")
 
@@ -74,8 +77,6 @@ class _Side:
         changed = self.keys
         changed ^= keys  # the set of the last book, made into the texts added and gone
         self.keys = keys
-        if not changed:
-            return []
         checks = self.checks
         added: dict[str, str] = {}  # price: the level's text
         gone: list[str] = []
@@ -85,20 +86,14 @@ class _Side:
                 added[check.partition(":")[0]] = text
             else:
                 gone.append(checks.pop(text).partition(":")[0])
-        order = [(_in_order(price), text) for price, text in added.items()]
-        order += [(_in_order(price), f'["{price}","0"]') for price in gone if price not in added]
+        order = [(Decimal(price), text) for price, text in added.items()]
+        order += [(Decimal(price), f'["{price}","0"]') for price in gone if price not in added]
         order.sort(key=itemgetter(0), reverse=self.descending)
         return [text for _, text in order]
 
     def checks_of(self, texts: tuple[str, ...]) -> list[str]:
         """The checksum texts of the top 25 of a side's published levels."""
         return list(map(self.checks.__getitem__, texts[:CHECKSUM_LEVELS]))
-
-
-def _in_order(price: str) -> tuple[int, str]:
-    """What sorts canonical price texts as their values (no leading zero: the longer whole
-    part is the bigger number; of equal ones, the texts compare as the numbers do)."""
-    return len(price.partition(".")[0]), price
 
 
 class DepthBook:

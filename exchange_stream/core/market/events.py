@@ -1,8 +1,10 @@
 """The matching engine's events (docs/market.md, "Input"), parsed and checked.
 
 One JSON object per line or datagram. Prices and quantities are decimal strings and become
-``Decimal``; a number given as a JSON float is refused rather than rounded. Anything that
-does not parse raises :class:`MalformedEvent`, which the feed counts and skips.
+``Decimal`` (a book's levels stay their canonical JSON texts, ``spellings.TextLevels``, and
+become ``Decimal`` when read); a number given as a JSON float is refused rather than
+rounded. Anything that does not parse raises :class:`MalformedEvent`, which the feed counts
+and skips.
 """
 
 from __future__ import annotations
