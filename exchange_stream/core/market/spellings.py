@@ -313,30 +313,41 @@ def _piece_ranks(
     sides: tuple[list[str], list[str]], memory: BookMemory, limits: NumberLimits
 ) -> list[list[int]] | None:
     """The ranks of each side's pieces, those new to the symbol learnt first; None when one
-    of them is not a level this path takes. A lookup a piece, one C-level call a side."""
+    of them is not a level this path takes. A lookup a piece, one C-level call a side; the
+    few pieces not known are found by ``list.index`` (a C-level scan), not by Python code
+    that visits every piece."""
     known = memory.ranks
     found = [list(map(known.get, pieces)) for pieces in sides]
-    if None in found[0] or None in found[1]:
-        missing = [[at for at, rank in enumerate(ranks) if rank is None] for ranks in found]
-        new = {pieces[at] for pieces, places in zip(sides, missing, strict=True) for at in places}
-        if not _learn(new, memory, limits):
+    missing: list[tuple[list[int | None], int, str]] = []
+    for pieces, ranks in zip(sides, found, strict=True):
+        at = -1
+        try:
+            while True:
+                at = ranks.index(None, at + 1)
+                missing.append((ranks, at, pieces[at]))
+        except ValueError:
+            pass  # no other piece of this side is new
+    if missing:
+        if not _learn({piece for _, _, piece in missing}, memory, limits):
             return None
-        for pieces, ranks, places in zip(sides, found, missing, strict=True):
-            for at in places:
-                ranks[at] = known[pieces[at]]
+        for ranks, at, piece in missing:
+            ranks[at] = known[piece]
     return cast(list[list[int]], found)
 
 
 def _learn(new: set[str], memory: BookMemory, limits: NumberLimits) -> bool:
     """Check and remember the pieces new to this book, one at a time (a book brings a few);
     False when one of them is not a level this path takes (the general path says what is
-    wrong with it): each piece holds four quotes and two numbers parted by ``","``, plain
+    wrong with it): each piece is two quoted numbers parted by ``","`` or ``", "``, plain
     decimals within ``limits`` (``canonical_text``), the price not zero."""
     spelled, ranked, ranks, written = memory.spelled, memory.ranked, memory.ranks, memory.written
     for piece in new:
-        if piece.count('"') != 4:
+        try:
+            before, price_text, comma, qty_text, after = piece.split('"')
+        except ValueError:
+            return False  # not four quotes
+        if before or after or (comma != "," and comma != ", "):
             return False
-        price_text, _, qty_text = piece[1:-1].replace('", "', '","').partition('","')
         price = spelled.get(price_text) or canonical_text(price_text, limits)
         qty = spelled.get(qty_text) or canonical_text(qty_text, limits)
         if price is None or qty is None or price == "0":
