@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from exchange_stream.core.encoding import encode_text
 from exchange_stream.core.market.decimals import NumberLimits, SymbolLimits
 from exchange_stream.core.market.events import MalformedEvent, level_texts_of, parse_event
-from exchange_stream.core.market.spellings import Spellings, TextLevels, read_compact_book
+from exchange_stream.core.market.spellings import (
+    LONGEST_TEXT,
+    Spellings,
+    TextLevels,
+    _canonical_piece,
+    canonical_text,
+    read_compact_book,
+)
 
 WIDE = Context(prec=200)  # no digit of a bounded number rounded
 LIMITS = SymbolLimits(table={"TINY": NumberLimits(integer_digits=3, places=2)})
@@ -190,6 +197,42 @@ def test_random_lines_read_alike_with_and_without_the_memory(lines):
     spellings = Spellings()
     for text in lines:
         assert_same(text, spellings)
+
+
+canonical_candidates = st.builds(
+    lambda whole, fraction: whole if fraction is None else f"{whole}.{fraction}",
+    st.text(alphabet="0123456789", max_size=7),
+    st.none() | st.text(alphabet="0123456789", max_size=7),
+) | st.text(alphabet="0123456789.", max_size=9)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.integers(1, 6),  # small limits, so that numbers at and beyond them are common
+    st.integers(0, 6),
+    st.lists(canonical_candidates, min_size=2, max_size=2),
+    st.sampled_from([",", ", ", ",  ", " ,", ""]),
+)
+def test_a_piece_matched_as_canonical_is_one_canonical_text_keeps(digits, places, pair, comma):
+    """The pattern that takes a new piece at once takes exactly the pieces of two numbers
+    that ``canonical_text`` spells as they are (the rest go the long way)."""
+    limits = NumberLimits(digits, places)
+    pattern = _canonical_piece(limits)
+    assert pattern is not None
+    match = pattern.fullmatch(f'"{pair[0]}"{comma}"{pair[1]}"')
+    kept = comma in (",", ", ") and all(canonical_text(text, limits) == text for text in pair)
+    assert (match is not None) == kept
+    if match is not None:
+        assert list(match.groups()) == pair
+
+
+def test_numbers_that_may_be_longer_than_any_text_taken_have_no_pattern():
+    assert _canonical_piece(NumberLimits(40, LONGEST_TEXT - 40)) is None
+    spellings = Spellings()
+    wide = SymbolLimits(default=NumberLimits(40, LONGEST_TEXT - 40))
+    text = line([["64000.1", "1.5"]], [["64001", "2"]])
+    book = read_compact_book(text, wide, spellings)
+    assert book is not None and book[1].texts == ('["64000.1","1.5"]',)
 
 
 def test_a_moving_book_reads_alike_through_the_memory():

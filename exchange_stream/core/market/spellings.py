@@ -26,8 +26,10 @@ on random lines).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
+from functools import cache
 from itertools import islice
 from operator import attrgetter, gt, itemgetter, lt
 from typing import cast, overload
@@ -98,10 +100,11 @@ def rank(price: str, limits: NumberLimits) -> int:
 
 
 class BookMemory:
-    """One symbol's texts read before: ``spelled``, number texts and their canonical
-    spelling; ``ranked``, canonical prices and their ranks; ``ranks`` and ``written``, level
-    pieces (``"64000.1","1.5"``, of either side) and their price's rank and their level's
-    JSON text; ``zeros``, the pieces whose quantity is zero (which are no level)."""
+    """One symbol's texts read before: ``spelled``, number texts read the long way (not
+    matched by ``_canonical_piece``) and their canonical spelling; ``ranked``, canonical
+    prices and their ranks; ``ranks`` and ``written``, level pieces (``"64000.1","1.5"``, of
+    either side) and their price's rank and their level's JSON text; ``zeros``, the pieces
+    whose quantity is zero (which are no level)."""
 
     __slots__ = ("ranked", "ranks", "spelled", "written", "zeros")
 
@@ -130,9 +133,10 @@ class Spellings:
         self._by_symbol: dict[str, BookMemory] = {}
 
     def remembered(self, symbol: str) -> int:
-        """How many number texts of ``symbol`` are remembered now."""
+        """How many level pieces of ``symbol`` are remembered now (each read at once when
+        it comes again)."""
         memory = self._by_symbol.get(symbol)
-        return len(memory.spelled) if memory is not None else 0
+        return len(memory.ranks) if memory is not None else 0
 
     def of(self, symbol: str) -> BookMemory:
         """What ``symbol``'s books read as."""
@@ -159,8 +163,8 @@ def read_compact_book(
         text = line.decode() if isinstance(line, bytes) else line
     except UnicodeDecodeError:
         return None
-    bids_cut = _cut(text, "bids")
-    asks_cut = _cut(text, "asks") if bids_cut is not None else None
+    bids_cut = _cut(text, _BIDS)
+    asks_cut = _cut(text, _ASKS) if bids_cut is not None else None
     if bids_cut is None or asks_cut is None:
         return None  # not a book, an empty side, or one written otherwise
     first, second = sorted((bids_cut, asks_cut), key=attrgetter("key"))
@@ -218,13 +222,18 @@ class _Cut:
         self.key, self.start, self.end, self.between = key, start, end, between
 
 
-def _cut(text: str, name: str) -> _Cut | None:
-    """Where the side ``name`` is, its end not yet known (-1)."""
-    for opening, between in ((f'"{name}":[[', "],["), (f'"{name}": [[', "], [")):
+def _cut(text: str, openings: tuple[tuple[str, str], ...]) -> _Cut | None:
+    """Where the side opened by one of ``openings`` (its ``"bids":[[`` and the text between
+    its levels, compact or spaced) is, its end not yet known (-1)."""
+    for opening, between in openings:
         key = text.find(opening)
         if key >= 0:
             return _Cut(key, key + len(opening), -1, between)
     return None
+
+
+_BIDS = (('"bids":[[', "],["), ('"bids": [[', "], ["))
+_ASKS = (('"asks":[[', "],["), ('"asks": [[', "], ["))
 
 
 def _not_a_float(text: str) -> object:
@@ -339,20 +348,28 @@ def _learn(new: set[str], memory: BookMemory, limits: NumberLimits) -> bool:
     """Check and remember the pieces new to this book, one at a time (a book brings a few);
     False when one of them is not a level this path takes (the general path says what is
     wrong with it): each piece is two quoted numbers parted by ``","`` or ``", "``, plain
-    decimals within ``limits`` (``canonical_text``), the price not zero."""
+    decimals within ``limits`` (``canonical_text``), the price not zero. A piece whose
+    numbers are spelled canonically already, as most are, is taken by one pattern match."""
     spelled, ranked, ranks, written = memory.spelled, memory.ranked, memory.ranks, memory.written
+    canonical = _canonical_piece(limits)
     for piece in new:
-        try:
-            before, price_text, comma, qty_text, after = piece.split('"')
-        except ValueError:
-            return False  # not four quotes
-        if before or after or (comma != "," and comma != ", "):
+        match = canonical.fullmatch(piece) if canonical is not None else None
+        if match is not None:
+            price, qty = match.groups()
+        else:
+            try:
+                before, price_text, comma, qty_text, after = piece.split('"')
+            except ValueError:
+                return False  # not four quotes
+            if before or after or (comma != "," and comma != ", "):
+                return False
+            price = spelled.get(price_text) or canonical_text(price_text, limits)
+            qty = spelled.get(qty_text) or canonical_text(qty_text, limits)
+            if price is None or qty is None:
+                return False
+            spelled[price_text], spelled[qty_text] = price, qty
+        if price == "0":
             return False
-        price = spelled.get(price_text) or canonical_text(price_text, limits)
-        qty = spelled.get(qty_text) or canonical_text(qty_text, limits)
-        if price is None or qty is None or price == "0":
-            return False
-        spelled[price_text], spelled[qty_text] = price, qty
         price_rank = ranked.get(price)
         if price_rank is None:
             price_rank = ranked[price] = rank(price, limits)
@@ -360,6 +377,19 @@ def _learn(new: set[str], memory: BookMemory, limits: NumberLimits) -> bool:
         if qty == "0":
             memory.zeros.add(piece)
     return True
+
+
+@cache
+def _canonical_piece(limits: NumberLimits) -> re.Pattern[str] | None:
+    """A pattern of the pieces whose two numbers are spelled as ``canonical_text`` would
+    spell them, within ``limits`` (groups: the price and the quantity); None when a number
+    within them may be longer than ``LONGEST_TEXT``, which the pattern does not count."""
+    if limits.integer_digits < 1 or limits.integer_digits + 1 + limits.places > LONGEST_TEXT:
+        return None
+    whole = f"0|[1-9][0-9]{{0,{limits.integer_digits - 1}}}"
+    fraction = f"(?:\\.[0-9]{{0,{limits.places - 1}}}[1-9])?" if limits.places else ""
+    number = f"((?:{whole}){fraction})"
+    return re.compile(f'"{number}", ?"{number}"')
 
 
 def _ranks(prices: list[str], ranked: dict[str, int], limits: NumberLimits) -> list[int]:
