@@ -22,10 +22,12 @@ through the TCP feed at ``--rate`` books/s in all for ``--seconds``, paced in 10
 that each symbol's book is published about every push, as in production. The engine's share of
 a core and its CPU per book (many symbols cost more than one: each symbol's book and memory
 are out of the caches when it comes round again), and how far behind its schedule the writer
-fell: more than a few milliseconds means the engine did not keep up.
+fell: more than a few milliseconds means the engine did not keep up. The writer is Python's
+sockets, or with ``--writer node`` Node's (``feed_writer.mjs``: another client stack, the same
+schedule).
 
     python bench/market_books.py [--books 3000] [--levels 100] [--runs 3] [--core 0]
-    python bench/market_books.py --symbols 300 --rate 3000 [--seconds 20]
+    python bench/market_books.py --symbols 300 --rate 3000 [--seconds 20] [--writer node]
 """
 
 from __future__ import annotations
@@ -308,7 +310,9 @@ def through_tcp(lines: list[bytes], runs: int, writer_cpu: int | None) -> list[d
     return results
 
 
-def paced_tcp(lines: list[bytes], rate: int, writer_cpu: int | None) -> dict[str, float]:
+def paced_tcp(
+    lines: list[bytes], rate: int, writer_cpu: int | None, stack: str = "python"
+) -> dict[str, float]:
     """Many symbols at ``rate`` books/s through the real TCP feed into an engine on the
     reactor (pushes every 100 ms on the real clock, so each symbol's book is published
     about every push): the engine process's share of a core, the books it published, and
@@ -328,8 +332,13 @@ def paced_tcp(lines: list[bytes], rate: int, writer_cpu: int | None) -> dict[str
             MemoryMesh().publish, settings, reactor, feed=f"tcp:{port}:interface=127.0.0.1"
         )
         service.startService()
+        command = (
+            ["node", str(Path(__file__).with_name("feed_writer.mjs"))]
+            if stack == "node"
+            else [sys.executable, "-c", PACED_WRITER]
+        )
         writer = processes.spawn(
-            [sys.executable, "-c", PACED_WRITER, str(port), str(path), str(rate)],
+            [*command, str(port), str(path), str(rate)],
             cpu=writer_cpu,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -396,6 +405,12 @@ def main() -> None:
     )
     parser.add_argument("--rate", type=int, default=3000, help="books/s in all (--symbols)")
     parser.add_argument("--seconds", type=int, default=20, help="how long (--symbols)")
+    parser.add_argument(
+        "--writer",
+        choices=("python", "node"),
+        default="python",
+        help="who writes the books (--symbols): Python's sockets, or bench/feed_writer.mjs",
+    )
     args = parser.parse_args()
     print(header_line(run_header()))
     if args.symbols:
@@ -439,10 +454,12 @@ def _many(args: argparse.Namespace) -> None:
     size = sum(map(len, lines)) / len(lines)
     with pinned({args.core} if args.core >= 0 else None):
         progress(f"TCP feed at {args.rate:,} books/s for {args.seconds} s")
-        run = paced_tcp(lines, args.rate, args.writer_core if args.writer_core >= 0 else None)
+        writer_cpu = args.writer_core if args.writer_core >= 0 else None
+        run = paced_tcp(lines, args.rate, writer_cpu, args.writer)
     print(
         f"market engine, {args.symbols} symbols, {len(lines):,} books of {args.levels} levels "
-        f"a side ({size:,.0f} bytes) at {args.rate:,} books/s through the TCP feed"
+        f"a side ({size:,.0f} bytes) at {args.rate:,} books/s through the TCP feed "
+        f"({args.writer} writer)"
     )
     print(
         f"  engine: {run['share']:.0%} of a core over {run['wall']:.1f} s, "
