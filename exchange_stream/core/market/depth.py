@@ -20,7 +20,6 @@ import zlib
 from collections.abc import Sequence
 from decimal import Decimal
 from itertools import chain
-from operator import itemgetter
 
 from exchange_stream.core.market.events import Book, level_texts_of
 
@@ -78,18 +77,18 @@ class _Side:
         changed ^= keys  # the set of the last book, made into the texts added and gone
         self.keys = keys
         checks = self.checks
-        added: dict[str, str] = {}  # price: the level's text
+        update: dict[str, str] = {}  # price: the level's text
         gone: list[str] = []
         for text in changed:
             if text in keys:
                 check = checks[text] = text[2:-2].replace('","', ":")
-                added[check.partition(":")[0]] = text
+                update[check.partition(":")[0]] = text
             else:
                 gone.append(checks.pop(text).partition(":")[0])
-        order = [(Decimal(price), text) for price, text in added.items()]
-        order += [(Decimal(price), f'["{price}","0"]') for price in gone if price not in added]
-        order.sort(key=itemgetter(0), reverse=self.descending)
-        return [text for _, text in order]
+        for price in gone:
+            if price not in update:  # gone, not at a new quantity
+                update[price] = f'["{price}","0"]'
+        return list(map(update.__getitem__, sorted(update, key=Decimal, reverse=self.descending)))
 
     def checks_of(self, texts: tuple[str, ...]) -> list[str]:
         """The checksum texts of the top 25 of a side's published levels."""
