@@ -107,6 +107,41 @@ def test_lines_the_fast_path_leaves_to_the_general_one(text):
     assert outcome(text, Spellings()) == outcome(text, None)
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type":"book","symbol":"X","bids":%s,"asks":%s,"ts":12}',  # the pattern's
+        '{"type": "book", "symbol": "X", "bids":%s, "asks":%s, "ts": 0}',
+        '{"symbol":"X","type":"book","bids":%s,"asks":%s,"ts":12}',  # the decoder's
+        '{"type":"book","symbol":"\\u0058","bids":%s,"asks":%s,"ts":12}',
+        '{"type":"book","symbol":"X","bids":%s,"asks":%s,"ts":12} ',
+        '{"type":"book","symbol":"X","bids":%s,"asks":%s,"ts":' + "9" * 25 + "}",
+    ],
+)
+def test_a_frame_matched_or_decoded_reads_alike(frame):
+    """The usual frame is matched by a pattern, any other decoded as JSON: the same book."""
+    text = frame % ('[["1","1"],["0.5","2"]]', '[["2","1"]]')
+    spellings = Spellings()
+    assert read_compact_book(text, LIMITS, spellings) is not None
+    assert_same(text, spellings)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type":"book","symbol":"X","bids":%s,"asks":%s,"ts":012}',  # not JSON
+        '{"type":"book","symbol":"x","bids":%s,"asks":%s,"ts":12}',  # not a symbol
+        '{"type":"book","symbol":"X\x01","bids":%s,"asks":%s,"ts":12}',
+        '{"type":"book","symbol":"X","bids":%s,"asks":%s,"ts":-1}',
+        '{"type":"book","symbol":"X","bids":%s,"asks":%s,"ts":' + "9" * 5000 + "}",
+    ],
+)
+def test_a_frame_neither_pattern_nor_decoder_takes_is_the_general_paths(frame):
+    text = frame % ('[["1","1"]]', '[["2","1"]]')
+    assert read_compact_book(text, LIMITS, Spellings()) is None
+    assert outcome(text, Spellings()) == outcome(text, None)
+
+
 def test_sides_in_either_order_and_a_line_end():
     text = '{"ts":7,"asks":[["2","1"],["3","1"]],"symbol":"X","type":"book","bids":[["1","1"]]}'
     spellings = Spellings()

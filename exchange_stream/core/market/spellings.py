@@ -13,8 +13,8 @@ compact (``"bids":[["64000.1","1.5"],["64000","2"]]``) or with Python's default 
 cut out of the line and split between levels into pieces (``"64000.1","1.5"``), and a piece
 read before is a dict lookup for its rank and one for its level's text. Only the pieces new
 to the symbol are checked and respelled. What is left of the line, with the two sides cut to
-``[]``, goes to the JSON decoder, which says whether the line is what this path takes: a JSON
-object of exactly the five keys of a book.
+``[]``, must be a JSON object of exactly the five keys of a book: written as the feed's
+documentation writes it, a pattern says so; otherwise the JSON decoder does.
 
 Anything else (an exponent, a sign, a number beyond the symbol's limits, other spaces, an
 empty or a missing side, a sixth key, levels out of order) is left to the general path,
@@ -181,20 +181,10 @@ def read_compact_book(
         frame += (text[start : cut.start - 1], "]")  # the side's "[[...]]" becomes "[]"
         start = cut.end + 2
     frame.append(text[start:])
-    try:
-        pairs = _FRAME.decode("".join(frame))
-    except (ValueError, RecursionError):
+    fields = _book_fields("".join(frame))
+    if fields is None:
         return None
-    if type(pairs) is not list or len(pairs) != 5:
-        return None
-    fields = dict(pairs)
-    if fields.keys() != _BOOK_KEYS or fields["type"] != "book" or fields["bids"] != []:
-        return None
-    symbol, ts = fields["symbol"], fields["ts"]
-    if fields["asks"] != [] or type(ts) is not int or ts < 0:
-        return None
-    if type(symbol) is not str or not SYMBOL_PATTERN.fullmatch(symbol):
-        return None
+    symbol, ts = fields
     memory = spellings.of(symbol)
     bid_pieces = text[bids_cut.start : bids_cut.end].split(bids_cut.between)
     ask_pieces = text[asks_cut.start : asks_cut.end].split(asks_cut.between)
@@ -234,6 +224,41 @@ def _cut(text: str, openings: tuple[tuple[str, str], ...]) -> _Cut | None:
 
 _BIDS = (('"bids":[[', "],["), ('"bids": [[', "], ["))
 _ASKS = (('"asks":[[', "],["), ('"asks": [[', "], ["))
+
+
+def _book_fields(frame: str) -> tuple[str, int] | None:
+    """The symbol and ts of a book line's frame (the line with its sides cut to ``[]``), or
+    None unless it is a JSON object of exactly the five keys of a book, a valid symbol and a
+    non-negative integer ts. A frame written as the feed's documentation writes it (its keys
+    in that order, compact or with single spaces) is matched by a pattern; any other goes
+    to the JSON decoder."""
+    usual = _USUAL_FRAME.fullmatch(frame)
+    if usual is not None:
+        symbol, ts = usual[1], int(usual[2])
+    else:
+        try:
+            pairs = _FRAME.decode(frame)
+        except (ValueError, RecursionError):
+            return None
+        if type(pairs) is not list or len(pairs) != 5:
+            return None
+        fields = dict(pairs)
+        if fields.keys() != _BOOK_KEYS or fields["type"] != "book" or fields["bids"] != []:
+            return None
+        symbol, ts = fields["symbol"], fields["ts"]
+        if fields["asks"] != [] or type(ts) is not int or ts < 0 or type(symbol) is not str:
+            return None
+    if not SYMBOL_PATTERN.fullmatch(symbol):
+        return None
+    return symbol, ts
+
+
+# A string without escapes, and an integer short enough for int() (JSON's own limits:
+# a longer one, or an escaped symbol, is the decoder's to read).
+_USUAL_FRAME = re.compile(
+    r'\{"type": ?"book", ?"symbol": ?"([^"\\]*)", ?"bids": ?\[\], ?"asks": ?\[\], ?'
+    r'"ts": ?(0|[1-9][0-9]{0,18})\}'
+)
 
 
 def _not_a_float(text: str) -> object:
