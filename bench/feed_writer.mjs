@@ -15,7 +15,12 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const socket = net.connect(+port, "127.0.0.1");
 await new Promise((resolve, reject) => socket.once("connect", resolve).once("error", reject));
-await new Promise((resolve) => process.stdin.once("data", resolve));
+socket.removeAllListeners("error");
+socket.on("error", (error) => {
+  console.error(`feed writer: ${error.message}`); // a reset mid-run: said, not a silent hang
+  process.exit(1);
+});
+await new Promise((resolve) => process.stdin.once("data", resolve).once("end", resolve));
 const start = performance.now();
 let behind = 0;
 for (let first = 0; first < lines.length; first += batch) {

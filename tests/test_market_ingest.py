@@ -336,6 +336,18 @@ def test_the_memory_of_one_symbol_is_bounded():
         assert spellings.remembered("BTCUSDT") <= Spellings.pieces_per_symbol  # of 5,000 read
 
 
+def test_the_number_texts_remembered_of_one_symbol_are_bounded():
+    """Texts respelled (a trailing zero each) and prices ranked, 100 new ones a book: what is
+    remembered of them starts afresh past ``per_symbol``."""
+    spellings = Spellings()
+    for book in range(50):
+        bids = [[f"{1000 + book}.{level:02d}0", "1.50"] for level in range(99, -1, -1)]
+        parse_event(book_line(bids, [["2000", "1"]]), SymbolLimits(), spellings)
+        memory = spellings.of("BTCUSDT")
+        assert len(memory.spelled) <= Spellings.per_symbol + 101
+        assert len(memory.ranked) <= Spellings.per_symbol + 101
+
+
 def test_a_symbols_own_tight_limits_still_take_the_remembered_path():
     """BTCUSDT=9:8 with 8-place prices: within bounds, so read the fast way and remembered
     (the old length rule sent every such book the careful way, 7.6 times slower)."""

@@ -100,11 +100,11 @@ def rank(price: str, limits: NumberLimits) -> int:
 
 
 class BookMemory:
-    """One symbol's texts read before: ``spelled``, number texts read the long way (not
-    matched by ``_canonical_piece``) and their canonical spelling; ``ranked``, canonical
-    prices and their ranks; ``ranks`` and ``written``, level pieces (``"64000.1","1.5"``, of
-    either side) and their price's rank and their level's JSON text; ``zeros``, the pieces
-    whose quantity is zero (which are no level)."""
+    """One symbol's texts read before: ``spelled``, number texts checked and respelled (by
+    ``_learn``'s long way or the general path) and their canonical spelling; ``ranked``,
+    canonical prices and their ranks; ``ranks`` and ``written``, level pieces
+    (``"64000.1","1.5"``, of either side) and their price's rank and their level's JSON text;
+    ``zeros``, the pieces whose quantity is zero (which are no level)."""
 
     __slots__ = ("ranked", "ranks", "spelled", "written", "zeros")
 
@@ -253,8 +253,7 @@ def _book_fields(frame: str) -> tuple[str, int] | None:
     return symbol, ts
 
 
-# A string without escapes, and an integer short enough for int() (JSON's own limits:
-# a longer one, or an escaped symbol, is the decoder's to read).
+# A symbol without escapes and a ts of at most 19 digits: any other frame is the decoder's.
 _USUAL_FRAME = re.compile(
     r'\{"type": ?"book", ?"symbol": ?"([^"\\]*)", ?"bids": ?\[\], ?"asks": ?\[\], ?'
     r'"ts": ?(0|[1-9][0-9]{0,18})\}'
@@ -407,8 +406,9 @@ def _learn(new: set[str], memory: BookMemory, limits: NumberLimits) -> bool:
 @cache
 def _canonical_piece(limits: NumberLimits) -> re.Pattern[str] | None:
     """A pattern of the pieces whose two numbers are spelled as ``canonical_text`` would
-    spell them, within ``limits`` (groups: the price and the quantity); None when a number
-    within them may be longer than ``LONGEST_TEXT``, which the pattern does not count."""
+    spell them, within ``limits`` (groups: the price and the quantity); None when no number
+    is within them (no digit before the point allowed) or a number within them may be longer
+    than ``LONGEST_TEXT``, which the pattern does not count."""
     if limits.integer_digits < 1 or limits.integer_digits + 1 + limits.places > LONGEST_TEXT:
         return None
     whole = f"0|[1-9][0-9]{{0,{limits.integer_digits - 1}}}"
