@@ -77,8 +77,8 @@ class _Symbol:
     def __init__(self, symbol: str, settings: MarketSettings) -> None:
         self.depth = DepthBook(symbol, settings.depth_levels)
         # the depth channel and its messages' envelope up to the data: the same every push
-        self.depth_channel = f"{settings.prefix}{symbol}@depth"
-        self.depth_envelope = f'{{"event":{encode_text(f"{symbol}@depth")},"data":'
+        self.depth_channel = _public_channel(settings.prefix, symbol, "depth")
+        self.depth_envelope = _envelope_opening(f"{symbol}@depth")
         self.trades = TradeBatcher(symbol)
         self.ticker = RollingTicker(symbol)
         self.klines = [
@@ -273,7 +273,7 @@ class MarketEngine(PeriodicService):
     # -- output ---------------------------------------------------------------------------
 
     def _public(self, symbol: str, kind: str) -> str:
-        return f"{self.settings.prefix}{symbol}@{kind}"
+        return _public_channel(self.settings.prefix, symbol, kind)
 
     def _send_kline(self, symbol: str, interval: str, bar: dict) -> None:
         """A bar on its kline channels: retained when it is the open one (the snapshot a new
@@ -336,5 +336,15 @@ class MarketEngine(PeriodicService):
             )
 
 
+def _public_channel(prefix: str, symbol: str, kind: str) -> str:
+    return f"{prefix}{symbol}@{kind}"
+
+
 def _envelope(event: str, data: object) -> Publication:
     return Publication(encode({"event": event, "data": data}))
+
+
+def _envelope_opening(event: str) -> str:
+    """What :func:`_envelope` writes before the data, for data that is JSON text already
+    (the depth book's messages): the text, the data's, and ``}`` are the message."""
+    return f'{{"event":{encode_text(event)},"data":'

@@ -30,15 +30,15 @@ def checksum_text(bids: list[list[str]], asks: list[list[str]]) -> str:
     """The top 25 levels, bid and ask interleaved: ``bid1p:bid1q:ask1p:ask1q:bid2p:...``
     (when one side is shorter, the other just goes on)."""
     top = CHECKSUM_LEVELS
-    return ":".join(_interleaved(list(map(":".join, bids[:top])), list(map(":".join, asks[:top]))))
+    return _interleaved(list(map(":".join, bids[:top])), list(map(":".join, asks[:top])))
 
 
-def _interleaved(bids: list[str], asks: list[str]) -> list[str]:
-    """The top 25 of each side, bid and ask in turn, then the rest of the longer side."""
+def _interleaved(bids: list[str], asks: list[str]) -> str:
+    """:func:`checksum_text` of levels written as ``price:qty`` texts."""
     bids, asks = bids[:CHECKSUM_LEVELS], asks[:CHECKSUM_LEVELS]
     both = min(len(bids), len(asks))
     pairs = chain.from_iterable(zip(bids[:both], asks[:both], strict=True))
-    return list(chain(pairs, bids[both:] or asks[both:]))
+    return ":".join(chain(pairs, bids[both:] or asks[both:]))
 
 
 def signed_crc32(data: bytes) -> int:
@@ -60,7 +60,9 @@ class _Side:
     """One side of the published book: the JSON texts of its levels (``["64000.1","1.5"]``),
     as a set, and the checksum text of each (``64000.1:1.5``). The set holds the keys of
     ``checks`` again so that the next diff is one in-place operation on it: made from the
-    dict's keys, it costs 36 thousand instructions a flush more (of 311)."""
+    dict's keys, it costs 36 thousand instructions a flush more (of 311). A checksum text is
+    written once, when its level comes: written for the top 25 at each flush instead (as
+    C-level passes over them, measured), they cost 48 thousand a side."""
 
     __slots__ = ("checks", "descending", "keys")
 
@@ -132,7 +134,7 @@ class DepthBook:
         previous, self.seq = self.seq, self.seq + 1
         head = f'"seq":{self.seq},"prevSeq":{previous},"bids":['
         bid_checks, ask_checks = self._bids.checks_of(bid_texts), self._asks.checks_of(ask_texts)
-        top = _interleaved(bid_checks, ask_checks)
-        tail = f'],"checksum":{signed_crc32(":".join(top).encode())},"ts":{book.ts}}}'
+        crc = signed_crc32(_interleaved(bid_checks, ask_checks).encode())
+        tail = f'],"checksum":{crc},"ts":{book.ts}}}'
         update = _message("update", head, bids, asks, tail)
         return update, _message("snapshot", head, bid_texts, ask_texts, tail)

@@ -274,12 +274,18 @@ def _known_side(
     """One side's levels, its pieces and their ``ranks`` known; None unless each price is
     ``better`` than the next (best first, one level a price). A comparison of two integers
     a piece, and one lookup, each of them one C-level call for the side."""
-    if not all(map(better, ranks, islice(ranks, 1, None))):
+    if not _strictly(better, ranks):
         return None
     texts = itemgetter(*pieces)(memory.written) if len(pieces) > 1 else (memory.written[pieces[0]],)
     if memory.zeros and not memory.zeros.isdisjoint(pieces):
         return TextLevels(tuple(text for text in texts if not text.endswith(',"0"]')))
     return TextLevels(texts)
+
+
+def _strictly(better: Callable[[int, int], bool], ranks: list[int]) -> bool:
+    """Whether each rank is ``better`` than the next: best first, one level a price (one
+    C-level pass)."""
+    return all(map(better, ranks, islice(ranks, 1, None)))
 
 
 def best_first(
@@ -295,7 +301,7 @@ def best_first(
     they are sorted as a dict (a repeated price: its last quantity)."""
     ranks = _ranks(prices, ranked, limits)
     texts = level_texts(prices, quantities)
-    if "0" not in quantities and all(map(gt if descending else lt, ranks, islice(ranks, 1, None))):
+    if "0" not in quantities and _strictly(gt if descending else lt, ranks):
         return TextLevels(tuple(texts))
     book = dict(zip(ranks, zip(texts, quantities, strict=True), strict=True))
     ordered = sorted(book.items(), reverse=descending)
