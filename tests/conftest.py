@@ -3,7 +3,9 @@ ports, the installed ``twistd`` and a throwaway Redis. Plain helpers are in ``su
 
 import os
 import resource
+import shutil
 import sys
+import sysconfig
 import threading
 from http.server import ThreadingHTTPServer
 
@@ -17,6 +19,8 @@ from twisted.logger import globalLogPublisher, textFileLogObserver
 from twisted.web.server import Site
 
 from exchange_stream.core.config import GatewayConfig
+from exchange_stream.core.market import level_scan
+from tests.compiled import BUILD_FAILURE
 from tests.redis_server import RedisServer
 from tests.support import LOCAL, AuthBackend, SeedAuthHandler, real_gateway, start_gateway
 
@@ -42,6 +46,39 @@ def pytest_sessionfinish(session, exitstatus):
     if os.environ.get("CI") and skipped and session.exitstatus == 0:
         reporter.write_line(f"CI: {len(skipped)} test(s) skipped; failing the run", red=True)
         session.exitstatus = 1
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """pytest-twisted wraps a hypothesis test's inner test in place, on the function object
+    that the items of a parametrized test share: wrapped twice for the second item, it runs
+    inside the reactor's greenlet and fails. Each item starts from the inner test as it was."""
+    hypothesis = getattr(pyfuncitem.obj, "hypothesis", None)
+    inner = getattr(hypothesis, "inner_test", None)
+    yield
+    if inner is not None:
+        hypothesis.inner_test = inner
+
+
+@pytest.fixture(scope="module", params=["compiled", "interpreted"])
+def level_loops(request):
+    """Each test of the module twice: with a book's per-level loops compiled
+    (``level_scan.compiled``) and with their Python definitions."""
+    if request.param == "compiled" and level_scan.compiled is None:
+        if BUILD_FAILURE is not None and shutil.which(sysconfig.get_config_var("CC").split()[0]):
+            pytest.fail(f"the C module did not build:\n{BUILD_FAILURE}")
+        pytest.skip("no C compiler here: the C module of level_scan is not built")
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "interpreted":
+            patch.setattr(level_scan, "compiled", None)
+        yield request.param
+
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    """A book's per-level loops by their Python definitions (``spellings``' memory of
+    level pieces, ``depth._Side``), for tests of those definitions themselves."""
+    monkeypatch.setattr(level_scan, "compiled", None)
 
 
 @pytest.fixture

@@ -47,17 +47,18 @@ def test_signed_crc32_matches_the_crc32_check_value():
     assert signed_crc32(b"") == 0
 
 
+@pytest.mark.usefixtures("level_loops")
 def test_first_flush_sends_the_whole_book_then_only_changes():
     depth = DepthBook("BTCUSDT")
-    depth.offer(book([("100.0", "1"), ("99.5", "2")], [("100.5", "3")]))
+    depth.offer(book([("100.0", "1"), ("99.5", "2")], [("100.5", "3")]))  # 100.0 goes out as 100
     update, snapshot = flushed(depth)
     assert update == {
         "type": "update",
         "seq": 1,
         "prevSeq": 0,
-        "bids": [["100.0", "1"], ["99.5", "2"]],
+        "bids": [["100", "1"], ["99.5", "2"]],
         "asks": [["100.5", "3"]],
-        "checksum": signed_crc32(b"100.0:1:100.5:3:99.5:2"),
+        "checksum": signed_crc32(b"100:1:100.5:3:99.5:2"),
         "ts": T0,
     }
     assert snapshot == {**update, "type": "snapshot"}
@@ -68,15 +69,16 @@ def test_first_flush_sends_the_whole_book_then_only_changes():
     depth.offer(book([("100.0", "1.5")], [("100.5", "3"), ("101", "4")], T0 + 100))
     update, snapshot = flushed(depth)
     assert (update["seq"], update["prevSeq"]) == (2, 1)
-    assert update["bids"] == [["100.0", "1.5"], ["99.5", "0"]]  # changed, removed
+    assert update["bids"] == [["100", "1.5"], ["99.5", "0"]]  # changed, removed
     assert update["asks"] == [["101", "4"]]  # added
-    assert snapshot["bids"] == [["100.0", "1.5"]]
+    assert snapshot["bids"] == [["100", "1.5"]]
     assert snapshot["asks"] == [["100.5", "3"], ["101", "4"]]
     assert (
         update["checksum"] == snapshot["checksum"] == checksum(snapshot["bids"], snapshot["asks"])
     )
 
 
+@pytest.mark.usefixtures("level_loops")
 def test_snapshots_within_one_interval_coalesce_and_a_level_can_come_back():
     depth = DepthBook("BTCUSDT")
     depth.offer(book([("10", "1"), ("9", "1")], [("11", "1")]))
@@ -90,6 +92,7 @@ def test_snapshots_within_one_interval_coalesce_and_a_level_can_come_back():
     assert flushed(depth)[0]["bids"] == [["9", "2"]]
 
 
+@pytest.mark.usefixtures("level_loops")
 def test_empty_book():
     depth = DepthBook("BTCUSDT")
     depth.offer(book([], []))
@@ -101,18 +104,22 @@ def test_empty_book():
     assert flushed(depth)[0]["bids"] == [["1", "0"]]
 
 
+@pytest.mark.usefixtures("level_loops")
 def test_depth_is_cut_to_the_configured_levels():
     depth = DepthBook("BTCUSDT", levels=2)
     depth.offer(book([("10", "1"), ("9", "1"), ("8", "1")], []))
     assert flushed(depth)[1]["bids"] == [["10", "1"], ["9", "1"]]
 
 
-def test_decimals_keep_their_digits_and_never_use_exponents():
+@pytest.mark.usefixtures("level_loops")
+def test_decimals_made_in_code_go_out_canonically_and_never_use_exponents():
+    """A book made in code (the simulator's) is written as one read from a line: one
+    spelling for one value (docs/market.md), whatever digits its Decimals carry."""
     depth = DepthBook("BTCUSDT")
     depth.offer(book([("0.00000100", "1E+3")], [("64000.10", "0.50")]))
     update, _ = flushed(depth)
-    assert update["bids"] == [["0.00000100", "1000"]]
-    assert update["asks"] == [["64000.10", "0.50"]]
+    assert update["bids"] == [["0.000001", "1000"]]
+    assert update["asks"] == [["64000.1", "0.5"]]
 
 
 # -- trades ------------------------------------------------------------------------------

@@ -298,6 +298,7 @@ def book_line(bids, asks, symbol="BTCUSDT"):
     return json.dumps({"type": "book", "symbol": symbol, "bids": bids, "asks": asks, "ts": 1})
 
 
+@pytest.mark.usefixtures("level_loops")
 def test_remembered_spellings_read_as_the_same_values_as_a_fresh_parse():
     """The feed's memory of each symbol's texts changes nothing that is read: the same
     levels, canonical, as without it, book after book (texts repeated, new and respelled)."""
@@ -311,6 +312,7 @@ def test_remembered_spellings_read_as_the_same_values_as_a_fresh_parse():
         assert parse_event(line, SymbolLimits(), spellings) == parse_event(line)
 
 
+@pytest.mark.usefixtures("level_loops")
 def test_a_bad_text_is_refused_even_after_good_books():
     spellings = Spellings()
     parse_event(book_line([["100", "1"]], [["101", "1"]]), SymbolLimits(), spellings)
@@ -319,6 +321,7 @@ def test_a_bad_text_is_refused_even_after_good_books():
             parse_event(book_line(bad, [["101", "1"]]), SymbolLimits(), spellings)
 
 
+@pytest.mark.usefixtures("level_loops")
 def test_each_symbol_is_read_within_its_own_limits_whatever_another_remembered():
     limits = SymbolLimits(table={"TINY": NumberLimits(integer_digits=2, places=2)})
     spellings = Spellings()
@@ -328,6 +331,7 @@ def test_each_symbol_is_read_within_its_own_limits_whatever_another_remembered()
     assert refused.value.reason == "number"
 
 
+@pytest.mark.usefixtures("interpreted")
 def test_the_memory_of_one_symbol_is_bounded():
     spellings = Spellings()
     for book in range(50):
@@ -336,6 +340,7 @@ def test_the_memory_of_one_symbol_is_bounded():
         assert spellings.remembered("BTCUSDT") <= Spellings.pieces_per_symbol  # of 5,000 read
 
 
+@pytest.mark.usefixtures("interpreted")
 def test_the_number_texts_remembered_of_one_symbol_are_bounded():
     """Texts respelled (a trailing zero each) and prices ranked, 100 new ones a book: what is
     remembered of them starts afresh past ``per_symbol``."""
@@ -348,6 +353,7 @@ def test_the_number_texts_remembered_of_one_symbol_are_bounded():
         assert len(memory.ranked) <= Spellings.per_symbol + 101
 
 
+@pytest.mark.usefixtures("interpreted")
 def test_a_symbols_own_tight_limits_still_take_the_remembered_path():
     """BTCUSDT=9:8 with 8-place prices: within bounds, so read the fast way and remembered
     (the old length rule sent every such book the careful way, 7.6 times slower)."""

@@ -1,6 +1,7 @@
 """Book lines read by their level texts (``spellings.read_compact_book``) against the general
 path (the whole line as JSON): the same book, or the same refusal, for every line; and the
-lines the fast path must leave to the general one."""
+lines the fast path must leave to the general one. Each test runs with the sides read by the
+compiled loops (``level_scan``) and by the memory of level pieces."""
 
 import json
 import random
@@ -24,6 +25,8 @@ from exchange_stream.core.market.spellings import (
 
 WIDE = Context(prec=200)  # no digit of a bounded number rounded
 LIMITS = SymbolLimits(table={"TINY": NumberLimits(integer_digits=3, places=2)})
+
+pytestmark = pytest.mark.usefixtures("level_loops")  # compiled and interpreted alike
 
 
 def outcome(line: str | bytes, spellings: Spellings | None) -> object:

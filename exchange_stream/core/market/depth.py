@@ -12,6 +12,8 @@ the value. The feed's reader hands these texts over with the book, the same stri
 book after book (``spellings.Spellings``), whose hashes Python keeps; so the diff is set
 arithmetic on strings hashed once, the snapshot is one ``join`` of them, and Python code
 runs only for the few levels that changed (whose prices are read to put the update in order).
+Where the C module of ``level_scan`` is built, the diff is instead one walk down the last
+published and the new level texts side by side, both best first (``_CompiledSides``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from collections.abc import Sequence
 from decimal import Decimal
 from itertools import chain
 
+from exchange_stream.core.market import level_scan
 from exchange_stream.core.market.events import Book, level_texts_of
+from exchange_stream.core.market.level_scan import LevelScan
 
 CHECKSUM_LEVELS = 25
 
@@ -97,6 +101,43 @@ class _Side:
         return list(map(self.checks.__getitem__, texts[:CHECKSUM_LEVELS]))
 
 
+class _InterpretedSides:
+    """Both sides of the published book, each diffed by set arithmetic (``_Side``)."""
+
+    def __init__(self) -> None:
+        self._bids = _Side(True)
+        self._asks = _Side(False)
+
+    def take(self, bids: tuple[str, ...], asks: tuple[str, ...]) -> tuple[list[str], list[str]]:
+        """Publish a book's sides (level texts, best first); each side's update."""
+        return self._bids.take(bids), self._asks.take(asks)
+
+    def checksum_text(self, bids: tuple[str, ...], asks: tuple[str, ...]) -> str:
+        """The checksum text of the sides just published."""
+        return _interleaved(self._bids.checks_of(bids), self._asks.checks_of(asks))
+
+
+class _CompiledSides:
+    """Both sides of the published book, diffed and checksummed by the compiled loops
+    (``level_scan``), which walk the last published level texts beside the new ones."""
+
+    def __init__(self, scan: LevelScan) -> None:
+        self._scan = scan
+        self._bids: tuple[str, ...] = ()
+        self._asks: tuple[str, ...] = ()
+
+    def take(self, bids: tuple[str, ...], asks: tuple[str, ...]) -> tuple[list[str], list[str]]:
+        """As ``_InterpretedSides.take``."""
+        scan = self._scan
+        update = scan.side_update(self._bids, bids, True), scan.side_update(self._asks, asks, False)
+        self._bids, self._asks = bids, asks
+        return update
+
+    def checksum_text(self, bids: tuple[str, ...], asks: tuple[str, ...]) -> str:
+        """As ``_InterpretedSides.checksum_text``."""
+        return self._scan.checksum_text(bids, asks)
+
+
 class DepthBook:
     """One symbol's published book and the latest snapshot not yet published.
 
@@ -109,8 +150,8 @@ class DepthBook:
         self.symbol = symbol
         self.levels = levels
         self.seq = 0
-        self._bids = _Side(True)
-        self._asks = _Side(False)
+        scan = level_scan.compiled
+        self._sides = _InterpretedSides() if scan is None else _CompiledSides(scan)
         self._pending: Book | None = None
 
     def offer(self, book: Book) -> None:
@@ -127,14 +168,12 @@ class DepthBook:
         depth = self.levels
         bid_texts = level_texts_of(book.bids)[:depth]
         ask_texts = level_texts_of(book.asks)[:depth]
-        bids = self._bids.take(bid_texts)
-        asks = self._asks.take(ask_texts)
+        bids, asks = self._sides.take(bid_texts, ask_texts)
         if self.seq and not bids and not asks:
             return None
         previous, self.seq = self.seq, self.seq + 1
         head = f'"seq":{self.seq},"prevSeq":{previous},"bids":['
-        bid_checks, ask_checks = self._bids.checks_of(bid_texts), self._asks.checks_of(ask_texts)
-        crc = signed_crc32(_interleaved(bid_checks, ask_checks).encode())
+        crc = signed_crc32(self._sides.checksum_text(bid_texts, ask_texts).encode())
         tail = f'],"checksum":{crc},"ts":{book.ts}}}'
         update = _message("update", head, bids, asks, tail)
         return update, _message("snapshot", head, bid_texts, ask_texts, tail)

@@ -14,13 +14,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from itertools import chain, repeat
+from itertools import chain
 
 from exchange_stream.core.channels import PRIVATE_TYPES, SYMBOL_PATTERN, normalize_uid
 from exchange_stream.core.market.decimals import (
     NumberLimits,
     SymbolLimits,
     canonical,
+    plain,
     spelled_right,
 )
 from exchange_stream.core.market.spellings import (
@@ -71,10 +72,12 @@ class Book:
 
 
 def level_texts_of(levels: Sequence[Level]) -> tuple[str, ...]:
-    """The JSON texts of a side's levels, as the encoder writes them."""
+    """The JSON texts of a side's levels, each number in its canonical spelling
+    (``decimals.plain``): a book made in code, as the simulator's, is written as one read
+    from a line (``0.3``, never ``0.30``)."""
     if isinstance(levels, TextLevels):
         return levels.texts
-    numbers = list(map(format, chain.from_iterable(levels), repeat("f")))
+    numbers = list(map(plain, chain.from_iterable(levels)))
     return tuple(level_texts(numbers[0::2], numbers[1::2]))
 
 
