@@ -26,8 +26,12 @@ fell: more than a few milliseconds means the engine did not keep up. The writer 
 sockets, or with ``--writer node`` Node's (``feed_writer.mjs``: another client stack, the same
 schedule).
 
+With ``--loops interpreted``, a book's per-level loops run as their Python definitions, as
+on an install that had no C compiler (``core/market/level_scan.py``).
+
     python bench/market_books.py [--books 3000] [--levels 100] [--runs 3] [--core 0]
     python bench/market_books.py --symbols 300 --rate 3000 [--seconds 20] [--writer node]
+    python bench/market_books.py ... --loops interpreted
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from common import (
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
+from exchange_stream.core.market import level_scan
 from exchange_stream.core.market.decimals import SymbolLimits
 from exchange_stream.core.market.depth import DepthBook
 from exchange_stream.core.market.events import parse_event
@@ -406,12 +411,22 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=3000, help="books/s in all (--symbols)")
     parser.add_argument("--seconds", type=int, default=20, help="how long (--symbols)")
     parser.add_argument(
+        "--loops",
+        choices=("compiled", "interpreted"),
+        default="compiled",
+        help="a book's per-level loops: the C module (when built) or their Python definitions",
+    )
+    parser.add_argument(
         "--writer",
         choices=("python", "node"),
         default="python",
         help="who writes the books (--symbols): Python's sockets, or bench/feed_writer.mjs",
     )
     args = parser.parse_args()
+    if args.loops == "interpreted":
+        level_scan.compiled = None
+    elif level_scan.compiled is None:
+        parser.error("the C module of level_scan is not built here: --loops interpreted")
     print(header_line(run_header()))
     if args.symbols:
         _many(args)
@@ -429,7 +444,7 @@ def main() -> None:
     cpu, rate = [run["cpu"] for run in tcp], [run["rate"] for run in tcp]
     print(
         f"market engine, {args.books:,} books of {args.levels} levels a side "
-        f"({size:,.0f} bytes), median of {args.runs} runs (min-max)"
+        f"({size:,.0f} bytes), {args.loops} loops, median of {args.runs} runs (min-max)"
     )
     print(f"  parse            {spread(parse)} us per book")
     print(f"  flush            {spread(flush)} us per book (diff, checksum, JSON)")
@@ -459,7 +474,7 @@ def _many(args: argparse.Namespace) -> None:
     print(
         f"market engine, {args.symbols} symbols, {len(lines):,} books of {args.levels} levels "
         f"a side ({size:,.0f} bytes) at {args.rate:,} books/s through the TCP feed "
-        f"({args.writer} writer)"
+        f"({args.writer} writer, {args.loops} loops)"
     )
     print(
         f"  engine: {run['share']:.0%} of a core over {run['wall']:.1f} s, "

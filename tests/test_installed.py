@@ -6,6 +6,7 @@ These tests are synchronous: the gateway and the auth back end run outside the t
 
 import json
 import subprocess
+import sys
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -27,6 +28,19 @@ def test_plugin_is_installed_for_twistd_and_twist(tmp_path):
         for option in ("--ws=", "--path=", "--api=", "--api-token=", "--auth-url=", "--mesh="):
             assert option in stdout, (runner, option)
         assert "--config=" in stdout and "--prefix=" in stdout
+
+
+def test_the_install_built_the_compiled_loops_of_a_book(tmp_path):
+    """``pip install .`` on a machine with a C compiler (every machine these tests run on
+    has one) builds the C module of ``level_scan``, and the installed package uses it."""
+    code = "from exchange_stream.core.market import level_scan; print(level_scan.__file__, "
+    code += "level_scan.compiled is not None)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    where, built = done.stdout.split()
+    assert "site-packages" in where and built == "True"
 
 
 def test_seed_test_section_with_a_stock_client(twistd_gateway):
