@@ -121,6 +121,14 @@ def test_quantity_zero_is_no_level_but_keeps_its_place_in_the_order(scan):
     assert general(line, SymbolLimits()) == (('["2","1"]',), ('["5","1"]',))
 
 
+def test_limits_beyond_a_machine_word_are_no_limit_as_in_python(scan):
+    """A configured limit of 2**63 digits or more once made every book line an OverflowError."""
+    line = compact([["3.25", "1"]], [["4", "1"]])
+    huge = NumberLimits(integer_digits=10**20, places=18)
+    assert sides_of(line, scan, huge) == (('["3.25","1"]',), ('["4","1"]',))
+    assert read_compact_book(line, SymbolLimits(default=huge), Spellings()) is not None
+
+
 def test_a_line_not_in_ascii_is_left_to_the_general_path(scan):
     line = compact([["3", "1"]], [["4", "1"]], symbol="BTCUSDT") + " é"
     assert scan.read_sides(line, 10, 17, 20, 27, 15, 18) is None
@@ -259,6 +267,12 @@ def test_a_side_update_is_the_one_set_arithmetic_writes(scan, books, descending)
         texts = texts_of(book, descending)
         assert scan.side_update(last, texts, descending) == side.take(texts), (last, texts)
         last = texts
+
+
+def test_a_price_with_no_digit_before_its_point_ranks_as_a_zero_before_it(scan):
+    """Level texts are canonical, but the order of ".5" and "0.4" was once wrong."""
+    update = scan.side_update(('[".5","1"]',), ('["0.4","1"]',), False)
+    assert update == ['["0.4","1"]', '[".5","0"]']
 
 
 @settings(max_examples=500, deadline=None)

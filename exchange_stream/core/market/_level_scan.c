@@ -245,9 +245,13 @@ static PyObject *read_sides(PyObject *module, PyObject *const *args, Py_ssize_t 
             return NULL;
         }
     }
-    integer_digits = PyLong_AsSsize_t(args[5]);
-    places = PyLong_AsSsize_t(args[6]);
-    if ((integer_digits == -1 || places == -1) && PyErr_Occurred()) {
+    /* A limit beyond what a Py_ssize_t holds is no limit: clamped, as the Python reads it. */
+    integer_digits = PyNumber_AsSsize_t(args[5], NULL);
+    if (integer_digits == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    places = PyNumber_AsSsize_t(args[6], NULL);
+    if (places == -1 && PyErr_Occurred()) {
         return NULL;
     }
     PyObject *line = args[0];
@@ -300,8 +304,10 @@ typedef struct {
 } Level;
 
 /* Read a level text ["64000.1","1.5"], ASCII; -1 with ValueError set when it is not one.
- * The price is compared as its value: leading zeros before its point and trailing ones after
- * it do not count (level texts are canonical; one that is not still compares right). */
+ * Level texts are canonical (read_sides, best_first and level_texts_of write them so), and
+ * the price is compared as the digits before and after its point; leading zeros before it
+ * and trailing ones after it are skipped, and none before it reads as "0". Two spellings of
+ * one price are therefore one level here, where the Python definition would count two. */
 static int read_level(PyObject *text_object, Level *level)
 {
     if (!PyUnicode_Check(text_object) || !PyUnicode_IS_ASCII(text_object)) {
@@ -327,6 +333,10 @@ static int read_level(PyObject *text_object, Level *level)
     while (price->whole_length > 1 && price->whole[0] == '0') {
         price->whole++;
         price->whole_length--;
+    }
+    if (price->whole_length == 0) {
+        price->whole = "0";
+        price->whole_length = 1;
     }
     price->fraction = point ? point + 1 : close;
     price->fraction_length = point ? close - point - 1 : 0;

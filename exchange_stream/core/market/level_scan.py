@@ -47,8 +47,9 @@ class LevelScan(Protocol):
     def side_update(
         self, old: tuple[str, ...], new: tuple[str, ...], descending: bool
     ) -> list[str]:
-        """The update between two published sides (level texts, strictly best first): the
-        new texts of the levels added or changed and ``["price","0"]`` for each gone."""
+        """The update between two published sides (canonical level texts, strictly best
+        first): the new texts of the levels added or changed and ``["price","0"]`` for each
+        gone. Prices compare by value, so two spellings of one price would be one level."""
         ...
 
     def checksum_text(self, bids: tuple[str, ...], asks: tuple[str, ...]) -> str:
