@@ -49,17 +49,18 @@ from pathlib import Path
 
 from common import (
     Processes,
+    add_loops_option,
     free_port,
     header_line,
     own_cpu_seconds,
     pinned,
     progress,
     run_header,
+    use_loops,
 )
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from exchange_stream.core.market import level_scan
 from exchange_stream.core.market.decimals import SymbolLimits
 from exchange_stream.core.market.depth import DepthBook
 from exchange_stream.core.market.events import parse_event
@@ -410,12 +411,7 @@ def main() -> None:
     )
     parser.add_argument("--rate", type=int, default=3000, help="books/s in all (--symbols)")
     parser.add_argument("--seconds", type=int, default=20, help="how long (--symbols)")
-    parser.add_argument(
-        "--loops",
-        choices=("compiled", "interpreted"),
-        default="compiled",
-        help="a book's per-level loops: the C module (when built) or their Python definitions",
-    )
+    add_loops_option(parser)
     parser.add_argument(
         "--writer",
         choices=("python", "node"),
@@ -423,10 +419,7 @@ def main() -> None:
         help="who writes the books (--symbols): Python's sockets, or bench/feed_writer.mjs",
     )
     args = parser.parse_args()
-    if args.loops == "interpreted":
-        level_scan.compiled = None
-    elif level_scan.compiled is None:
-        parser.error("the C module of level_scan is not built here: --loops interpreted")
+    use_loops(parser, args.loops)
     print(header_line(run_header()))
     if args.symbols:
         _many(args)

@@ -6,6 +6,7 @@ engine's periodic pushes (depth diffs, trade batches, klines, ticker, mark price
 simulated clock in between, and publishing into an in-memory mesh with no subscriber.
 
     python bench/market_ingest.py [--events 200000] [--symbols 5] [--core 0]
+        [--loops compiled|interpreted]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import random
 import time
 
-from common import header_line, own_cpu_seconds, pinned, run_header
+from common import add_loops_option, header_line, own_cpu_seconds, pinned, run_header, use_loops
 from twisted.internet.task import Clock
 
 from exchange_stream.adapters.feed import FeedInput
@@ -61,7 +62,9 @@ def main() -> None:
     parser.add_argument("--core", type=int, default=0, help="pin to this core (-1: no pinning)")
     parser.add_argument("--events-per-tick", type=int, default=2_000,
                         help="events between two 100 ms engine ticks")  # fmt: skip
+    add_loops_option(parser)
     args = parser.parse_args()
+    use_loops(parser, args.loops)
     print(header_line(run_header()))
     lines = make_lines(args.events, args.symbols, random.Random(7), args.events_per_tick)
     sizes = sum(len(line) for line in lines)
@@ -84,7 +87,7 @@ def main() -> None:
 
     print("market engine ingest")
     print(f"  events       {args.events:,} ({sizes / args.events:.0f} bytes average), "
-          f"{args.symbols} symbols, {feed.malformed} malformed")  # fmt: skip
+          f"{args.symbols} symbols, {args.loops} loops, {feed.malformed} malformed")  # fmt: skip
     print(f"  refused      {sum(engine.refused.values()):,} {dict(engine.refused)} (the ingestion "
           f"stage; a bench stream should have none)")  # fmt: skip
     print(f"  published    {engine.published:,} messages, {engine.publish_failures} failures")
