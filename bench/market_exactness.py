@@ -8,6 +8,7 @@ a simulated clock, in steps of 250 ms, and to the independent reference
 message and the last version of every closed bar of every interval (kline and bars channels).
 
     .venv/bin/python bench/market_exactness.py [--minutes 120] [--seed 20241125] [--rate 1.5]
+        [--loops compiled|interpreted]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import add_loops_option, use_loops
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
@@ -37,7 +39,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=120)
     parser.add_argument("--seed", type=int, default=20241125)
     parser.add_argument("--rate", type=float, default=1.5, help="trades a second per symbol")
+    add_loops_option(parser)
     args = parser.parse_args()
+    use_loops(parser, args.loops)
 
     began = time.perf_counter()
     stream = seeded_stream(args.seed, args.minutes, START_MS, trades_per_second=args.rate)
@@ -86,7 +90,8 @@ def main() -> None:
     refused = dict(sorted(reference.refused.items()))
     engine_refused = dict(sorted(dict(getattr(engine, "refused", None) or {}).items()))
     print(
-        f"simulated minutes    {args.minutes:g} (seed {args.seed}, {args.rate:g} trades/s/symbol)"
+        f"simulated minutes    {args.minutes:g} (seed {args.seed}, {args.rate:g} trades/s/symbol, "
+        f"{args.loops} loops)"
     )
     print(f"events               {len(stream)}")
     print(f"accepted             {sum(reference.accepted.values())} {dict(reference.accepted)}")
