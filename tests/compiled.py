@@ -4,6 +4,8 @@ The tests import the package from this working tree, not from the install (which
 own copy), so the module is built here too, from the same ``setup.py``, whenever its source
 is newer than the build: the tests always run the C code that is in the tree. Without a C
 compiler nothing is built, and the tests of the compiled loops say so (``level_loops``).
+The build runs ``setup.py`` with this interpreter, which needs setuptools in the virtualenv:
+the test extras name it (Python 3.12's venv no longer brings it).
 """
 
 import subprocess
