@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from exchange_stream.core.market import level_scan
-
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE.parent
 LOOPBACK = "127.0.0.1"  # The only address a benchmark talks to.
@@ -96,29 +94,6 @@ def raise_fd_limit() -> None:
     """Open-file soft limit up to the hard one (children inherit it): one fd a connection."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-# --- The market engine's loops --------------------------------------------------------------
-
-
-def add_loops_option(parser: argparse.ArgumentParser) -> None:
-    """``--loops compiled|interpreted``: a book's per-level loops in C or in Python."""
-    parser.add_argument(
-        "--loops",
-        choices=("compiled", "interpreted"),
-        default="compiled",
-        help="a book's per-level loops: the C module (when built) or their Python definitions",
-    )
-
-
-def use_loops(parser: argparse.ArgumentParser, loops: str) -> None:
-    """Run a book's loops as ``--loops`` asks: interpreted, as on an install that had no C
-    compiler; compiled is refused where the module is not built, so that no figure says
-    "compiled" of the Python."""
-    if loops == "interpreted":
-        level_scan.compiled = None
-    elif level_scan.compiled is None:
-        parser.error("the C module of level_scan is not built here: --loops interpreted")
 
 
 # --- Child processes -----------------------------------------------------------------------

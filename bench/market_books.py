@@ -49,15 +49,14 @@ from pathlib import Path
 
 from common import (
     Processes,
-    add_loops_option,
     free_port,
     header_line,
     own_cpu_seconds,
     pinned,
     progress,
     run_header,
-    use_loops,
 )
+from loops import add_loops_option, use_loops
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import add_loops_option, use_loops
+from loops import add_loops_option, use_loops
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 

@@ -17,7 +17,8 @@ import os
 import random
 import time
 
-from common import add_loops_option, header_line, own_cpu_seconds, pinned, run_header, use_loops
+from common import header_line, own_cpu_seconds, pinned, run_header
+from loops import add_loops_option, use_loops
 from twisted.internet.task import Clock
 
 from exchange_stream.adapters.feed import FeedInput

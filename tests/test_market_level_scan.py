@@ -126,6 +126,7 @@ def test_limits_beyond_a_machine_word_are_no_limit_as_in_python(scan):
     line = compact([["3.25", "1"]], [["4", "1"]])
     huge = NumberLimits(integer_digits=10**20, places=18)
     assert sides_of(line, scan, huge) == (('["3.25","1"]',), ('["4","1"]',))
+    assert sides_of(line, scan, huge) == general(line, SymbolLimits(default=huge))
     assert read_compact_book(line, SymbolLimits(default=huge), Spellings()) is not None
 
 

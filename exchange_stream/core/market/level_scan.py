@@ -2,10 +2,12 @@
 
 In CPython, reading a book and diffing it against the last one cost a few C-level passes
 over its levels (split, look up, compare, hash, join) of hundreds of instructions a level:
-about 170 µs for a book of 100 levels a side, against the 100 µs that 300 symbols at 10
-books/s each leave a core. The C module does those passes in one walk each, at tens of
-instructions a level. It is built when a C compiler is at hand (``setup.py``; without one
-the install goes on without it) and is used whenever it is there.
+940 thousand instructions from the line to the publication of a book of 100 levels a side,
+and 73 to 97 % of a core for 300 symbols at 10 books/s each. The C module does those passes
+in one walk each, at tens of instructions a level (418 thousand a book in all; 28 % of a
+core for the 300 symbols; docs/market.md, "Throughput"). It is built when a C compiler is
+at hand (``setup.py``; without one the install goes on without it) and is used whenever it
+is there.
 
 Each of its functions has a definition in Python, which runs when it is not built and which
 ``tests/test_market_level_scan.py`` compares it with on random input:
